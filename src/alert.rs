@@ -1,0 +1,413 @@
+//! Alert: the `FeedbackLikeRateLow` page, evaluated from the global windows and pushed to
+//! Alertmanager's v2 API (CONTRACT section 8).
+//!
+//! The rule, per subject, for `_all`, and per model when enabled ([`Rule::step`] is pure, so it
+//! is tested with a simulated clock):
+//! - fire when, on two evaluations in a row, a window holds at least `min_samples` votes and the
+//!   upper end of the 99% Wilson interval of its like rate is below the threshold. Two windows
+//!   are checked: the alert window (default 15m) and a third of it (default 5m), so a sharp drop
+//!   on a busy stream pages in minutes while a stream that is only noisy does not;
+//! - resolve when the alert window's like rate is back at or above the threshold and the short
+//!   window no longer fires, or when the alert window is empty.
+//!
+//! Guarantees: pushes carry the whole current set and are re-sent every evaluation while
+//! firing (with `endsAt` a few evaluations ahead, so Alertmanager resolves by itself if every
+//! instance dies); a resolve is sent with `endsAt` = now and repeated for a while. Only the
+//! latest set is kept, so Alertmanager being down or slow costs bounded memory; failures are
+//! retried with backoff and counted in `likerate_alert_pushes_total{result="error"}`.
+
+use crate::aggregate::{by, window_counts, Counts, Snapshot};
+use crate::config::AlertConfig;
+use crate::telemetry::{Metrics, ALL};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How often the rule is evaluated.
+pub const EVALUATION: Duration = Duration::from_secs(15);
+/// z for the 99% two-sided Wilson interval.
+const Z: f64 = 2.576;
+/// How long a resolved alert keeps being re-sent.
+const RESOLVED_RESEND: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Upper end of the Wilson score interval of `k` successes in `n` trials.
+pub fn wilson_upper(k: i64, n: i64, z: f64) -> f64 {
+    wilson(k, n, z).1
+}
+
+/// The Wilson score interval (lower, upper) of `k` successes in `n` trials.
+pub fn wilson(k: i64, n: i64, z: f64) -> (f64, f64) {
+    if n <= 0 {
+        return (0.0, 1.0);
+    }
+    let n = n as f64;
+    let p = k as f64 / n;
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    let denom = 1.0 + z2 / n;
+    (
+        ((centre - spread) / denom).max(0.0),
+        ((centre + spread) / denom).min(1.0),
+    )
+}
+
+/// The thresholds of the rule.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub threshold: f64,
+    pub min_samples: u64,
+}
+
+/// One alert's state between evaluations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    pub firing: bool,
+    /// Consecutive evaluations on which the fire condition held.
+    pub pending: u32,
+}
+
+impl Rule {
+    fn low(&self, c: &Counts) -> bool {
+        c.total() >= self.min_samples as i64 && wilson_upper(c.likes, c.total(), Z) < self.threshold
+    }
+
+    /// One evaluation over the alert window (`long`) and its third (`short`).
+    pub fn step(&self, state: State, long: &Counts, short: &Counts) -> State {
+        let low = self.low(long) || self.low(short);
+        if state.firing {
+            let recovered = long.total() == 0
+                || (long.like_ratio().unwrap_or(1.0) >= self.threshold && !self.low(short));
+            State {
+                firing: !recovered,
+                pending: 0,
+            }
+        } else if low {
+            let pending = state.pending + 1;
+            State {
+                firing: pending >= 2,
+                pending,
+            }
+        } else {
+            State::default()
+        }
+    }
+}
+
+/// What an alert is about: a subject (or `_all`), optionally one model.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Target {
+    subject: String,
+    model: Option<String>,
+}
+
+struct Tracked {
+    state: State,
+    starts_at: DateTime<Utc>,
+    resolved_at: Option<DateTime<Utc>>,
+    annotations: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Evaluates the rule for every target and keeps the Alertmanager push going.
+pub struct Alerter {
+    config: AlertConfig,
+    rule: Rule,
+    metrics: Metrics,
+    tracked: BTreeMap<Target, Tracked>,
+    last: Option<std::time::Instant>,
+    push: Option<tokio::sync::watch::Sender<Vec<serde_json::Value>>>,
+    max_labels: usize,
+}
+
+impl Alerter {
+    pub fn new(config: AlertConfig, metrics: Metrics, max_labels: usize) -> Alerter {
+        let push = config.alertmanager_url.clone().map(|url| {
+            let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+            tokio::spawn(pusher(url, rx, metrics.clone()));
+            tx
+        });
+        Alerter {
+            rule: Rule {
+                threshold: config.threshold,
+                min_samples: config.min_samples,
+            },
+            config,
+            metrics,
+            tracked: BTreeMap::new(),
+            last: None,
+            push,
+            max_labels,
+        }
+    }
+
+    /// Evaluates when [`EVALUATION`] has passed since the last time.
+    pub async fn evaluate(&mut self, pool: &Pool, snap: &Snapshot) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < EVALUATION - Duration::from_millis(500))
+        {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let window = chrono::Duration::from_std(self.config.window).expect("window fits");
+        let long = match window_counts(pool, snap.at - window).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "alert evaluation skipped");
+                return;
+            }
+        };
+        let short = match window_counts(pool, snap.at - window / 3).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "alert evaluation skipped");
+                return;
+            }
+        };
+        let mut targets: Vec<(Target, Counts, Counts)> = Vec::new();
+        let (long_s, short_s) = (by(&long, |k| &k.0), by(&short, |k| &k.0));
+        for (subject, c) in &long_s {
+            let s = short_s.get(subject).copied().unwrap_or_default();
+            targets.push((
+                Target {
+                    subject: subject.clone(),
+                    model: None,
+                },
+                *c,
+                s,
+            ));
+        }
+        if self.config.per_model {
+            let (long_m, short_m) = (by(&long, |k| &k.1), by(&short, |k| &k.1));
+            for (model, c) in long_m
+                .iter()
+                .filter(|(m, _)| m.as_str() != ALL && !m.is_empty())
+            {
+                let s = short_m.get(model).copied().unwrap_or_default();
+                targets.push((
+                    Target {
+                        subject: ALL.to_owned(),
+                        model: Some(model.clone()),
+                    },
+                    *c,
+                    s,
+                ));
+            }
+        }
+        // Targets that vanished from the window are evaluated with empty counts (resolve).
+        let present: Vec<Target> = targets.iter().map(|t| t.0.clone()).collect();
+        for t in self.tracked.keys() {
+            if !present.contains(t) {
+                targets.push((t.clone(), Counts::default(), Counts::default()));
+            }
+        }
+        let now = snap.at;
+        for (target, long_c, short_c) in targets {
+            let before = self
+                .tracked
+                .get(&target)
+                .map(|t| t.state)
+                .unwrap_or_default();
+            let after = self.rule.step(before, &long_c, &short_c);
+            if after == State::default() && !self.tracked.contains_key(&target) {
+                continue;
+            }
+            if after.firing {
+                let examples = disliked_examples(pool, &target, now - window).await;
+                let annotations = self.annotations(&target, &long_c, &examples);
+                let t = self.tracked.entry(target.clone()).or_insert(Tracked {
+                    state: after,
+                    starts_at: now,
+                    resolved_at: None,
+                    annotations: annotations.clone(),
+                });
+                if !before.firing {
+                    t.starts_at = now;
+                    t.resolved_at = None;
+                    tracing::warn!(subject = %target.subject, model = ?target.model, samples = long_c.total(), like_ratio = ?long_c.like_ratio(), "like-rate alert firing");
+                }
+                t.state = after;
+                t.annotations = annotations;
+            } else if let Some(t) = self.tracked.get_mut(&target) {
+                if before.firing {
+                    t.resolved_at = Some(now);
+                    tracing::info!(subject = %target.subject, model = ?target.model, "like-rate alert resolved");
+                }
+                t.state = after;
+            } else {
+                self.tracked.insert(
+                    target,
+                    Tracked {
+                        state: after,
+                        starts_at: now,
+                        resolved_at: None,
+                        annotations: Default::default(),
+                    },
+                );
+            }
+        }
+        self.tracked.retain(|_, t| {
+            t.state.firing
+                || t.state.pending > 0
+                || t.resolved_at.is_some_and(|r| now - r < RESOLVED_RESEND)
+        });
+        self.export_state();
+        self.send(now);
+    }
+
+    fn annotations(
+        &self,
+        target: &Target,
+        c: &Counts,
+        examples: &[i64],
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let rate = c.like_ratio().unwrap_or(0.0);
+        let who = match &target.model {
+            Some(m) => format!("model {m}"),
+            None if target.subject == ALL => "all subjects".to_owned(),
+            None => format!("subject {}", target.subject),
+        };
+        let window = humantime::format_duration(self.config.window).to_string();
+        let json = serde_json::json!({
+            "summary": format!("Like rate of {who} is {:.1}% (below {:.0}%)", rate * 100.0, self.config.threshold * 100.0),
+            "description": format!(
+                "{} likes, {} dislikes, {} neutral in the last {window}: like rate {:.1}%, threshold {:.1}%.",
+                c.likes, c.dislikes, c.neutral, rate * 100.0, self.config.threshold * 100.0),
+            "like_rate": format!("{rate:.4}"),
+            "samples": c.total().to_string(),
+            "threshold": self.config.threshold.to_string(),
+            "window": window,
+            "examples": examples.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+            "runbook_url": self.config.runbook_url,
+            "dashboard_url": self.config.dashboard_url,
+        });
+        match json {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!("object literal"),
+        }
+    }
+
+    fn labels(target: &Target) -> serde_json::Value {
+        let mut labels = serde_json::json!({
+            "alertname": "FeedbackLikeRateLow",
+            "service": "likerate",
+            "severity": "page",
+            "subject": target.subject,
+        });
+        if let Some(m) = &target.model {
+            labels["model"] = serde_json::Value::String(m.clone());
+        }
+        labels
+    }
+
+    fn export_state(&self) {
+        self.metrics.alert_firing.clear();
+        let mut subjects = 0;
+        for (target, t) in &self.tracked {
+            let mut labels = vec![("subject", target.subject.clone())];
+            if target.model.is_none() && target.subject != ALL {
+                // Untrusted subject names: bounded like every subject label.
+                subjects += 1;
+                if subjects > self.max_labels {
+                    labels = vec![("subject", crate::telemetry::OTHER.to_owned())];
+                }
+            }
+            if let Some(m) = &target.model {
+                labels.push(("model", self.metrics.model_label(m)));
+            }
+            let g = self.metrics.alert_firing.get_or_create(&labels);
+            g.set(g.get().max(i64::from(t.state.firing)));
+        }
+        // The whole stream always has a series, so "not firing" is visible too.
+        let _ = self
+            .metrics
+            .alert_firing
+            .get_or_create(&vec![("subject", ALL.to_owned())]);
+    }
+
+    fn send(&self, now: DateTime<Utc>) {
+        let Some(push) = &self.push else { return };
+        let resend_horizon = chrono::Duration::from_std(EVALUATION * 4).expect("fits");
+        let alerts: Vec<serde_json::Value> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.state.firing || t.resolved_at.is_some())
+            .map(|(target, t)| {
+                let ends = t.resolved_at.unwrap_or(now + resend_horizon);
+                serde_json::json!({
+                    "labels": Self::labels(target),
+                    "annotations": t.annotations,
+                    "startsAt": t.starts_at.to_rfc3339(),
+                    "endsAt": ends.to_rfc3339(),
+                    "generatorURL": self.config.dashboard_url,
+                })
+            })
+            .collect();
+        push.send_replace(alerts);
+    }
+}
+
+/// Ids of the latest disliked answers of the target within the window.
+async fn disliked_examples(pool: &Pool, target: &Target, since: DateTime<Utc>) -> Vec<i64> {
+    let query = async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .query(
+                "SELECT id FROM feedback
+                 WHERE created_at >= $1 AND rating = -1
+                   AND ($2 = '_all' OR subject_id = $2)
+                   AND ($3::text IS NULL OR model = $3)
+                 ORDER BY created_at DESC LIMIT 5",
+                &[&since, &target.subject, &target.model],
+            )
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match query.await {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read example dislikes");
+            Vec::new()
+        }
+    }
+}
+
+/// Posts the latest alert set to Alertmanager whenever it changes and at least every
+/// [`EVALUATION`], with backoff while Alertmanager fails.
+async fn pusher(
+    url: String,
+    mut rx: tokio::sync::watch::Receiver<Vec<serde_json::Value>>,
+    metrics: Metrics,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let endpoint = format!("{url}/api/v2/alerts");
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let alerts = rx.borrow_and_update().clone();
+        if !alerts.is_empty() {
+            let result = client.post(&endpoint).json(&alerts).send().await;
+            let ok = matches!(&result, Ok(r) if r.status().is_success());
+            let label = if ok { "ok" } else { "error" };
+            metrics
+                .alert_pushes
+                .get_or_create(&vec![("result", label.to_owned())])
+                .inc();
+            if ok {
+                backoff = Duration::from_secs(1);
+            } else {
+                tracing::warn!(result = ?result.map(|r| r.status()), retry_in = ?backoff, "alert push to Alertmanager failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(EVALUATION);
+                continue;
+            }
+        }
+        // Wait for a change or re-send after one evaluation period.
+        if let Ok(Err(_)) = tokio::time::timeout(EVALUATION, rx.changed()).await {
+            return; // the alerter is gone: shutting down
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! App: wires the stages of `likerate run` together and owns their lifecycle.
+//!
+//! `App::build` does everything that can fail on configuration (database reachable and
+//! migrated, topics present, HTTP port bound, so tests can bind port 0 and read the real
+//! port); `App::run_until_stopped` runs source -> sink, the aggregates and HTTP until the
+//! shutdown token is cancelled or a stage fails for good.
+//!
+//! Guarantee: shutdown is bounded. The source drains within `drain_timeout`; if the sink or
+//! the consumer's group leave still hang after that (database or broker unreachable), the app
+//! returns anyway, which loses nothing because no offset moved ahead of durable data.
+
+use crate::config::{DatabaseConfig, KafkaConfig, RunConfig};
+use crate::db::Target;
+use crate::dead_letter::DeadLetters;
+use crate::source::{self, BatchLimits};
+use crate::telemetry::Metrics;
+use crate::{aggregate, http, kafka, sink};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct App {
+    kafka: KafkaConfig,
+    run: RunConfig,
+    target: Target,
+    db_timeout: Duration,
+    metrics: Metrics,
+    listener: TcpListener,
+    state: http::AppState,
+}
+
+impl App {
+    pub async fn build(
+        kafka: KafkaConfig,
+        db: DatabaseConfig,
+        run: RunConfig,
+    ) -> anyhow::Result<App> {
+        let target = Target::new(&db)?;
+        target
+            .ensure_database()
+            .await
+            .with_context(|| format!("database {}", target.dbname()))?;
+        let mut client = target.connect().await?;
+        let applied = crate::db::migrate(&mut client).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "migrations applied");
+        }
+        kafka::ensure_topics(&kafka)
+            .await
+            .with_context(|| format!("creating topics on {}", kafka.brokers))?;
+        let metrics = Metrics::new(run.max_subject_labels);
+        let listener = TcpListener::bind(run.http_addr)
+            .await
+            .with_context(|| format!("LIKERATE_HTTP_ADDR: cannot listen on {}", run.http_addr))?;
+        let state = http::AppState {
+            metrics: metrics.clone(),
+            pool: target.pool(8)?,
+            joined: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(App {
+            kafka,
+            run,
+            target,
+            db_timeout: db.timeout,
+            metrics,
+            listener,
+            state,
+        })
+    }
+
+    /// The address HTTP listens on (the real port when configured with port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let limits = BatchLimits {
+            max_events: self.run.batch_max_events,
+            max_bytes: 16 * 1024 * 1024,
+            linger: self.run.batch_linger,
+            drain_timeout: self.run.drain_timeout,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let source_stop = CancellationToken::new();
+        let source = source::start(
+            &self.kafka,
+            limits,
+            self.metrics.clone(),
+            tx,
+            self.state.joined.clone(),
+            source_stop.clone(),
+        )?;
+        let dead_letters = DeadLetters::new(&self.kafka, self.metrics.clone())?;
+        let sink = sink::Sink::new(
+            self.target.clone(),
+            self.kafka.topic.clone(),
+            dead_letters,
+            source.acker,
+            self.metrics.clone(),
+            self.db_timeout,
+        );
+        let mut sink_task = tokio::spawn(sink.run(rx));
+        let aggregates = tokio::spawn(aggregate::run(
+            self.state.pool.clone(),
+            self.metrics.clone(),
+            self.run.alert.clone(),
+            self.run.max_subject_labels,
+            shutdown.clone(),
+        ));
+        let http_stop = shutdown.clone();
+        let server = axum::serve(self.listener, http::router(self.state))
+            .with_graceful_shutdown(async move { http_stop.cancelled().await });
+        let mut http_task = tokio::spawn(async move { server.await });
+
+        let outcome: anyhow::Result<()> = tokio::select! {
+            _ = shutdown.cancelled() => Ok(()),
+            r = &mut sink_task => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(anyhow::anyhow!("sink task failed: {e}")),
+            },
+            r = &mut http_task => Err(anyhow::anyhow!("HTTP server stopped: {r:?}")),
+        };
+        shutdown.cancel();
+        source_stop.cancel();
+        // The source drains within drain_timeout; give the sink and the group leave a little
+        // more, then return whatever state they are in.
+        let bound = self.run.drain_timeout + Duration::from_secs(5);
+        let thread = source.thread;
+        let joined = tokio::time::timeout(bound, async {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !sink_task.is_finished() {
+                let _ = (&mut sink_task).await;
+            }
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!(
+                ?bound,
+                "shutdown bound reached: exiting with work not drained (it will be consumed again)"
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+        aggregates.abort();
+        tracing::info!("stopped");
+        outcome
+    }
+}

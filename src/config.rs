@@ -1,0 +1,476 @@
+//! Configuration: every setting has a flag, an environment variable and a key in an optional
+//! TOML file (`--config FILE`), with precedence flag > environment > file > default
+//! (CONTRACT section 4).
+//!
+//! Guarantee: the typed settings handed to the rest of the program are valid. A bad value is a
+//! [`ConfigError`] that names the setting the way the user wrote it (the environment variable),
+//! and the process stops before it touches Kafka or PostgreSQL.
+//!
+//! How layering works: clap fills each `Option` from the flag or else the variable; the file
+//! fills what is still `None`; `resolve` applies defaults and parses. The file's keys are the
+//! variable names without `LIKERATE_`, lower case (`kafka_brokers = "..."`); librdkafka
+//! pass-through properties go in a `[kafka_options]` table.
+
+use clap::Args;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A setting that cannot be used. Always names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+    #[error("--config {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// The optional TOML file, loaded once and shared by the setting groups.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigFile {
+    table: toml::Table,
+    path: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    pub fn load(path: Option<&Path>) -> Result<ConfigFile, ConfigError> {
+        let Some(path) = path else {
+            return Ok(ConfigFile::default());
+        };
+        let file_err = |message: String| ConfigError::File {
+            path: path.to_owned(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| file_err(e.to_string()))?;
+        Ok(ConfigFile {
+            table,
+            path: Some(path.to_owned()),
+        })
+    }
+
+    /// Fills the `None` fields of `cli` from the file.
+    fn layer<T: Serialize + DeserializeOwned>(&self, cli: &T) -> Result<T, ConfigError> {
+        let mut merged = serde_json::to_value(cli).expect("settings serialize");
+        let file = serde_json::to_value(&self.table).expect("toml serializes as json");
+        if let (Some(merged), Some(file)) = (merged.as_object_mut(), file.as_object()) {
+            for (key, value) in merged.iter_mut() {
+                if value.is_null() {
+                    if let Some(from_file) = file.get(key) {
+                        *value = from_file.clone();
+                    }
+                }
+            }
+        }
+        serde_json::from_value(merged).map_err(|e| ConfigError::File {
+            path: self.path.clone().unwrap_or_default(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Kafka settings shared by every command that talks to the broker.
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma separated [default: 127.0.0.1:9092]
+    #[arg(long, env = "LIKERATE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic of feedback events [default: feedback-events]
+    #[arg(long, env = "LIKERATE_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// Consumer group [default: likerate]
+    #[arg(long, env = "LIKERATE_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
+    /// Dead-letter topic [default: feedback-events-dlq]
+    #[arg(long, env = "LIKERATE_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Partitions of the topics likerate creates when they are missing [default: 6]
+    #[arg(long, env = "LIKERATE_TOPIC_PARTITIONS")]
+    pub topic_partitions: Option<i32>,
+    /// librdkafka property passed through, KEY=VALUE (repeatable); also
+    /// LIKERATE_KAFKA_OPTION_SECURITY_PROTOCOL=sasl_ssl sets security.protocol
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    #[serde(skip)]
+    pub kafka_option: Vec<String>,
+}
+
+/// Validated Kafka settings.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub dlq_topic: String,
+    pub topic_partitions: i32,
+    /// librdkafka properties passed through, applied last (they win over likerate's own).
+    pub options: BTreeMap<String, String>,
+}
+
+impl KafkaArgs {
+    pub fn resolve(&self, file: &ConfigFile) -> Result<KafkaConfig, ConfigError> {
+        let s = file.layer(self)?;
+        let non_empty = |setting: &'static str, v: Option<String>, default: &str| {
+            let v = v.unwrap_or_else(|| default.to_owned());
+            if v.trim().is_empty() {
+                Err(invalid(setting, "must not be empty"))
+            } else {
+                Ok(v)
+            }
+        };
+        let topic_partitions = s.topic_partitions.unwrap_or(6);
+        if !(1..=10_000).contains(&topic_partitions) {
+            return Err(invalid(
+                "LIKERATE_TOPIC_PARTITIONS",
+                format!("must be between 1 and 10000, got {topic_partitions}"),
+            ));
+        }
+        Ok(KafkaConfig {
+            brokers: non_empty("LIKERATE_KAFKA_BROKERS", s.kafka_brokers, "127.0.0.1:9092")?,
+            topic: non_empty("LIKERATE_KAFKA_TOPIC", s.kafka_topic, "feedback-events")?,
+            group: non_empty("LIKERATE_KAFKA_GROUP", s.kafka_group, "likerate")?,
+            dlq_topic: non_empty("LIKERATE_DLQ_TOPIC", s.dlq_topic, "feedback-events-dlq")?,
+            topic_partitions,
+            options: kafka_options(file, std::env::vars(), &self.kafka_option)?,
+        })
+    }
+}
+
+const OPTION_PREFIX: &str = "LIKERATE_KAFKA_OPTION_";
+
+/// librdkafka pass-through properties: file `[kafka_options]`, then the environment, then
+/// `--kafka-option` flags, later layers winning per property.
+fn kafka_options(
+    file: &ConfigFile,
+    env: impl Iterator<Item = (String, String)>,
+    flags: &[String],
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut options = BTreeMap::new();
+    if let Some(table) = file.table.get("kafka_options") {
+        let table = table
+            .as_table()
+            .ok_or_else(|| invalid("kafka_options", "must be a table of strings"))?;
+        for (key, value) in table {
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            options.insert(key.clone(), value);
+        }
+    }
+    for (name, value) in env {
+        if let Some(rest) = name.strip_prefix(OPTION_PREFIX) {
+            options.insert(rest.to_ascii_lowercase().replace('_', "."), value);
+        }
+    }
+    for flag in flags {
+        let (key, value) = flag
+            .split_once('=')
+            .ok_or_else(|| invalid("--kafka-option", format!("{flag:?} is not KEY=VALUE")))?;
+        options.insert(key.trim().to_owned(), value.to_owned());
+    }
+    Ok(options)
+}
+
+/// PostgreSQL settings.
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL [default: postgres://postgres@127.0.0.1:5432/likerate]
+    #[arg(long, env = "LIKERATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the PostgreSQL URL (for secrets mounted as files); used when
+    /// LIKERATE_DATABASE_URL is unset
+    #[arg(long, env = "LIKERATE_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// Timeout of one database statement or connection attempt [default: 30s]
+    #[arg(long, env = "LIKERATE_DATABASE_TIMEOUT")]
+    pub database_timeout: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("DatabaseConfig")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatabaseArgs {
+    pub fn resolve(&self, file: &ConfigFile) -> Result<DatabaseConfig, ConfigError> {
+        let s = file.layer(self)?;
+        let url = match (s.database_url, s.database_url_file) {
+            (Some(url), _) => url,
+            (None, Some(path)) => read_secret("LIKERATE_DATABASE_URL_FILE", &path)?,
+            (None, None) => "postgres://postgres@127.0.0.1:5432/likerate".to_owned(),
+        };
+        url.parse::<tokio_postgres::Config>()
+            .map_err(|e| invalid("LIKERATE_DATABASE_URL", e.to_string()))?;
+        Ok(DatabaseConfig {
+            url,
+            timeout: duration("LIKERATE_DATABASE_TIMEOUT", s.database_timeout, "30s")?,
+        })
+    }
+}
+
+fn read_secret(setting: &'static str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| invalid(setting, format!("{}: {e}", path.display())))
+}
+
+pub fn duration(
+    setting: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_owned());
+    humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(setting, format!("{text:?} is not a duration like 15m: {e}")))
+}
+
+/// Settings of `likerate run` beyond Kafka and PostgreSQL.
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunArgs {
+    /// Address of the HTTP API and /metrics [default: 127.0.0.1:8080]
+    #[arg(long, env = "LIKERATE_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Alertmanager base URL; unset: alerts are only shown in metrics
+    #[arg(long, env = "LIKERATE_ALERTMANAGER_URL")]
+    pub alertmanager_url: Option<String>,
+    /// Page when the like rate is below this ratio [default: 0.85]
+    #[arg(long, env = "LIKERATE_LIKE_RATE_THRESHOLD")]
+    pub like_rate_threshold: Option<f64>,
+    /// Window the alert is evaluated over [default: 15m]
+    #[arg(long, env = "LIKERATE_ALERT_WINDOW")]
+    pub alert_window: Option<String>,
+    /// Fewest votes in the window for the alert to fire [default: 50]
+    #[arg(long, env = "LIKERATE_ALERT_MIN_SAMPLES")]
+    pub alert_min_samples: Option<u64>,
+    /// Also evaluate the alert per model version [default: true]
+    #[arg(long, env = "LIKERATE_ALERT_PER_MODEL")]
+    pub alert_per_model: Option<bool>,
+    /// Runbook linked from the alert
+    #[arg(long, env = "LIKERATE_RUNBOOK_URL")]
+    pub runbook_url: Option<String>,
+    /// Dashboard linked from the alert
+    #[arg(long, env = "LIKERATE_DASHBOARD_URL")]
+    pub dashboard_url: Option<String>,
+    /// Bearer token of the endpoints that return user text; unset: they answer 403
+    #[arg(long, env = "LIKERATE_EXPORT_TOKEN", hide_env_values = true)]
+    pub export_token: Option<String>,
+    /// File holding the export token; used when LIKERATE_EXPORT_TOKEN is unset
+    #[arg(long, env = "LIKERATE_EXPORT_TOKEN_FILE")]
+    pub export_token_file: Option<PathBuf>,
+    /// Most distinct values of the `subject` metric label; the rest are `_other` [default: 200]
+    #[arg(long, env = "LIKERATE_MAX_SUBJECT_LABELS")]
+    pub max_subject_labels: Option<usize>,
+    /// Most events in one database transaction [default: 5000]
+    #[arg(long, env = "LIKERATE_BATCH_MAX_EVENTS")]
+    pub batch_max_events: Option<usize>,
+    /// Longest an event waits for its batch to fill [default: 100ms]
+    #[arg(long, env = "LIKERATE_BATCH_LINGER")]
+    pub batch_linger: Option<String>,
+    /// Longest a shutdown or partition revocation waits for in-flight batches [default: 20s]
+    #[arg(long, env = "LIKERATE_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct RunConfig {
+    pub http_addr: SocketAddr,
+    pub alert: AlertConfig,
+    pub export_token: Option<String>,
+    pub max_subject_labels: usize,
+    pub batch_max_events: usize,
+    pub batch_linger: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for RunConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunConfig")
+            .field("http_addr", &self.http_addr)
+            .field("alert", &self.alert)
+            .field("export_token", &self.export_token.as_ref().map(|_| "<set>"))
+            .field("max_subject_labels", &self.max_subject_labels)
+            .field("batch_max_events", &self.batch_max_events)
+            .field("batch_linger", &self.batch_linger)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertConfig {
+    pub alertmanager_url: Option<String>,
+    pub threshold: f64,
+    pub window: Duration,
+    pub min_samples: u64,
+    pub per_model: bool,
+    pub runbook_url: String,
+    pub dashboard_url: String,
+}
+
+impl RunArgs {
+    pub fn resolve(&self, file: &ConfigFile) -> Result<RunConfig, ConfigError> {
+        let s = file.layer(self)?;
+        let http_addr = s
+            .http_addr
+            .as_deref()
+            .unwrap_or("127.0.0.1:8080")
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("LIKERATE_HTTP_ADDR", e.to_string()))?;
+        let threshold = s.like_rate_threshold.unwrap_or(0.85);
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(invalid(
+                "LIKERATE_LIKE_RATE_THRESHOLD",
+                format!("must be a ratio in (0, 1], got {threshold}"),
+            ));
+        }
+        let window = duration("LIKERATE_ALERT_WINDOW", s.alert_window, "15m")?;
+        if window < Duration::from_secs(60) || window > Duration::from_secs(24 * 3600) {
+            return Err(invalid(
+                "LIKERATE_ALERT_WINDOW",
+                "must be between 1m and 24h",
+            ));
+        }
+        if let Some(url) = &s.alertmanager_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "LIKERATE_ALERTMANAGER_URL",
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+        }
+        let export_token = match (s.export_token, s.export_token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(read_secret("LIKERATE_EXPORT_TOKEN_FILE", &path)?),
+            (None, None) => None,
+        };
+        if export_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "LIKERATE_EXPORT_TOKEN",
+                "must be at least 16 characters",
+            ));
+        }
+        let max_subject_labels = s.max_subject_labels.unwrap_or(200);
+        if max_subject_labels == 0 {
+            return Err(invalid("LIKERATE_MAX_SUBJECT_LABELS", "must be at least 1"));
+        }
+        let batch_max_events = s.batch_max_events.unwrap_or(5000);
+        if !(1..=100_000).contains(&batch_max_events) {
+            return Err(invalid(
+                "LIKERATE_BATCH_MAX_EVENTS",
+                "must be between 1 and 100000",
+            ));
+        }
+        Ok(RunConfig {
+            http_addr,
+            alert: AlertConfig {
+                alertmanager_url: s
+                    .alertmanager_url
+                    .map(|u| u.trim_end_matches('/').to_owned()),
+                threshold,
+                window,
+                min_samples: s.alert_min_samples.unwrap_or(50),
+                per_model: s.alert_per_model.unwrap_or(true),
+                runbook_url: s.runbook_url.unwrap_or_else(|| {
+                    "https://github.com/likerate/likerate/blob/main/deploy/RUNBOOK.md".to_owned()
+                }),
+                dashboard_url: s
+                    .dashboard_url
+                    .unwrap_or_else(|| "http://127.0.0.1:3000/d/likerate".to_owned()),
+            },
+            export_token,
+            max_subject_labels,
+            batch_max_events,
+            batch_linger: duration("LIKERATE_BATCH_LINGER", s.batch_linger, "100ms")?,
+            drain_timeout: duration("LIKERATE_DRAIN_TIMEOUT", s.drain_timeout, "20s")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> ConfigFile {
+        ConfigFile {
+            table: text.parse().unwrap(),
+            path: Some("test.toml".into()),
+        }
+    }
+
+    #[test]
+    fn flag_or_env_beats_file_beats_default() {
+        let f = file("kafka_topic = \"from-file\"\nkafka_group = \"file-group\"");
+        let cli = KafkaArgs {
+            kafka_topic: Some("from-cli".into()),
+            ..KafkaArgs::default()
+        };
+        let c = cli.resolve(&f).unwrap();
+        assert_eq!(c.topic, "from-cli");
+        assert_eq!(c.group, "file-group");
+        assert_eq!(c.dlq_topic, "feedback-events-dlq");
+    }
+
+    #[test]
+    fn kafka_options_layer_per_property() {
+        let f = file("[kafka_options]\n\"security.protocol\" = \"ssl\"\n\"linger.ms\" = 5");
+        let env = vec![(
+            "LIKERATE_KAFKA_OPTION_SECURITY_PROTOCOL".to_owned(),
+            "sasl_ssl".to_owned(),
+        )];
+        let opts = kafka_options(
+            &f,
+            env.into_iter(),
+            &["sasl.mechanism=SCRAM-SHA-512".into()],
+        )
+        .unwrap();
+        assert_eq!(opts["security.protocol"], "sasl_ssl");
+        assert_eq!(opts["linger.ms"], "5");
+        assert_eq!(opts["sasl.mechanism"], "SCRAM-SHA-512");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let bad = RunArgs {
+            like_rate_threshold: Some(1.5),
+            ..RunArgs::default()
+        };
+        let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
+        assert!(err.starts_with("LIKERATE_LIKE_RATE_THRESHOLD:"), "{err}");
+        let bad = RunArgs {
+            alert_window: Some("soon".into()),
+            ..RunArgs::default()
+        };
+        let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
+        assert!(err.starts_with("LIKERATE_ALERT_WINDOW:"), "{err}");
+        let err = file("http_addr = 5")
+            .layer(&RunArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml"), "{err}");
+    }
+}

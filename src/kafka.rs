@@ -1,0 +1,91 @@
+//! Kafka client settings and topic creation, shared by the source, the dead-letter sink and
+//! `likerate produce`.
+//!
+//! Guarantees: likerate's own client properties come first and the user's pass-through
+//! properties (`LIKERATE_KAFKA_OPTION_*`) are applied last, so SASL/TLS and tuning always win.
+//! Producers wait for all in-sync replicas and are idempotent, so a retried send is not
+//! duplicated by the broker.
+
+use crate::config::KafkaConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+fn base(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", "likerate");
+    c
+}
+
+fn finish(mut c: ClientConfig, config: &KafkaConfig) -> ClientConfig {
+    for (key, value) in &config.options {
+        c.set(key, value);
+    }
+    c
+}
+
+/// The consumer: manual offset store, auto-commit of stored offsets, bounded prefetch.
+pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("group.id", &config.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("max.poll.interval.ms", "300000")
+        // librdkafka buffers up to 100,000 messages / 64 MiB per partition by default.
+        .set("queued.min.messages", "2000")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.max.bytes", "8388608")
+        .set("statistics.interval.ms", "5000");
+    finish(c, config)
+}
+
+/// A producer that waits for all in-sync replicas.
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = base(config);
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .set("compression.type", "lz4");
+    finish(c, config)
+}
+
+/// Creates the feedback and dead-letter topics when they are missing; existing topics are
+/// left as they are.
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = finish(base(config), config).create()?;
+    let topics = [
+        NewTopic::new(
+            &config.topic,
+            config.topic_partitions,
+            TopicReplication::Fixed(-1),
+        ),
+        NewTopic::new(
+            &config.dlq_topic,
+            config.topic_partitions,
+            TopicReplication::Fixed(-1),
+        ),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&topics, &options).await?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(
+                    |_| tracing::error!(topic = %name, error = %code, "topic creation failed"),
+                )
+            }
+        }
+    }
+    Ok(())
+}

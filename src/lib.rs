@@ -1,0 +1,47 @@
+//! likerate: LLM chat feedback from Kafka into PostgreSQL, exactly once, with exact rolling
+//! like-rate aggregates, Prometheus metrics and an Alertmanager page.
+//!
+//! # Layout: the data flow, one module per stage
+//!
+//! ```text
+//!  Kafka topic ──> source ──> decode ──> (batch) ──> sink ──> PostgreSQL (rows + rollups)
+//!                    ^                                │  └──> dead_letter ──> DLQ topic
+//!                    └──────── acknowledgement ───────┘
+//!  PostgreSQL rollups ──> aggregate ──> telemetry (/metrics)
+//!                                   └─> alert ──> Alertmanager
+//!  http: /metrics, /healthz, /readyz
+//! ```
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`event`] | the domain `FeedbackEvent` and its valid-by-construction parts |
+//! | [`decode`] | bytes -> `FeedbackEvent` or a dead-letter reason code |
+//! | [`source`] | the Kafka consumer thread: batching, back-pressure, rebalance drain, offset acks |
+//! | [`sink`] | the PostgreSQL transaction per batch: idempotent rows, votes, rollups |
+//! | [`dead_letter`] | publishing refused records to the dead-letter topic |
+//! | [`aggregate`] | the 5m/15m/1h/24h windows read from the rollups |
+//! | [`alert`] | the `FeedbackLikeRateLow` rule and the Alertmanager push |
+//! | [`http`] | the HTTP server |
+//! | [`telemetry`] | every metric name, the label cap, logging |
+//! | [`config`] | flags, environment, TOML file, defaults |
+//! | [`db`] | connections, timeouts, TLS, migrations |
+//! | [`kafka`] | client properties and topic creation |
+//! | [`produce`] | `likerate produce`: demo traffic and load generator |
+//! | [`app`] | wiring of `likerate run` and its bounded shutdown |
+//! | [`shutdown`] | signals |
+
+pub mod aggregate;
+pub mod alert;
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod dead_letter;
+pub mod decode;
+pub mod event;
+pub mod http;
+pub mod kafka;
+pub mod produce;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod telemetry;

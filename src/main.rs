@@ -1,0 +1,117 @@
+//! The `likerate` command line: a thin layer over the library.
+
+use clap::{Parser, Subcommand};
+use likerate::config::{ConfigFile, DatabaseArgs, KafkaArgs, RunArgs};
+use likerate::produce::ProduceArgs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "likerate",
+    version,
+    about = "LLM chat feedback from Kafka into PostgreSQL, exactly once, with like-rate metrics and alerts"
+)]
+struct Cli {
+    /// Optional TOML file with settings (flags and environment variables win over it)
+    #[arg(long, global = true, env = "LIKERATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume, store, aggregate, alert and serve HTTP
+    Run {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Apply the database migrations of schemas/migrations
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Publish synthetic events (demo traffic, load) or the lines of a JSONL file
+    Produce {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        produce: ProduceArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    likerate::telemetry::init_logging();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the whole cause chain.
+            eprintln!("likerate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = ConfigFile::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run {
+            kafka,
+            database,
+            run,
+        } => {
+            let (kafka, database, run) = (
+                kafka.resolve(&file)?,
+                database.resolve(&file)?,
+                run.resolve(&file)?,
+            );
+            let app = likerate::app::App::build(kafka, database, run).await?;
+            tracing::info!(http = %app.http_addr(), "likerate running");
+            let shutdown = CancellationToken::new();
+            likerate::shutdown::on_signal(shutdown.clone());
+            app.run_until_stopped(shutdown).await
+        }
+        Command::Migrate { database } => {
+            let target = likerate::db::Target::new(&database.resolve(&file)?)?;
+            target.ensure_database().await?;
+            let mut client = target.connect().await?;
+            let applied = likerate::db::migrate(&mut client).await?;
+            if applied.is_empty() {
+                println!("database {} is up to date", target.dbname());
+            } else {
+                println!("applied to {}: {}", target.dbname(), applied.join(", "));
+            }
+            Ok(())
+        }
+        Command::Produce { kafka, produce } => {
+            let kafka = kafka.resolve(&file)?;
+            likerate::kafka::ensure_topics(&kafka).await?;
+            let stop = CancellationToken::new();
+            likerate::shutdown::on_signal(stop.clone());
+            let topic = kafka.topic.clone();
+            let produced = tokio::task::spawn_blocking(move || {
+                likerate::produce::produce(&kafka, &produce, stop)
+            })
+            .await??;
+            println!(
+                "sent {} records to {topic}: {} acknowledged, {} failed",
+                produced.sent, produced.acked, produced.failed
+            );
+            if produced.failed > 0 || produced.acked < produced.sent {
+                anyhow::bail!(
+                    "{} records were not acknowledged",
+                    produced.sent - produced.acked
+                );
+            }
+            Ok(())
+        }
+    }
+}

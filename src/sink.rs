@@ -1,0 +1,603 @@
+//! Sink: batches become rows in PostgreSQL, exactly once, with the rollups that count them.
+//!
+//! Guarantees:
+//! - One transaction per batch holds the new `feedback` rows, the vote bookkeeping and the
+//!   rollup deltas; the partition positions move (see [`crate::source::Acker`]) only after it
+//!   committed and the batch's dead letters were acknowledged.
+//! - Idempotent on `event_id`: the insert is `ON CONFLICT (event_id) DO NOTHING RETURNING`, and
+//!   rollups are built only from the rows it returned, so replays and producer duplicates
+//!   (also twice in one batch) store one row and count once. They are counted as `duplicate`.
+//! - Votes: of all events sharing a `vote_id`, the one with the latest `(created_at, event_id)`
+//!   counts. A newer vote moves its count out of the old bucket into the new one; an older event
+//!   arriving late is stored but changes no count.
+//! - Failures are classified: database unavailable, restarting, hanging or deadlocked ->
+//!   reconnect and retry the whole batch with backoff, forever (the source pauses meanwhile);
+//!   a row PostgreSQL refuses as data -> the batch is split until that row stands alone, the
+//!   rest is stored and the row is dead-lettered as `db_rejected`; schema or permission errors
+//!   -> [`SinkError::Fatal`], the process stops.
+//! - Lock order is deterministic (rows sorted by key), so instances writing concurrently do not
+//!   deadlock each other in the common case, and a deadlock that still happens is retried.
+
+use crate::db::{DbError, Target};
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::decode::{DecodeError, Reason};
+use crate::event::{Coordinates, FeedbackEvent, Rating};
+use crate::source::{Acker, Batch, Payload, Rejected};
+use crate::telemetry::Metrics;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, Statement};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Retrying cannot help (schema missing, permission denied): stop the process.
+    #[error("cannot store events: {0}")]
+    Fatal(String),
+}
+
+const INSERT_FEEDBACK: &str = "
+INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
+                      message_index, created_at, model, conversation_id, vote_id,
+                      kafka_topic, kafka_partition, kafka_offset)
+SELECT e.*, $11::text, p.partition, p.offset_
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
+            $7::timestamptz[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY
+       AS e(event_id, subject_id, message_content, user_question, rating, message_index,
+            created_at, model, conversation_id, vote_id, n)
+JOIN unnest($12::int4[], $13::int8[]) WITH ORDINALITY AS p(partition, offset_, n) USING (n)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id";
+
+const INSERT_VOTES: &str = "
+INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::int2[])
+ON CONFLICT (vote_id) DO NOTHING
+RETURNING vote_id";
+
+const LOCK_VOTES: &str = "
+SELECT vote_id, event_id, created_at, subject_id, model, rating
+FROM feedback_vote WHERE vote_id = ANY($1::text[]) ORDER BY vote_id FOR UPDATE";
+
+const UPDATE_VOTES: &str = "
+UPDATE feedback_vote v
+SET event_id = u.event_id, created_at = u.created_at, subject_id = u.subject_id,
+    model = u.model, rating = u.rating
+FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::int2[])
+       AS u(vote_id, event_id, created_at, subject_id, model, rating)
+WHERE v.vote_id = u.vote_id";
+
+const UPSERT_ROLLUP: &str = "
+INSERT INTO feedback_rollup (grain, bucket, subject_id, model, likes, dislikes, neutral)
+SELECT * FROM unnest($1::\"char\"[], $2::timestamptz[], $3::text[], $4::text[],
+                     $5::int8[], $6::int8[], $7::int8[])
+ON CONFLICT (grain, bucket, subject_id, model) DO UPDATE
+SET likes = feedback_rollup.likes + excluded.likes,
+    dislikes = feedback_rollup.dislikes + excluded.dislikes,
+    neutral = feedback_rollup.neutral + excluded.neutral";
+
+/// A connection with its statements prepared.
+struct Conn {
+    client: Client,
+    statements: Statements,
+}
+
+struct Statements {
+    insert_feedback: Statement,
+    insert_votes: Statement,
+    lock_votes: Statement,
+    update_votes: Statement,
+    upsert_rollup: Statement,
+}
+
+impl Conn {
+    async fn open(target: &Target) -> Result<Conn, DbError> {
+        let client = target.connect().await?;
+        let statements = Statements {
+            insert_feedback: client.prepare(INSERT_FEEDBACK).await?,
+            insert_votes: client.prepare(INSERT_VOTES).await?,
+            lock_votes: client.prepare(LOCK_VOTES).await?,
+            update_votes: client.prepare(UPDATE_VOTES).await?,
+            upsert_rollup: client.prepare(UPSERT_ROLLUP).await?,
+        };
+        Ok(Conn { client, statements })
+    }
+}
+
+/// An event with where it came from.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    event: &'a FeedbackEvent,
+    coords: Coordinates,
+}
+
+/// What one write did.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub stored: u64,
+    pub duplicates: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Written) {
+        self.stored += other.stored;
+        self.duplicates += other.duplicates;
+    }
+}
+
+pub struct Sink {
+    target: Target,
+    conn: Option<Conn>,
+    topic: String,
+    dead_letters: DeadLetters,
+    acker: Acker,
+    metrics: Metrics,
+    timeout: Duration,
+}
+
+impl Sink {
+    pub fn new(
+        target: Target,
+        topic: String,
+        dead_letters: DeadLetters,
+        acker: Acker,
+        metrics: Metrics,
+        timeout: Duration,
+    ) -> Sink {
+        Sink {
+            target,
+            conn: None,
+            topic,
+            dead_letters,
+            acker,
+            metrics,
+            timeout,
+        }
+    }
+
+    /// Stores batches until the source closes the channel.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> Result<(), SinkError> {
+        while let Some(batch) = rx.recv().await {
+            if !batch.is_empty() {
+                self.process(&batch).await?;
+                self.acker.ack(&batch);
+            }
+            if let Some(done) = &batch.flushed {
+                let _ = done.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn process(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        let mut rows = Vec::with_capacity(batch.records.len());
+        let mut letters = Vec::new();
+        let mut seen = HashSet::with_capacity(batch.records.len());
+        let mut in_batch_duplicates = 0;
+        for r in &batch.records {
+            match &r.payload {
+                Payload::Event(event) => {
+                    if seen.insert(event.event_id) {
+                        rows.push(Row {
+                            event,
+                            coords: r.coords,
+                        });
+                    } else {
+                        in_batch_duplicates += 1;
+                    }
+                }
+                Payload::Rejected(rejected) => letters.push(DeadLetter {
+                    rejected,
+                    partition: r.coords.partition,
+                    offset: r.coords.offset,
+                }),
+            }
+        }
+        let dead_letters = self.dead_letters.clone();
+        let (stored, ()) = tokio::join!(self.store(rows), dead_letters.publish(&letters));
+        let (written, refused) = stored?;
+        if !refused.is_empty() {
+            let refused: Vec<(Rejected, Coordinates)> = refused
+                .into_iter()
+                .map(|(row, detail)| (refused_letter(row.event, detail), row.coords))
+                .collect();
+            let letters: Vec<DeadLetter<'_>> = refused
+                .iter()
+                .map(|(rejected, c)| DeadLetter {
+                    rejected,
+                    partition: c.partition,
+                    offset: c.offset,
+                })
+                .collect();
+            self.dead_letters.publish(&letters).await;
+        }
+        self.metrics.event("stored", written.stored);
+        self.metrics
+            .event("duplicate", written.duplicates + in_batch_duplicates);
+        Ok(())
+    }
+
+    /// Writes the rows, isolating any row PostgreSQL refuses as data. Returns what was written
+    /// and the refused rows with the server's reason.
+    async fn store<'a>(
+        &mut self,
+        rows: Vec<Row<'a>>,
+    ) -> Result<(Written, Vec<(Row<'a>, String)>), SinkError> {
+        let mut written = Written::default();
+        let mut refused = Vec::new();
+        let mut stack = vec![rows];
+        while let Some(chunk) = stack.pop() {
+            if chunk.is_empty() {
+                continue;
+            }
+            match self.write_with_retry(&chunk).await {
+                Ok(w) => written += w,
+                Err(DbError::Data(detail)) if chunk.len() == 1 => {
+                    tracing::warn!(event_id = %chunk[0].event.event_id, %detail, "row refused by the database: dead-lettered");
+                    refused.push((chunk[0], detail));
+                }
+                Err(DbError::Data(detail)) => {
+                    tracing::warn!(rows = chunk.len(), %detail, "batch refused as data: splitting to isolate the row");
+                    let mut first = chunk;
+                    let second = first.split_off(first.len() / 2);
+                    stack.push(second);
+                    stack.push(first);
+                }
+                Err(e) => return Err(SinkError::Fatal(e.to_string())),
+            }
+        }
+        Ok((written, refused))
+    }
+
+    /// One transaction for the rows, retried while the database is unavailable.
+    async fn write_with_retry(&mut self, rows: &[Row<'_>]) -> Result<Written, DbError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                if self.conn.is_none() {
+                    self.conn = Some(Conn::open(&self.target).await?);
+                }
+                let conn = self.conn.as_mut().expect("connected above");
+                let started = Instant::now();
+                let inserted = write(conn, &self.topic, rows).await?;
+                self.metrics
+                    .batch_write_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.batch_events.observe(rows.len() as f64);
+                Ok::<_, DbError>(inserted)
+            };
+            let error = match tokio::time::timeout(self.timeout, attempt).await {
+                Ok(Ok(inserted)) => {
+                    self.record_votes(rows, &inserted);
+                    return Ok(Written {
+                        stored: inserted.len() as u64,
+                        duplicates: (rows.len() - inserted.len()) as u64,
+                    });
+                }
+                Ok(Err(DbError::Unavailable(e))) => e,
+                Ok(Err(other)) => return Err(other),
+                Err(_) => format!("no answer within {:?}", self.timeout),
+            };
+            // The connection may be mid-transaction or dead: never reuse it.
+            self.conn = None;
+            self.metrics.db_retries.inc();
+            tracing::warn!(error = %error, retry_in = ?backoff, "database unavailable: batch will be retried");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Counts the newly stored votes per subject and rating (`likerate_votes_total`).
+    fn record_votes(&self, rows: &[Row<'_>], inserted: &HashSet<Uuid>) {
+        let mut counts: HashMap<(&str, Rating), u64> = HashMap::new();
+        for r in rows.iter().filter(|r| inserted.contains(&r.event.event_id)) {
+            *counts
+                .entry((r.event.subject_id.as_str(), r.event.rating))
+                .or_default() += 1;
+        }
+        for ((subject, rating), n) in counts {
+            self.metrics.vote(subject, rating, n);
+        }
+    }
+}
+
+/// A dead letter for an event the database refused. The decoded event is re-encoded as JSON:
+/// the original bytes are not kept for valid events (that would copy every payload), and the
+/// re-encoding carries every field the event had.
+fn refused_letter(event: &FeedbackEvent, detail: String) -> Rejected {
+    let json = serde_json::json!({
+        "event_id": event.event_id,
+        "subject_id": event.subject_id.as_str(),
+        "assistant_message": event.assistant_message.as_str(),
+        "user_question": event.user_question.as_ref().map(|t| t.as_str()),
+        "rating": event.rating.as_i16(),
+        "message_index": event.message_index,
+        "created_at": event.created_at.to_rfc3339(),
+        "model": event.model.as_ref().map(|l| l.as_str()),
+        "conversation_id": event.conversation_id.as_ref().map(|l| l.as_str()),
+        "vote_id": event.vote_id.as_ref().map(|l| l.as_str()),
+    });
+    Rejected {
+        error: DecodeError::new(Reason::DbRejected, detail),
+        payload: json.to_string().into_bytes(),
+        key: None,
+    }
+}
+
+/// The write of one chunk: feedback rows, votes and rollups in one transaction. Returns the
+/// ids of the rows it created (the others were already stored).
+async fn write(conn: &mut Conn, topic: &str, rows: &[Row<'_>]) -> Result<HashSet<Uuid>, DbError> {
+    let mut sorted: Vec<Row<'_>> = rows.to_vec();
+    // A fixed order of unique-index insertions keeps concurrent writers from deadlocking.
+    sorted.sort_unstable_by_key(|r| r.event.event_id);
+    let ids: Vec<Uuid> = sorted.iter().map(|r| r.event.event_id).collect();
+    let subjects: Vec<&str> = sorted.iter().map(|r| r.event.subject_id.as_str()).collect();
+    let messages: Vec<&str> = sorted
+        .iter()
+        .map(|r| r.event.assistant_message.as_str())
+        .collect();
+    let questions = sorted
+        .iter()
+        .map(|r| r.event.user_question.as_ref().map(|t| t.as_str()))
+        .collect::<Vec<_>>();
+    let ratings: Vec<i16> = sorted.iter().map(|r| r.event.rating.as_i16()).collect();
+    let indexes: Vec<Option<i32>> = sorted.iter().map(|r| r.event.message_index).collect();
+    let created: Vec<DateTime<Utc>> = sorted.iter().map(|r| r.event.created_at).collect();
+    let models = sorted
+        .iter()
+        .map(|r| r.event.model.as_ref().map(|l| l.as_str()))
+        .collect::<Vec<_>>();
+    let conversations = sorted
+        .iter()
+        .map(|r| r.event.conversation_id.as_ref().map(|l| l.as_str()))
+        .collect::<Vec<_>>();
+    let vote_ids = sorted
+        .iter()
+        .map(|r| r.event.vote_id.as_ref().map(|l| l.as_str()))
+        .collect::<Vec<_>>();
+    let partitions: Vec<i32> = sorted.iter().map(|r| r.coords.partition).collect();
+    let offsets: Vec<i64> = sorted.iter().map(|r| r.coords.offset).collect();
+
+    let st = &conn.statements;
+    let tx = conn.client.transaction().await?;
+    let inserted: HashSet<Uuid> = tx
+        .query(
+            &st.insert_feedback,
+            &[
+                &ids,
+                &subjects,
+                &messages,
+                &questions,
+                &ratings,
+                &indexes,
+                &created,
+                &models,
+                &conversations,
+                &vote_ids,
+                &topic,
+                &partitions,
+                &offsets,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let new: Vec<&FeedbackEvent> = sorted
+        .iter()
+        .map(|r| r.event)
+        .filter(|e| inserted.contains(&e.event_id))
+        .collect();
+
+    let mut deltas = Deltas::default();
+    let mut latest: BTreeMap<&str, Vote> = BTreeMap::new();
+    for e in &new {
+        match &e.vote_id {
+            None => deltas.add(&Vote::of(e), 1),
+            Some(v) => {
+                let vote = Vote::of(e);
+                latest
+                    .entry(v.as_str())
+                    .and_modify(|cur| {
+                        if vote.newer_than(cur) {
+                            *cur = vote.clone()
+                        }
+                    })
+                    .or_insert(vote);
+            }
+        }
+    }
+    if !latest.is_empty() {
+        apply_votes(&tx, st, &latest, &mut deltas).await?;
+    }
+    if !deltas.0.is_empty() {
+        let d = deltas.expand();
+        let grains: Vec<i8> = d.iter().map(|(k, _)| k.0 as i8).collect();
+        let buckets: Vec<DateTime<Utc>> = d.iter().map(|(k, _)| k.1).collect();
+        let subjects: Vec<&str> = d.iter().map(|(k, _)| k.2.as_str()).collect();
+        let models: Vec<&str> = d.iter().map(|(k, _)| k.3.as_str()).collect();
+        let likes: Vec<i64> = d.iter().map(|(_, c)| c[0]).collect();
+        let dislikes: Vec<i64> = d.iter().map(|(_, c)| c[1]).collect();
+        let neutral: Vec<i64> = d.iter().map(|(_, c)| c[2]).collect();
+        tx.execute(
+            &st.upsert_rollup,
+            &[
+                &grains, &buckets, &subjects, &models, &likes, &dislikes, &neutral,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// What a vote contributes to the rollups.
+#[derive(Clone, Debug)]
+struct Vote {
+    event_id: Uuid,
+    created_at: DateTime<Utc>,
+    subject: String,
+    model: String,
+    rating: Rating,
+}
+
+impl Vote {
+    fn of(e: &FeedbackEvent) -> Vote {
+        Vote {
+            event_id: e.event_id,
+            created_at: e.created_at,
+            subject: e.subject_id.as_str().to_owned(),
+            model: e
+                .model
+                .as_ref()
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default(),
+            rating: e.rating,
+        }
+    }
+
+    /// Later `created_at` wins; the event id breaks ties so every replay decides alike.
+    fn newer_than(&self, other: &Vote) -> bool {
+        (self.created_at, self.event_id) > (other.created_at, other.event_id)
+    }
+}
+
+/// Moves counts for the batch's newest vote per `vote_id`: new votes are added; a vote newer
+/// than the stored one replaces it (old bucket -1, new bucket +1); an older one changes nothing.
+async fn apply_votes(
+    tx: &tokio_postgres::Transaction<'_>,
+    conn: &Statements,
+    latest: &BTreeMap<&str, Vote>,
+    deltas: &mut Deltas,
+) -> Result<(), DbError> {
+    let columns = |votes: &[(&str, &Vote)]| {
+        (
+            votes.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>(),
+            votes.iter().map(|(_, v)| v.event_id).collect::<Vec<_>>(),
+            votes.iter().map(|(_, v)| v.created_at).collect::<Vec<_>>(),
+            votes
+                .iter()
+                .map(|(_, v)| v.subject.clone())
+                .collect::<Vec<_>>(),
+            votes
+                .iter()
+                .map(|(_, v)| v.model.clone())
+                .collect::<Vec<_>>(),
+            votes
+                .iter()
+                .map(|(_, v)| v.rating.as_i16())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let all: Vec<(&str, &Vote)> = latest.iter().map(|(k, v)| (*k, v)).collect();
+    let (k, e, c, s, m, r) = columns(&all);
+    let created: HashSet<String> = tx
+        .query(&conn.insert_votes, &[&k, &e, &c, &s, &m, &r])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut existing = Vec::new();
+    for (key, vote) in &all {
+        if created.contains(*key) {
+            deltas.add(vote, 1);
+        } else {
+            existing.push(*key);
+        }
+    }
+    if existing.is_empty() {
+        return Ok(());
+    }
+    let stored = tx.query(&conn.lock_votes, &[&existing]).await?;
+    let mut replaced: Vec<(&str, &Vote)> = Vec::new();
+    for row in stored {
+        let key: String = row.get(0);
+        let old = Vote {
+            event_id: row.get(1),
+            created_at: row.get(2),
+            subject: row.get(3),
+            model: row.get(4),
+            rating: Rating::from_i64(row.get::<_, i16>(5).into()).unwrap_or(Rating::Neutral),
+        };
+        let Some((&k, new)) = latest.get_key_value(key.as_str()) else {
+            continue;
+        };
+        if new.newer_than(&old) {
+            deltas.add(&old, -1);
+            deltas.add(new, 1);
+            replaced.push((k, new));
+        }
+    }
+    if !replaced.is_empty() {
+        let (k, e, c, s, m, r) = columns(&replaced);
+        tx.execute(&conn.update_votes, &[&k, &e, &c, &s, &m, &r])
+            .await?;
+    }
+    Ok(())
+}
+
+/// Rollup changes keyed by (minute, subject, model): [likes, dislikes, neutral].
+#[derive(Default)]
+struct Deltas(BTreeMap<(DateTime<Utc>, String, String), [i64; 3]>);
+
+impl Deltas {
+    fn add(&mut self, vote: &Vote, sign: i64) {
+        let minute = truncate(vote.created_at, 60);
+        let counts = self
+            .0
+            .entry((minute, vote.subject.clone(), vote.model.clone()))
+            .or_default();
+        let i = match vote.rating {
+            Rating::Like => 0,
+            Rating::Dislike => 1,
+            Rating::Neutral => 2,
+        };
+        counts[i] += sign;
+    }
+
+    /// The deltas at minute, hour and day grain, sorted by key (the lock order), zeros dropped.
+    fn expand(&self) -> Vec<((char, DateTime<Utc>, String, String), [i64; 3])> {
+        let mut out: BTreeMap<(char, DateTime<Utc>, String, String), [i64; 3]> = BTreeMap::new();
+        for ((minute, subject, model), counts) in &self.0 {
+            for (grain, bucket) in [
+                ('d', truncate(*minute, 86_400)),
+                ('h', truncate(*minute, 3_600)),
+                ('m', *minute),
+            ] {
+                let e = out
+                    .entry((grain, bucket, subject.clone(), model.clone()))
+                    .or_default();
+                for i in 0..3 {
+                    e[i] += counts[i];
+                }
+            }
+        }
+        out.into_iter().filter(|(_, c)| *c != [0, 0, 0]).collect()
+    }
+}
+
+/// The start of the UTC bucket of `seconds` length that holds `t`.
+pub fn truncate(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    let s = t.timestamp().div_euclid(seconds) * seconds;
+    DateTime::from_timestamp(s, 0).expect("in range")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_truncate_in_utc() {
+        let t: DateTime<Utc> = "2026-02-05T10:30:59.9Z".parse().unwrap();
+        assert_eq!(truncate(t, 60).to_rfc3339(), "2026-02-05T10:30:00+00:00");
+        assert_eq!(truncate(t, 3600).to_rfc3339(), "2026-02-05T10:00:00+00:00");
+        assert_eq!(truncate(t, 86400).to_rfc3339(), "2026-02-05T00:00:00+00:00");
+        let before_epoch: DateTime<Utc> = "1969-12-31T23:59:30Z".parse().unwrap();
+        assert_eq!(
+            truncate(before_epoch, 60).to_rfc3339(),
+            "1969-12-31T23:59:00+00:00"
+        );
+    }
+}

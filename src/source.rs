@@ -1,0 +1,429 @@
+//! Source: the Kafka consumer, on a thread of its own, turning records into batches.
+//!
+//! Guarantees:
+//! - Offsets are acknowledgements. Auto offset *store* is off: an offset is stored (and then
+//!   committed by librdkafka's auto-commit, or synchronously at revocation and shutdown) only
+//!   by [`Acker::ack`], which the sink calls after the transaction holding the batch committed
+//!   and its dead letters were acknowledged by the broker. Batches are written one after the
+//!   other in poll order, so a stored offset always covers a contiguous prefix of its partition.
+//! - Stale acknowledgements are ignored: every assignment of a partition gets a new epoch, and
+//!   a batch consumed under an older epoch cannot move the position of a newer one.
+//! - The consumer keeps polling whatever happens downstream, so it is never evicted from the
+//!   group: when the sink cannot keep up (database down, slow), ready batches wait here and the
+//!   assigned partitions are paused until the sink takes them again.
+//! - Partition revocation and shutdown drain through one path, [`PollState::drain`]: cut the
+//!   open batch, hand every waiting batch to the sink, wait (bounded) until the sink has
+//!   acknowledged all of them, then commit the stored offsets synchronously.
+//! - Memory is bounded: batches are cut by count and by bytes, the channel to the sink holds
+//!   two, and librdkafka's prefetch queue is capped (its defaults buffer 100,000 messages per
+//!   partition).
+
+use crate::config::KafkaConfig;
+use crate::decode::{decode, DecodeError, Origin};
+use crate::event::{Coordinates, FeedbackEvent};
+use crate::kafka;
+use crate::telemetry::Metrics;
+use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::ClientContext;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Batch limits and drain bound.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub linger: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// A record that failed decoding, with everything its dead letter needs.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub error: DecodeError,
+    pub payload: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+pub enum Payload {
+    Event(FeedbackEvent),
+    Rejected(Rejected),
+}
+
+#[derive(Debug)]
+pub struct Record {
+    pub coords: Coordinates,
+    pub payload: Payload,
+}
+
+/// Records of consecutive polls, in poll order, possibly from several partitions.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    /// The assignment epoch of each partition in the batch, when it was consumed.
+    epochs: HashMap<i32, u64>,
+    bytes: usize,
+    started: Option<Instant>,
+    /// Set on the marker a drain sends: answered once everything before it is acknowledged.
+    pub flushed: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// Which partitions are assigned now, and under which epoch.
+#[derive(Default)]
+struct Assignment {
+    epochs: HashMap<i32, u64>,
+    next_epoch: u64,
+}
+
+/// Moves partition positions after the sink made a batch durable.
+#[derive(Clone)]
+pub struct Acker {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    topic: String,
+}
+
+impl Acker {
+    /// Stores, per partition, the offset after the batch's last record, if the partition is
+    /// still assigned under the epoch the batch was consumed in.
+    pub fn ack(&self, batch: &Batch) {
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for r in &batch.records {
+            let e = next.entry(r.coords.partition).or_insert(0);
+            *e = (*e).max(r.coords.offset + 1);
+        }
+        let assignment = self.consumer.context().assignment.lock().expect("lock");
+        for (partition, offset) in next {
+            if assignment.epochs.get(&partition) != batch.epochs.get(&partition) {
+                tracing::debug!(partition, "acknowledgement of a revoked partition ignored");
+                continue;
+            }
+            // store_offset takes the next offset to consume.
+            if let Err(e) = self.consumer.store_offset(&self.topic, partition, offset) {
+                tracing::warn!(partition, offset, error = %e, "could not store offset");
+            }
+        }
+    }
+}
+
+/// librdkafka callbacks: rebalances and statistics.
+pub struct SourceContext {
+    topic: String,
+    metrics: Metrics,
+    assignment: Mutex<Assignment>,
+    /// Set at the first assignment (readiness).
+    joined: Arc<AtomicBool>,
+    /// The poll thread's batching state; shared with the rebalance callback, which runs on the
+    /// same thread inside `poll`, so the lock is never contended.
+    state: Mutex<Option<PollState>>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let assignment = self.assignment.lock().expect("lock");
+        self.metrics.consumer_lag.clear();
+        for (partition, stats) in &topic.partitions {
+            if assignment.epochs.contains_key(partition) && stats.consumer_lag_stored >= 0 {
+                self.metrics
+                    .consumer_lag
+                    .get_or_create(&vec![("partition", partition.to_string())])
+                    .set(stats.consumer_lag_stored);
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = partitions_of(tpl);
+            tracing::info!(?partitions, "partitions revoked: draining");
+            if let Some(state) = self.state.lock().expect("lock").as_mut() {
+                state.drain(consumer);
+            }
+            let mut assignment = self.assignment.lock().expect("lock");
+            for p in &partitions {
+                assignment.epochs.remove(p);
+            }
+            self.metrics
+                .assigned_partitions
+                .set(assignment.epochs.len() as i64);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = partitions_of(tpl);
+                tracing::info!(?partitions, "partitions assigned");
+                self.joined.store(true, Ordering::Relaxed);
+                let mut assignment = self.assignment.lock().expect("lock");
+                for p in partitions {
+                    assignment.next_epoch += 1;
+                    let epoch = assignment.next_epoch;
+                    assignment.epochs.insert(p, epoch);
+                }
+                self.metrics
+                    .assigned_partitions
+                    .set(assignment.epochs.len() as i64);
+                if let Some(state) = self.state.lock().expect("lock").as_mut() {
+                    // A fresh assignment starts unpaused.
+                    state.paused = false;
+                    self.metrics.paused_partitions.set(0);
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// Batching state of the poll thread.
+struct PollState {
+    limits: BatchLimits,
+    open: Batch,
+    /// Batches cut but not yet taken by the sink (the channel was full).
+    waiting: VecDeque<Batch>,
+    tx: mpsc::Sender<Batch>,
+    paused: bool,
+    metrics: Metrics,
+}
+
+impl PollState {
+    fn push(&mut self, record: Record, bytes: usize, epoch: u64) {
+        let open = &mut self.open;
+        open.started.get_or_insert_with(Instant::now);
+        open.epochs.insert(record.coords.partition, epoch);
+        open.bytes += bytes;
+        open.records.push(record);
+        if open.records.len() >= self.limits.max_events || open.bytes >= self.limits.max_bytes {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        if !self.open.is_empty() {
+            self.waiting.push_back(std::mem::take(&mut self.open));
+        }
+    }
+
+    /// Cuts the open batch when it has lingered long enough, offers waiting batches to the
+    /// sink, and pauses or resumes the assignment accordingly.
+    fn tick(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        if self
+            .open
+            .started
+            .is_some_and(|t| t.elapsed() >= self.limits.linger)
+        {
+            self.cut();
+        }
+        while let Some(batch) = self.waiting.pop_front() {
+            match self.tx.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(batch)) => {
+                    self.waiting.push_front(batch);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        let should_pause = !self.waiting.is_empty();
+        if should_pause != self.paused {
+            if let Ok(assigned) = consumer.assignment() {
+                let result = if should_pause {
+                    consumer.pause(&assigned)
+                } else {
+                    consumer.resume(&assigned)
+                };
+                match result {
+                    Ok(()) => {
+                        self.paused = should_pause;
+                        let n = if should_pause { assigned.count() } else { 0 };
+                        self.metrics.paused_partitions.set(n as i64);
+                        tracing::debug!(paused = should_pause, "back-pressure");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
+                }
+            }
+        }
+    }
+
+    /// Hands every batch to the sink and waits until all are durable and acknowledged, then
+    /// commits the stored offsets. Bounded by `drain_timeout`: past it, what is not durable
+    /// is left to be consumed again by the next owner (writes are idempotent).
+    fn drain(&mut self, consumer: &BaseConsumer<SourceContext>) {
+        let deadline = Instant::now() + self.limits.drain_timeout;
+        self.cut();
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        self.waiting.push_back(Batch {
+            flushed: Some(done_tx),
+            ..Batch::default()
+        });
+        let mut drained = false;
+        while Instant::now() < deadline {
+            if let Some(batch) = self.waiting.pop_front() {
+                match self.tx.try_send(batch) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(batch)) => self.waiting.push_front(batch),
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                drained = done_rx.recv_timeout(left).is_ok();
+                break;
+            }
+        }
+        if !drained {
+            tracing::warn!(
+                timeout = ?self.limits.drain_timeout,
+                "drain timed out: records not yet durable will be consumed again"
+            );
+        }
+        // Whatever was not handed over belongs to the next owner now.
+        self.waiting.clear();
+        self.open = Batch::default();
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(e) => tracing::warn!(error = %e, "offset commit at drain failed"),
+        }
+    }
+}
+
+/// The running source: the poll thread and the acker the sink uses.
+pub struct Source {
+    pub acker: Acker,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Subscribes and starts the poll thread. Batches go to `tx`; the thread drains, commits and
+/// leaves the group when `shutdown` is cancelled.
+pub fn start(
+    config: &KafkaConfig,
+    limits: BatchLimits,
+    metrics: Metrics,
+    tx: mpsc::Sender<Batch>,
+    joined: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> Result<Source, rdkafka::error::KafkaError> {
+    let context = SourceContext {
+        topic: config.topic.clone(),
+        metrics: metrics.clone(),
+        joined,
+        assignment: Mutex::new(Assignment::default()),
+        state: Mutex::new(Some(PollState {
+            limits,
+            open: Batch::default(),
+            waiting: VecDeque::new(),
+            tx,
+            paused: false,
+            metrics: metrics.clone(),
+        })),
+    };
+    let consumer: BaseConsumer<SourceContext> =
+        kafka::consumer_config(config).create_with_context(context)?;
+    consumer.subscribe(&[&config.topic])?;
+    let consumer = Arc::new(consumer);
+    let acker = Acker {
+        consumer: consumer.clone(),
+        topic: config.topic.clone(),
+    };
+    let topic = config.topic.clone();
+    let thread = std::thread::Builder::new()
+        .name("likerate-source".into())
+        .spawn(move || poll_loop(consumer, topic, metrics, shutdown))
+        .expect("spawn source thread");
+    Ok(Source { acker, thread })
+}
+
+fn poll_loop(
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    topic: String,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let context = consumer.context().clone();
+    while !shutdown.is_cancelled() {
+        let polled = consumer.poll(Duration::from_millis(20));
+        let mut guard = context.state.lock().expect("lock");
+        let state = guard.as_mut().expect("poll state");
+        match polled {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                let epoch = context
+                    .assignment
+                    .lock()
+                    .expect("lock")
+                    .epochs
+                    .get(&partition)
+                    .copied()
+                    .unwrap_or(0);
+                let coords = Coordinates {
+                    partition,
+                    offset: message.offset(),
+                };
+                let bytes = message.payload_len();
+                let payload_bytes = message.payload().unwrap_or_default();
+                let origin = Origin {
+                    topic: &topic,
+                    partition,
+                    offset: coords.offset,
+                    received_at: Utc::now(),
+                };
+                let payload = match decode(payload_bytes, origin) {
+                    Ok(event) => Payload::Event(event),
+                    Err(error) => Payload::Rejected(Rejected {
+                        error,
+                        payload: payload_bytes.to_vec(),
+                        key: message.key().map(<[u8]>::to_vec),
+                    }),
+                };
+                state.push(Record { coords, payload }, bytes, epoch);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                drop(guard);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            None => {}
+        }
+        state.tick(&consumer);
+    }
+    tracing::info!("source stopping: draining");
+    if let Some(mut state) = context.state.lock().expect("lock").take() {
+        state.drain(&consumer);
+    }
+    consumer.unsubscribe();
+    metrics.assigned_partitions.set(0);
+    tracing::info!("source stopped");
+}
