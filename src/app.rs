@@ -116,14 +116,22 @@ impl App {
             .with_graceful_shutdown(async move { http_stop.cancelled().await });
         let mut http_task = tokio::spawn(async move { server.await });
 
+        let (mut sink_done, mut http_done) = (false, false);
         let outcome: anyhow::Result<()> = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => Ok(()),
-            r = &mut sink_task => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.into()),
-                Err(e) => Err(anyhow::anyhow!("sink task failed: {e}")),
-            },
-            r = &mut http_task => Err(anyhow::anyhow!("HTTP server stopped: {r:?}")),
+            r = &mut sink_task => {
+                sink_done = true;
+                match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(anyhow::anyhow!("sink task failed: {e}")),
+                }
+            }
+            r = &mut http_task => {
+                http_done = true;
+                Err(anyhow::anyhow!("HTTP server stopped: {r:?}"))
+            }
         };
         shutdown.cancel();
         source_stop.cancel();
@@ -133,7 +141,7 @@ impl App {
         let thread = source.thread;
         let joined = tokio::time::timeout(bound, async {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-            if !sink_task.is_finished() {
+            if !sink_done {
                 let _ = (&mut sink_task).await;
             }
         })
@@ -144,7 +152,9 @@ impl App {
                 "shutdown bound reached: exiting with work not drained (it will be consumed again)"
             );
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+        if !http_done {
+            let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+        }
         aggregates.abort();
         tracing::info!("stopped");
         outcome

@@ -59,31 +59,36 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// Creates the feedback and dead-letter topics when they are missing; existing topics are
-/// left as they are.
+/// left as they are. Bounded: a broker that does not answer fails this within 30 seconds.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = finish(base(config), config).create()?;
-    let topics = [
-        NewTopic::new(
-            &config.topic,
-            config.topic_partitions,
-            TopicReplication::Fixed(-1),
-        ),
-        NewTopic::new(
-            &config.dlq_topic,
-            config.topic_partitions,
-            TopicReplication::Fixed(-1),
-        ),
-    ];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let admin = std::sync::Arc::new(admin);
+    let probe = admin.clone();
+    let metadata = tokio::task::spawn_blocking(move || {
+        probe.inner().fetch_metadata(None, Duration::from_secs(30))
+    })
+    .await
+    .expect("metadata task")?;
+    let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    let topics: Vec<NewTopic<'_>> = [&config.topic, &config.dlq_topic]
+        .into_iter()
+        .filter(|t| !existing.contains(&t.as_str()))
+        .map(|t| NewTopic::new(t, config.topic_partitions, TopicReplication::Fixed(1)))
+        .collect();
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics(&topics, &options).await?;
     for result in results {
         match result {
             Ok(name) => tracing::info!(topic = %name, "topic created"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(KafkaError::AdminOp(code)).inspect_err(
-                    |_| tracing::error!(topic = %name, error = %code, "topic creation failed"),
-                )
+                tracing::error!(topic = %name, error = %code, "topic creation failed");
+                return Err(KafkaError::AdminOp(code));
             }
         }
     }

@@ -42,7 +42,9 @@ const INSERT_FEEDBACK: &str = "
 INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
                       message_index, created_at, model, conversation_id, vote_id,
                       kafka_topic, kafka_partition, kafka_offset)
-SELECT e.*, $11::text, p.partition, p.offset_
+SELECT e.event_id, e.subject_id, e.message_content, e.user_question, e.rating,
+       e.message_index, e.created_at, e.model, e.conversation_id, e.vote_id,
+       $11::text, p.partition, p.offset_
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
             $7::timestamptz[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY
        AS e(event_id, subject_id, message_content, user_question, rating, message_index,

@@ -1,0 +1,843 @@
+//! The pipeline against real services: PostgreSQL, a Kafka-protocol broker (librdkafka's mock
+//! cluster for fault injection, tansu when it is installed) and the `likerate` binary itself,
+//! started as a child process with a fresh database, topic and group per test and HTTP on
+//! port 0.
+//!
+//! Every test ends with the same two checks: the stored rows are exactly the distinct valid
+//! events that were produced, and the rollups equal a recomputation from the `feedback` table.
+
+use chrono::Utc;
+use likerate::config::KafkaConfig;
+use likerate::decode::{decode, Origin};
+use likerate::produce::{Generator, ProduceArgs};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use std::collections::{BTreeMap, HashSet};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Tests that restart PostgreSQL take this exclusively; every other test shares it.
+fn pg_lock() -> &'static RwLock<()> {
+    static LOCK: OnceLock<RwLock<()>> = OnceLock::new();
+    LOCK.get_or_init(|| RwLock::new(()))
+}
+
+enum Broker {
+    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
+    Tansu(String),
+}
+
+impl Broker {
+    fn bootstrap(&self) -> String {
+        match self {
+            Broker::Mock(m) => m.bootstrap_servers(),
+            Broker::Tansu(addr) => addr.clone(),
+        }
+    }
+}
+
+/// tansu, started once per test binary on a free port (memory storage), if installed.
+fn tansu() -> Option<String> {
+    static TANSU: OnceLock<Option<String>> = OnceLock::new();
+    TANSU
+        .get_or_init(|| {
+            let bin = std::env::var("HOME").ok()? + "/.cargo/bin/tansu";
+            let bin = if std::path::Path::new(&bin).exists() {
+                bin
+            } else {
+                "tansu".to_owned()
+            };
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let child = Command::new(&bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            // Killed with the test binary: tansu keeps nothing on disk.
+            std::mem::forget(child);
+            let addr = format!("127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(&addr).is_err() {
+                if Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Some(addr)
+        })
+        .clone()
+}
+
+/// One test's world: a database, a topic pair, a group.
+struct Env {
+    broker: Broker,
+    db_name: String,
+    kafka: KafkaConfig,
+    _guard: Box<dyn std::any::Any>,
+}
+
+impl Env {
+    async fn new(use_tansu: bool) -> Env {
+        Self::with_guard(use_tansu, false).await
+    }
+
+    async fn with_guard(use_tansu: bool, exclusive: bool) -> Env {
+        let guard: Box<dyn std::any::Any> = if exclusive {
+            Box::new(pg_lock().write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Box::new(pg_lock().read().unwrap_or_else(|e| e.into_inner()))
+        };
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let broker = if use_tansu {
+            Broker::Tansu(tansu().expect(
+                "tansu is not installed: run deploy/local/install.sh (cargo install tansu)",
+            ))
+        } else {
+            Broker::Mock(MockCluster::new(1).expect("mock cluster"))
+        };
+        let kafka = KafkaConfig {
+            brokers: broker.bootstrap(),
+            topic: format!("fe-{id}"),
+            group: format!("g-{id}"),
+            dlq_topic: format!("fe-{id}-dlq"),
+            topic_partitions: 3,
+            options: BTreeMap::new(),
+        };
+        if let Broker::Mock(m) = &broker {
+            m.create_topic(&kafka.topic, 3, 1).unwrap();
+            m.create_topic(&kafka.dlq_topic, 3, 1).unwrap();
+        } else {
+            likerate::kafka::ensure_topics(&kafka).await.unwrap();
+        }
+        let db_name = format!("likerate_test_{id}");
+        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .unwrap();
+        Env {
+            broker,
+            db_name,
+            kafka,
+            _guard: guard,
+        }
+    }
+
+    fn db_url(&self) -> String {
+        format!("{PG_BASE}/{}", self.db_name)
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.db_url(), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    /// `likerate run` with this env's settings.
+    fn spawn(&self, group: Option<&str>, extra: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
+        cmd.arg("run")
+            .env("LIKERATE_KAFKA_BROKERS", &self.kafka.brokers)
+            .env("LIKERATE_KAFKA_TOPIC", &self.kafka.topic)
+            .env("LIKERATE_KAFKA_GROUP", group.unwrap_or(&self.kafka.group))
+            .env("LIKERATE_DLQ_TOPIC", &self.kafka.dlq_topic)
+            .env("LIKERATE_DATABASE_URL", self.db_url())
+            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
+            .env("LIKERATE_DATABASE_TIMEOUT", "5s")
+            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn likerate");
+        let stderr = child.stderr.take().unwrap();
+        let addr = Arc::new(Mutex::new(None));
+        let seen = addr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("http=").nth(1) {
+                    let a = rest.split_whitespace().next().unwrap_or_default();
+                    *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
+                }
+                eprintln!("[likerate] {line}");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(http) = *addr.lock().unwrap() {
+                return Proc { child, http };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("likerate exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "likerate did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn producer(&self) -> FutureProducer {
+        likerate::kafka::producer_config(&self.kafka)
+            .create()
+            .unwrap()
+    }
+
+    /// Sends records in order and waits for every acknowledgement.
+    async fn send(&self, records: &[(String, Vec<u8>)]) {
+        let producer = self.producer();
+        let mut pending = futures::stream::FuturesOrdered::new();
+        for (key, payload) in records {
+            let producer = producer.clone();
+            let topic = self.kafka.topic.clone();
+            pending.push_back(async move {
+                producer
+                    .send(
+                        FutureRecord::to(&topic)
+                            .key(key.as_bytes())
+                            .payload(payload),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("delivered")
+            });
+            if pending.len() >= 2000 {
+                use futures::StreamExt;
+                pending.next().await;
+            }
+        }
+        use futures::StreamExt;
+        while pending.next().await.is_some() {}
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    async fn count(&self) -> i64 {
+        self.client()
+            .await
+            .query_one("SELECT count(*) FROM feedback", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until `feedback` holds `n` rows (and stays there for a moment).
+    async fn wait_for_rows(&self, n: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.count().await;
+            assert!(c <= n, "more rows than distinct events: {c} > {n}");
+            if c == n {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert_eq!(self.count().await, n, "rows kept arriving past {n}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {c} of {n} rows after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The rollups equal a recomputation from the stored rows (current votes only), at every
+    /// grain.
+    async fn assert_rollups_exact(&self) {
+        let client = self.client().await;
+        let diff: i64 = client
+            .query_one(
+                "WITH cur AS (
+                   SELECT DISTINCT ON (coalesce(vote_id, event_id::text))
+                          subject_id, coalesce(model, '') AS model, rating,
+                          date_trunc('minute', created_at) AS bucket
+                   FROM feedback
+                   ORDER BY coalesce(vote_id, event_id::text), created_at DESC, event_id DESC),
+                 expected AS (
+                   SELECT bucket, subject_id::text, model::text,
+                          count(*) FILTER (WHERE rating = 1) AS l,
+                          count(*) FILTER (WHERE rating = -1) AS d,
+                          count(*) FILTER (WHERE rating = 0) AS n
+                   FROM cur GROUP BY 1, 2, 3),
+                 actual AS (
+                   SELECT bucket, subject_id::text, model::text, likes, dislikes, neutral
+                   FROM feedback_rollup
+                   WHERE grain = 'm' AND (likes, dislikes, neutral) <> (0, 0, 0))
+                 SELECT count(*) FROM (
+                   (SELECT * FROM expected EXCEPT SELECT * FROM actual)
+                   UNION ALL
+                   (SELECT * FROM actual EXCEPT SELECT * FROM expected)) x",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(diff, 0, "rollup cells differ from the recomputation");
+        let grains: Vec<(i64, i64, i64)> = client
+            .query(
+                "SELECT sum(likes)::int8, sum(dislikes)::int8, sum(neutral)::int8
+                 FROM feedback_rollup GROUP BY grain",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(grains.len(), 3, "minute, hour and day grains");
+        assert!(
+            grains.windows(2).all(|w| w[0] == w[1]),
+            "grains disagree: {grains:?}"
+        );
+    }
+
+    /// Every record of the dead-letter topic: (headers, payload).
+    fn dead_letters(&self, expected: usize) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .set("group.id", format!("dlq-reader-{}", Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&self.kafka.dlq_topic]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for i in 0..h.count() {
+                        let header = h.get(i);
+                        headers.insert(
+                            header.key.to_owned(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into(),
+                        );
+                    }
+                }
+                out.push((headers, m.payload().unwrap_or_default().to_vec()));
+            }
+        }
+        // Nothing more than expected arrives.
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                panic!("more dead letters than expected");
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let name = self.db_name.clone();
+        // Best effort: leftover databases are only disk space on a test machine.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+struct Proc {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Proc {
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns the exit status and how long the process took to exit.
+    fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        unsafe_sigterm(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(Instant::now() < deadline, "likerate ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Synthetic records and the distinct valid event ids among them.
+fn traffic(n: u64, seed: u64, extra: &[&str]) -> (Vec<(String, Vec<u8>)>, HashSet<Uuid>, usize) {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProduceArgs,
+    }
+    let mut argv = vec!["x".to_owned(), "--seed".into(), seed.to_string()];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let cli = Cli::parse_from(argv);
+    let mut g = Generator::new(&cli.args).unwrap();
+    let mut records = Vec::new();
+    let mut ids = HashSet::new();
+    let mut invalid = 0;
+    for _ in 0..n {
+        let (key, payload) = g.next();
+        let origin = Origin {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            received_at: Utc::now(),
+        };
+        match decode(&payload, origin) {
+            Ok(e) => {
+                ids.insert(e.event_id);
+            }
+            Err(_) => invalid += 1,
+        }
+        records.push((key, payload));
+    }
+    (records, ids, invalid)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stores_each_event_once_and_replay_changes_nothing() {
+    let env = Env::new(false).await;
+    let (records, ids, invalid) = traffic(
+        3000,
+        1,
+        &[
+            "--duplicates",
+            "0.02",
+            "--revotes",
+            "0.05",
+            "--invalid",
+            "0.01",
+        ],
+    );
+    env.send(&records).await;
+    let p = env.spawn(None, &[]);
+    env.wait_for_rows(ids.len() as i64, Duration::from_secs(60))
+        .await;
+    env.assert_rollups_exact().await;
+    assert_eq!(env.dead_letters(invalid).len(), invalid);
+    // Metrics settle after the last batch's acknowledgement.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = p.metric(r#"likerate_events_total{outcome="stored"}"#).await;
+    let dups = p
+        .metric(r#"likerate_events_total{outcome="duplicate"}"#)
+        .await;
+    assert_eq!(stored as usize, ids.len());
+    assert_eq!(dups as usize, records.len() - invalid - ids.len());
+    let (status, took) = p.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+
+    // A second group replays the whole topic: nothing new is stored or counted.
+    let p = env.spawn(Some("replay-group"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while p
+        .metric(r#"likerate_events_total{outcome="duplicate"}"#)
+        .await
+        < (records.len() - invalid) as f64
+    {
+        assert!(Instant::now() < deadline, "replay did not finish");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        p.metric(r#"likerate_events_total{outcome="stored"}"#).await,
+        0.0
+    );
+    assert_eq!(env.count().await, ids.len() as i64);
+    env.assert_rollups_exact().await;
+    p.kill9();
+}
+
+/// kill -9 at random moments (inside transactions, between the database commit and the offset
+/// commit), restart, repeat: every event is stored exactly once.
+async fn kill9_restarts(use_tansu: bool) {
+    let env = Env::new(use_tansu).await;
+    let (records, ids, _) = traffic(20_000, 2, &["--duplicates", "0.01", "--revotes", "0.05"]);
+    let sender = {
+        let env_records = records.clone();
+        let kafka = env.kafka.clone();
+        tokio::spawn(async move {
+            let producer: FutureProducer =
+                likerate::kafka::producer_config(&kafka).create().unwrap();
+            for chunk in env_records.chunks(1000) {
+                let sends = chunk.iter().map(|(k, v)| {
+                    producer.send(
+                        FutureRecord::to(&kafka.topic).key(k.as_bytes()).payload(v),
+                        Duration::from_secs(30),
+                    )
+                });
+                for r in futures::future::join_all(sends).await {
+                    r.map_err(|(e, _)| e).expect("delivered");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut killed = 0;
+    for round in 0..5u64 {
+        let p = env.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "500")]);
+        tokio::time::sleep(Duration::from_millis(800 + 450 * round)).await;
+        p.kill9();
+        killed += 1;
+    }
+    sender.await.unwrap();
+    let p = env.spawn(None, &[]);
+    env.wait_for_rows(ids.len() as i64, Duration::from_secs(120))
+        .await;
+    env.assert_rollups_exact().await;
+    let distinct: i64 = env
+        .client()
+        .await
+        .query_one("SELECT count(DISTINCT event_id) FROM feedback", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, ids.len() as i64);
+    assert_eq!(killed, 5);
+    p.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_restarts_store_each_event_once_mock_broker() {
+    kill9_restarts(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_restarts_store_each_event_once_tansu() {
+    kill9_restarts(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_the_group_and_survive_one_killed() {
+    let env = Env::new(false).await;
+    let (records, ids, _) = traffic(12_000, 3, &["--revotes", "0.05"]);
+    let a = env.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "300")]);
+    let b = env.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "300")]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (first, rest) = records.split_at(6000);
+    env.send(first).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.kill9();
+    env.send(rest).await;
+    env.wait_for_rows(ids.len() as i64, Duration::from_secs(120))
+        .await;
+    env.assert_rollups_exact().await;
+    b.kill9();
+}
+
+/// Kills likerate's database sessions mid-transaction, then restarts PostgreSQL during a load.
+#[tokio::test(flavor = "multi_thread")]
+async fn database_sessions_killed_and_server_restarted_lose_nothing() {
+    let env = Env::with_guard(false, true).await;
+    let (records, ids, _) = traffic(15_000, 4, &["--revotes", "0.05"]);
+    let p = env.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "200")]);
+    let (first, rest) = records.split_at(7000);
+    env.send(first).await;
+    let admin = env.client().await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'likerate' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    let restart = Command::new("bash")
+        .args([
+            "-c",
+            "pg_ctlcluster $(pg_lsclusters -h | awk 'NR==1{print $1, $2}') restart",
+        ])
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(restart.success(), "PostgreSQL restart failed");
+    env.send(rest).await;
+    env.wait_for_rows(ids.len() as i64, Duration::from_secs(120))
+        .await;
+    env.assert_rollups_exact().await;
+    assert!(p.metric("likerate_db_retries_total").await > 0.0);
+    assert_eq!(
+        p.metric(r#"likerate_events_total{outcome="dead_lettered"}"#)
+            .await,
+        0.0
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_down_and_back_resumes_and_sigterm_exits_while_it_is_down() {
+    let env = Env::new(false).await;
+    let (records, ids, _) = traffic(6000, 5, &[]);
+    let p = env.spawn(None, &[]);
+    env.send(&records[..3000]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let Broker::Mock(mock) = &env.broker else {
+        unreachable!()
+    };
+    mock.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    mock.broker_up(1).unwrap();
+    env.send(&records[3000..]).await;
+    env.wait_for_rows(ids.len() as i64, Duration::from_secs(90))
+        .await;
+    env.assert_rollups_exact().await;
+
+    mock.broker_down(1).unwrap();
+    let (status, took) = p.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(20),
+        "shutdown with the broker down took {took:?}"
+    );
+    mock.broker_up(1).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_dead_lettered_with_its_reason_and_text_is_stored_byte_exact() {
+    let env = Env::new(false).await;
+    let ok = |answer: &str| {
+        serde_json::json!({
+            "event_id": Uuid::new_v4(), "subject_id": "Math", "assistant_message": answer,
+            "user_question": "q", "rating": 1, "created_at": "2026-02-05T10:30:00Z"
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let base = r#"{"subject_id":"Math","assistant_message":"x","rating":1,"created_at":"2026-02-05T10:30:00Z"}"#;
+    let with = |from: &str, to: &str| base.replacen(from, to, 1).into_bytes();
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid_utf8", vec![b'{', 0xc3, 0x28, b'}']),
+        ("invalid_json", b"not json".to_vec()),
+        ("invalid_json", base[..30].as_bytes().to_vec()),
+        (
+            "invalid_json",
+            format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        ),
+        ("not_object", b"[1,2,3]".to_vec()),
+        ("not_object", b"\"Math\"".to_vec()),
+        ("empty", Vec::new()),
+        ("too_large", ok(&"x".repeat(300 * 1024))),
+        ("missing_field", with(r#""subject_id":"Math","#, "")),
+        ("out_of_range", with("Math", &"m".repeat(65))),
+        ("out_of_range", with(r#""rating":1"#, r#""rating":2"#)),
+        ("invalid_type", with(r#""rating":1"#, r#""rating":"1""#)),
+        ("invalid_type", with(r#""rating":1"#, r#""rating":1.5"#)),
+        ("missing_field", with(r#""rating":1"#, r#""rating":null"#)),
+        (
+            "invalid_timestamp",
+            with("2026-02-05T10:30:00Z", "yesterday"),
+        ),
+        ("invalid_json", with("Math", r"\ud800")),
+        (
+            "duplicate_field",
+            with(r#""rating":1"#, r#""rating":1,"rating":-1"#),
+        ),
+        ("nul_character", with("Math", r"Ma\u0000th")),
+    ];
+    let texts = [
+        "'; DROP TABLE feedback; --",
+        "<script>alert('x')</script><b>bold</b>",
+        "emoji 🎉👍🏽 and ZWJ 👩‍💻",
+        "right-to-left \u{202e}override\u{202c} and \u{2067}isolate\u{2069}",
+        &"long answer ".repeat(200 * 1024 / 12),
+        "tab\tnewline\nbackslash\\ quote\" COPY markers \\N \\.",
+    ];
+    let mut records: Vec<(String, Vec<u8>)> = bad
+        .iter()
+        .map(|(_, b)| ("k".to_owned(), b.clone()))
+        .collect();
+    records.extend(texts.iter().map(|t| ("k".to_owned(), ok(t))));
+    env.send(&records).await;
+    let p = env.spawn(None, &[]);
+    env.wait_for_rows(texts.len() as i64, Duration::from_secs(60))
+        .await;
+    let stored: HashSet<String> = env
+        .client()
+        .await
+        .query("SELECT message_content FROM feedback", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for t in texts {
+        assert!(
+            stored.contains(t),
+            "not stored byte-exact: {:?}",
+            &t[..t.len().min(40)]
+        );
+    }
+    let letters = env.dead_letters(bad.len());
+    assert_eq!(letters.len(), bad.len());
+    let mut got: Vec<(String, Vec<u8>)> = letters
+        .iter()
+        .map(|(h, payload)| {
+            assert_eq!(h["likerate-source-topic"], env.kafka.topic);
+            assert!(h["likerate-source-partition"].parse::<i32>().is_ok());
+            assert!(h["likerate-source-offset"].parse::<i64>().is_ok());
+            assert!(!h["likerate-error-detail"].is_empty());
+            (h["likerate-error"].clone(), payload.clone())
+        })
+        .collect();
+    let mut want: Vec<(String, Vec<u8>)> =
+        bad.into_iter().map(|(r, b)| (r.to_owned(), b)).collect();
+    got.sort();
+    want.sort();
+    assert!(
+        got == want,
+        "dead letters differ in reason or original bytes"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        p.metric(r#"likerate_dead_letters_total{reason="invalid_json"}"#)
+            .await,
+        4.0
+    );
+    p.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_the_database_refuses_is_isolated_from_its_batch() {
+    let env = Env::new(false).await;
+    // Create the schema, then a constraint standing for any data PostgreSQL may refuse.
+    let status = Command::new(env!("CARGO_BIN_EXE_likerate"))
+        .args(["migrate", "--database-url", &env.db_url()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE feedback ADD CONSTRAINT no_poison CHECK (message_content <> 'poison')",
+        )
+        .await
+        .unwrap();
+    let event = |answer: &str| {
+        serde_json::json!({
+            "event_id": Uuid::new_v4(), "subject_id": "Math", "assistant_message": answer,
+            "rating": -1, "created_at": Utc::now().to_rfc3339()
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let mut records: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| ("k".to_owned(), event(&format!("answer {i}"))))
+        .collect();
+    records.insert(17, ("k".to_owned(), event("poison")));
+    env.send(&records).await;
+    let p = env.spawn(None, &[]);
+    env.wait_for_rows(40, Duration::from_secs(60)).await;
+    let letters = env.dead_letters(1);
+    assert_eq!(letters[0].0["likerate-error"], "db_rejected");
+    assert!(letters[0].0["likerate-error-detail"].contains("no_poison"));
+    env.assert_rollups_exact().await;
+    p.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_and_config_errors() {
+    let env = Env::new(false).await;
+    let p = env.spawn(None, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = reqwest::get(format!("http://{}/readyz", p.http))
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let h = reqwest::get(format!("http://{}/healthz", p.http))
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+    p.kill9();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_likerate"))
+        .args(["run"])
+        .env("LIKERATE_LIKE_RATE_THRESHOLD", "2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LIKERATE_LIKE_RATE_THRESHOLD"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line reason: {err}");
+}
