@@ -55,11 +55,16 @@ run "promtool test rules" promtool test rules "${test_files[@]}"
 run "promtool check config (local)" promtool check config "$prom_dir/prometheus.yml"
 run "promtool check config (compose)" promtool check config "$prom_dir/prometheus.compose.yml"
 
-# The compose variant must stay the local file with other addresses.
+# The compose variant must stay the local file with other addresses. Its likerate job finds
+# the compose replicas by DNS (dns_sd_configs, name likerate, port 8080) where the local file
+# has the static target 127.0.0.1:8080: both blocks normalize to the same line.
 normalize() {
   sed -e '/^[[:space:]]*#/d' \
       -e 's/127\.0\.0\.1:8080/likerate:8080/g' \
-      -e 's/127\.0\.0\.1:9093/alertmanager:9093/g' "$1"
+      -e 's/127\.0\.0\.1:9093/alertmanager:9093/g' "$1" |
+    sed -e "/^    static_configs:\$/{N;s/\n      - targets: \['likerate:8080'\]\$/ LIKERATE_TARGETS/;}" \
+        -e "/^    dns_sd_configs:\$/{N;N;N;s/\n      - names: \['likerate'\]\n        type: A\n        port: 8080\$/ LIKERATE_TARGETS/;}" \
+        -e 's/^    \(static\|dns_sd\)_configs: LIKERATE_TARGETS$/    likerate targets/'
 }
 same_but_targets() {
   diff -u <(normalize "$prom_dir/prometheus.yml") <(normalize "$prom_dir/prometheus.compose.yml") &&

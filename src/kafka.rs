@@ -38,7 +38,9 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "2000")
-        .set("max.poll.interval.ms", "300000")
+        // The poll thread never blocks longer than a drain (20s by default); a short interval
+        // also bounds how long a rebalance waits for a member that died without leaving.
+        .set("max.poll.interval.ms", "60000")
         // librdkafka buffers up to 100,000 messages / 64 MiB per partition by default.
         .set("queued.min.messages", "2000")
         .set("queued.max.messages.kbytes", "8192")

@@ -50,7 +50,11 @@ fn main() -> ExitCode {
     likerate::telemetry::init_logging();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Do not wait for blocking work that outlived the bounded shutdown (a consumer still trying
+    // to reach an unreachable broker): nothing it holds is needed any more.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, the whole cause chain.

@@ -127,6 +127,7 @@ pub struct SourceContext {
     assignment: Mutex<Assignment>,
     /// Set at the first assignment (readiness).
     joined: Arc<AtomicBool>,
+    last_error_log: Mutex<Option<Instant>>,
     /// The poll thread's batching state; shared with the rebalance callback, which runs on the
     /// same thread inside `poll`, so the lock is never contended.
     state: Mutex<Option<PollState>>,
@@ -138,19 +139,27 @@ impl ClientContext for SourceContext {
             return;
         };
         let assignment = self.assignment.lock().expect("lock");
-        self.metrics.consumer_lag.clear();
         for (partition, stats) in &topic.partitions {
-            if assignment.epochs.contains_key(partition) && stats.consumer_lag_stored >= 0 {
+            let labels = vec![("partition", partition.to_string())];
+            if !assignment.epochs.contains_key(partition) {
+                self.metrics.consumer_lag.remove(&labels);
+            } else if stats.consumer_lag_stored >= 0 {
+                // -1 means "not known yet": the last known value stays.
                 self.metrics
                     .consumer_lag
-                    .get_or_create(&vec![("partition", partition.to_string())])
+                    .get_or_create(&labels)
                     .set(stats.consumer_lag_stored);
             }
         }
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "kafka client error");
+        // librdkafka repeats a broker outage every few milliseconds: one line per 10 s.
+        let mut last = self.last_error_log.lock().expect("lock");
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %error, reason, "kafka client error (repeats are silenced for 10s)");
+        }
     }
 }
 
@@ -339,6 +348,7 @@ pub fn start(
         topic: config.topic.clone(),
         metrics: metrics.clone(),
         joined,
+        last_error_log: Mutex::new(None),
         assignment: Mutex::new(Assignment::default()),
         state: Mutex::new(Some(PollState {
             limits,

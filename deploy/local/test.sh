@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Quick start, the whole test suite: installs what the tests need (Debian packages for the
+# build, PostgreSQL, Prometheus and Alertmanager; the tansu broker with cargo install), starts
+# PostgreSQL, then runs formatting and lint checks, every Rust test against the real services,
+# and the configuration checks of deploy/ and grafana/.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. deploy/local/lib.sh
+
+apt_install gcc make pkg-config libssl-dev python3-venv
+deploy/local/postgres.sh
+deploy/local/observability.sh
+deploy/local/tansu.sh install
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+say "configuration checks (promtool, amtool, compose, Kubernetes, Grafana)"
+bash deploy/check-deploy.sh
+say "cargo test (PostgreSQL, librdkafka mock cluster, tansu, Prometheus, Alertmanager)"
+cargo test --all-targets -- --test-threads 2
