@@ -3,8 +3,8 @@
 //!
 //! The rule, per subject, for `_all`, and per model when enabled ([`Rule::step`] is pure, so it
 //! is tested with a simulated clock):
-//! - fire when, on two evaluations in a row, a window holds at least `min_samples` votes and the
-//!   upper end of the 99% Wilson interval of its like rate is below the threshold. Two windows
+//! - fire when, on [`FOR_EVALUATIONS`] evaluations in a row (one minute), a window holds at least `min_samples` votes and the
+//!   upper end of the 99.9% Wilson interval of its like rate is below the threshold. Two windows
 //!   are checked: the alert window (default 15m) and a third of it (default 5m), so a sharp drop
 //!   on a busy stream pages in minutes while a stream that is only noisy does not;
 //! - resolve when the alert window's like rate is back at or above the threshold and the short
@@ -26,8 +26,12 @@ use std::time::Duration;
 
 /// How often the rule is evaluated.
 pub const EVALUATION: Duration = Duration::from_secs(15);
-/// z for the 99% two-sided Wilson interval.
-const Z: f64 = 2.576;
+/// z of the 99.9% two-sided Wilson interval: a stream whose true rate is a few points above the
+/// threshold must not page over a day of overlapping windows (see tests/alert_sim.rs).
+const Z: f64 = 3.29;
+/// Consecutive low evaluations before firing (a one-minute `for`): a chance dip of a noisy
+/// window rarely lasts that long, a real drop always does.
+pub const FOR_EVALUATIONS: u32 = 4;
 /// How long a resolved alert keeps being re-sent.
 const RESOLVED_RESEND: chrono::Duration = chrono::Duration::minutes(5);
 
@@ -86,7 +90,7 @@ impl Rule {
         } else if low {
             let pending = state.pending + 1;
             State {
-                firing: pending >= 2,
+                firing: pending >= FOR_EVALUATIONS,
                 pending,
             }
         } else {

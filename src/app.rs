@@ -60,6 +60,8 @@ impl App {
             metrics: metrics.clone(),
             pool: target.pool(8)?,
             joined: Arc::new(AtomicBool::new(false)),
+            api: crate::api::ApiState::new(&kafka, run.export_token.as_deref())
+                .context("creating the producer of POST /api/feedback")?,
         };
         Ok(App {
             kafka,

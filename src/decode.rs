@@ -502,7 +502,7 @@ mod tests {
             (big.into_bytes(), Reason::TooLarge),
             (vec![b'{', 0xff, b'}'], Reason::InvalidUtf8),
             (b"hello".to_vec(), Reason::InvalidJson),
-            (VALID[..40].as_bytes().to_vec(), Reason::InvalidJson),
+            (VALID.as_bytes()[..40].to_vec(), Reason::InvalidJson),
             (deep.into_bytes(), Reason::InvalidJson),
             (b"[1,2]".to_vec(), Reason::NotObject),
             (b"\"Math\"".to_vec(), Reason::NotObject),

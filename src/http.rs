@@ -1,4 +1,5 @@
-//! HTTP: `/metrics`, `/healthz`, `/readyz` (CONTRACT section 6) on one axum server.
+//! HTTP: `/metrics`, `/healthz`, `/readyz` and the feedback API of [`crate::api`]
+//! (CONTRACT section 6) on one axum server.
 //!
 //! Guarantees: errors are JSON `{"error", "detail"}` with a 4xx/5xx status; readiness is true
 //! only while the database answers within a second and the consumer has joined its group.
@@ -21,6 +22,8 @@ pub struct AppState {
     pub pool: Pool,
     /// Set once the consumer received its first assignment (possibly empty).
     pub joined: Arc<AtomicBool>,
+    /// The feedback API's export token and producer.
+    pub api: crate::api::ApiState,
 }
 
 /// An error answer: `{"error": "...", "detail": "..."}`.
@@ -53,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::api::router())
         .with_state(state)
 }
 

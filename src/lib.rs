@@ -22,6 +22,7 @@
 //! | [`aggregate`] | the 5m/15m/1h/24h windows read from the rollups |
 //! | [`alert`] | the `FeedbackLikeRateLow` rule and the Alertmanager push |
 //! | [`http`] | the HTTP server |
+//! | [`api`] | the feedback API (`/api/...`) and `likerate export` |
 //! | [`telemetry`] | every metric name, the label cap, logging |
 //! | [`config`] | flags, environment, TOML file, defaults |
 //! | [`db`] | connections, timeouts, TLS, migrations |
@@ -32,6 +33,7 @@
 
 pub mod aggregate;
 pub mod alert;
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod db;

@@ -44,6 +44,13 @@ enum Command {
         #[command(flatten)]
         produce: ProduceArgs,
     },
+    /// Write training data (OpenAI or DPO JSONL) or the stored rows (JSON) to a file or stdout
+    Export {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        export: likerate::api::cli::ExportArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -114,6 +121,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{} records were not acknowledged",
                     produced.sent - produced.acked
                 );
+            }
+            Ok(())
+        }
+        Command::Export { database, export } => {
+            let s = likerate::api::cli::run(&database.resolve(&file)?, &export).await?;
+            // The summary goes with the messages: to stderr when the data is on stdout.
+            let summary = format!(
+                "exported {} rows ({} skipped without user_question), {} bytes{}",
+                s.rows,
+                s.skipped,
+                s.bytes,
+                export
+                    .out
+                    .as_ref()
+                    .map(|p| format!(" to {}", p.display()))
+                    .unwrap_or_default()
+            );
+            if export.out.is_some() {
+                println!("{summary}");
+            } else {
+                eprintln!("{summary}");
             }
             Ok(())
         }

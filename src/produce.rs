@@ -115,53 +115,54 @@ pub fn produce(
         config.create_with_context(Context(deliveries.clone()))?;
     let started = Instant::now();
     let mut sent = 0u64;
-    let mut send = |key: &[u8], payload: &[u8]| -> anyhow::Result<()> {
-        let mut record = BaseRecord::to(&kafka_config.topic)
-            .key(key)
-            .payload(payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, r))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
+    {
+        let mut send = |key: &[u8], payload: &[u8]| -> anyhow::Result<()> {
+            let mut record = BaseRecord::to(&kafka_config.topic)
+                .key(key)
+                .payload(payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => return Err(e.into()),
                 }
-                Err((e, _)) => return Err(e.into()),
             }
-        }
-        sent += 1;
-        if args.rate > 0.0 {
-            let due = started + Duration::from_secs_f64(sent as f64 / args.rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        Ok(())
-    };
-    match &args.file {
-        Some(path) => {
-            let file = std::fs::File::open(path)
-                .map_err(|e| anyhow::anyhow!("--file {}: {e}", path.display()))?;
-            for line in std::io::BufReader::new(file).split(b'\n') {
-                let line = line?;
-                if line.iter().all(u8::is_ascii_whitespace) || stop.is_cancelled() {
-                    continue;
+            sent += 1;
+            if args.rate > 0.0 {
+                let due = started + Duration::from_secs_f64(sent as f64 / args.rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
                 }
-                send(b"", &line)?;
             }
-        }
-        None => {
-            let mut generator = Generator::new(args)?;
-            while (args.count == 0 || generator.produced < args.count) && !stop.is_cancelled() {
-                let (key, payload) = generator.next();
-                send(key.as_bytes(), &payload)?;
+            Ok(())
+        };
+        match &args.file {
+            Some(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| anyhow::anyhow!("--file {}: {e}", path.display()))?;
+                for line in std::io::BufReader::new(file).split(b'\n') {
+                    let line = line?;
+                    if line.iter().all(u8::is_ascii_whitespace) || stop.is_cancelled() {
+                        continue;
+                    }
+                    send(b"", &line)?;
+                }
+            }
+            None => {
+                let mut generator = Generator::new(args)?;
+                while (args.count == 0 || generator.produced < args.count) && !stop.is_cancelled() {
+                    let (key, payload) = generator.next_record();
+                    send(key.as_bytes(), &payload)?;
+                }
             }
         }
     }
-    drop(send);
     producer.flush(Duration::from_secs(60))?;
     Ok(Produced {
         sent,
@@ -306,7 +307,7 @@ impl Generator {
     }
 
     /// The next record: (key, value).
-    pub fn next(&mut self) -> (String, Vec<u8>) {
+    pub fn next_record(&mut self) -> (String, Vec<u8>) {
         self.produced += 1;
         if !self.recent.is_empty() && self.rng.random_bool(self.duplicates) {
             let i = self.rng.random_range(0..self.recent.len());
@@ -414,7 +415,7 @@ mod tests {
         let mut g = Generator::new(&cli.args).unwrap();
         let mut likes = 0;
         for offset in 0..2000 {
-            let (_, payload) = g.next();
+            let (_, payload) = g.next_record();
             let origin = crate::decode::Origin {
                 topic: "t",
                 partition: 0,

@@ -540,6 +540,9 @@ async fn apply_votes(
     Ok(())
 }
 
+/// A rollup row's key: (grain, bucket, subject, model).
+type RollupKey = (char, DateTime<Utc>, String, String);
+
 /// Rollup changes keyed by (minute, subject, model): [likes, dislikes, neutral].
 #[derive(Default)]
 struct Deltas(BTreeMap<(DateTime<Utc>, String, String), [i64; 3]>);
@@ -560,8 +563,8 @@ impl Deltas {
     }
 
     /// The deltas at minute, hour and day grain, sorted by key (the lock order), zeros dropped.
-    fn expand(&self) -> Vec<((char, DateTime<Utc>, String, String), [i64; 3])> {
-        let mut out: BTreeMap<(char, DateTime<Utc>, String, String), [i64; 3]> = BTreeMap::new();
+    fn expand(&self) -> Vec<(RollupKey, [i64; 3])> {
+        let mut out: BTreeMap<RollupKey, [i64; 3]> = BTreeMap::new();
         for ((minute, subject, model), counts) in &self.0 {
             for (grain, bucket) in [
                 ('d', truncate(*minute, 86_400)),

@@ -9,8 +9,12 @@
 //! - Stale acknowledgements are ignored: every assignment of a partition gets a new epoch, and
 //!   a batch consumed under an older epoch cannot move the position of a newer one.
 //! - The consumer keeps polling whatever happens downstream, so it is never evicted from the
-//!   group: when the sink cannot keep up (database down, slow), ready batches wait here and the
-//!   assigned partitions are paused until the sink takes them again.
+//!   group: when the sink cannot keep up (database down, slow), ready batches wait here and
+//!   the partitions are simply not read. Each assigned partition has its own librdkafka queue
+//!   (split from the consumer queue at assignment), read only while the sink has room;
+//!   librdkafka stops fetching when a queue is full. There is no pause/resume, so nothing is
+//!   fetched twice, and a position is never re-fetched from the middle of a producer batch
+//!   (tansu 0.6 skips the rest of such a batch).
 //! - Partition revocation and shutdown drain through one path, [`PollState::drain`]: cut the
 //!   open batch, hand every waiting batch to the sink, wait (bounded) until the sink has
 //!   acknowledged all of them, then commit the stored offsets synchronously.
@@ -24,14 +28,15 @@ use crate::event::{Coordinates, FeedbackEvent};
 use crate::kafka;
 use crate::telemetry::Metrics;
 use chrono::Utc;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -107,14 +112,22 @@ impl Acker {
             *e = (*e).max(r.coords.offset + 1);
         }
         let assignment = self.consumer.context().assignment.lock().expect("lock");
+        let mut positions = TopicPartitionList::new();
         for (partition, offset) in next {
             if assignment.epochs.get(&partition) != batch.epochs.get(&partition) {
                 tracing::debug!(partition, "acknowledgement of a revoked partition ignored");
                 continue;
             }
-            // store_offset takes the next offset to consume.
-            if let Err(e) = self.consumer.store_offset(&self.topic, partition, offset) {
-                tracing::warn!(partition, offset, error = %e, "could not store offset");
+            // The position to resume from. Not `store_offset`: librdkafka's
+            // rd_kafka_offset_store adds one to the offset it is given, which would skip the
+            // record after the batch at the next handover.
+            positions
+                .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                .expect("valid offset");
+        }
+        if positions.count() > 0 {
+            if let Err(e) = self.consumer.store_offsets(&positions) {
+                tracing::warn!(error = %e, "could not store offsets");
             }
         }
     }
@@ -128,6 +141,9 @@ pub struct SourceContext {
     /// Set at the first assignment (readiness).
     joined: Arc<AtomicBool>,
     last_error_log: Mutex<Option<Instant>>,
+    /// The consumer itself, to split partition queues inside the assignment callback (set
+    /// once the consumer exists).
+    consumer: OnceLock<Weak<BaseConsumer<SourceContext>>>,
     /// The poll thread's batching state; shared with the rebalance callback, which runs on the
     /// same thread inside `poll`, so the lock is never contended.
     state: Mutex<Option<PollState>>,
@@ -170,6 +186,9 @@ impl ConsumerContext for SourceContext {
             tracing::info!(?partitions, "partitions revoked: draining");
             if let Some(state) = self.state.lock().expect("lock").as_mut() {
                 state.drain(consumer);
+                for p in &partitions {
+                    state.queues.remove(p);
+                }
             }
             let mut assignment = self.assignment.lock().expect("lock");
             for p in &partitions {
@@ -196,10 +215,23 @@ impl ConsumerContext for SourceContext {
                 self.metrics
                     .assigned_partitions
                     .set(assignment.epochs.len() as i64);
-                if let Some(state) = self.state.lock().expect("lock").as_mut() {
-                    // A fresh assignment starts unpaused.
-                    state.paused = false;
-                    self.metrics.paused_partitions.set(0);
+                drop(assignment);
+                // Split right after the assignment, before fetched messages are delivered,
+                // so every message of these partitions arrives through their own queue.
+                let consumer = self.consumer.get().and_then(Weak::upgrade);
+                if let (Some(consumer), Some(state)) =
+                    (consumer, self.state.lock().expect("lock").as_mut())
+                {
+                    for p in partitions_of(tpl) {
+                        match consumer.split_partition_queue(&self.topic, p) {
+                            Some(queue) => {
+                                state.queues.insert(p, queue);
+                            }
+                            None => {
+                                tracing::warn!(partition = p, "could not split partition queue")
+                            }
+                        }
+                    }
                 }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -219,7 +251,8 @@ struct PollState {
     /// Batches cut but not yet taken by the sink (the channel was full).
     waiting: VecDeque<Batch>,
     tx: mpsc::Sender<Batch>,
-    paused: bool,
+    /// One queue per assigned partition, read only while no batch waits for the sink.
+    queues: BTreeMap<i32, PartitionQueue<SourceContext>>,
     metrics: Metrics,
 }
 
@@ -241,9 +274,9 @@ impl PollState {
         }
     }
 
-    /// Cuts the open batch when it has lingered long enough, offers waiting batches to the
-    /// sink, and pauses or resumes the assignment accordingly.
-    fn tick(&mut self, consumer: &BaseConsumer<SourceContext>) {
+    /// Cuts the open batch when it has lingered long enough and offers waiting batches to the
+    /// sink. Returns whether the sink has room for more (no batch is waiting).
+    fn tick(&mut self) -> bool {
         if self
             .open
             .started
@@ -258,25 +291,39 @@ impl PollState {
                     self.waiting.push_front(batch);
                     break;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
-        let should_pause = !self.waiting.is_empty();
-        if should_pause != self.paused {
-            if let Ok(assigned) = consumer.assignment() {
-                let result = if should_pause {
-                    consumer.pause(&assigned)
-                } else {
-                    consumer.resume(&assigned)
+        let room = self.waiting.is_empty();
+        let held = if room { 0 } else { self.queues.len() };
+        self.metrics.paused_partitions.set(held as i64);
+        room
+    }
+
+    /// Reads what the partition queues hold, a bounded number per partition per round so
+    /// one busy partition cannot starve the others, until a batch has to wait for the sink.
+    fn read_partitions(&mut self, context: &SourceContext, topic: &str) {
+        const PER_ROUND: usize = 1000;
+        let partitions: Vec<i32> = self.queues.keys().copied().collect();
+        for p in partitions {
+            for _ in 0..PER_ROUND {
+                if !self.waiting.is_empty() {
+                    return;
+                }
+                let Some(queue) = self.queues.get(&p) else {
+                    break;
                 };
-                match result {
-                    Ok(()) => {
-                        self.paused = should_pause;
-                        let n = if should_pause { assigned.count() } else { 0 };
-                        self.metrics.paused_partitions.set(n as i64);
-                        tracing::debug!(paused = should_pause, "back-pressure");
+                match queue.poll(Duration::ZERO) {
+                    Some(Ok(message)) => {
+                        let (record, bytes) = record_of(&message, topic);
+                        let epoch = context.epoch(record.coords.partition);
+                        self.push(record, bytes, epoch);
                     }
-                    Err(e) => tracing::warn!(error = %e, "pause/resume failed"),
+                    Some(Err(e)) => {
+                        tracing::warn!(partition = p, error = %e, "kafka partition error");
+                        break;
+                    }
+                    None => break,
                 }
             }
         }
@@ -349,13 +396,14 @@ pub fn start(
         metrics: metrics.clone(),
         joined,
         last_error_log: Mutex::new(None),
+        consumer: OnceLock::new(),
         assignment: Mutex::new(Assignment::default()),
         state: Mutex::new(Some(PollState {
             limits,
             open: Batch::default(),
             waiting: VecDeque::new(),
             tx,
-            paused: false,
+            queues: BTreeMap::new(),
             metrics: metrics.clone(),
         })),
     };
@@ -363,6 +411,7 @@ pub fn start(
         kafka::consumer_config(config).create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;
     let consumer = Arc::new(consumer);
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     let acker = Acker {
         consumer: consumer.clone(),
         topic: config.topic.clone(),
@@ -375,6 +424,37 @@ pub fn start(
     Ok(Source { acker, thread })
 }
 
+impl SourceContext {
+    fn epoch(&self, partition: i32) -> u64 {
+        let assignment = self.assignment.lock().expect("lock");
+        assignment.epochs.get(&partition).copied().unwrap_or(0)
+    }
+}
+
+/// A decoded record from a message, and its size.
+fn record_of(message: &BorrowedMessage<'_>, topic: &str) -> (Record, usize) {
+    let coords = Coordinates {
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    let payload_bytes = message.payload().unwrap_or_default();
+    let origin = Origin {
+        topic,
+        partition: coords.partition,
+        offset: coords.offset,
+        received_at: Utc::now(),
+    };
+    let payload = match decode(payload_bytes, origin) {
+        Ok(event) => Payload::Event(event),
+        Err(error) => Payload::Rejected(Rejected {
+            error,
+            payload: payload_bytes.to_vec(),
+            key: message.key().map(<[u8]>::to_vec),
+        }),
+    };
+    (Record { coords, payload }, payload_bytes.len())
+}
+
 fn poll_loop(
     consumer: Arc<BaseConsumer<SourceContext>>,
     topic: String,
@@ -383,55 +463,30 @@ fn poll_loop(
 ) {
     let context = consumer.context().clone();
     while !shutdown.is_cancelled() {
-        let polled = consumer.poll(Duration::from_millis(20));
+        // Serves rebalances and client events (and counts as a poll for max.poll.interval);
+        // messages arrive here only if fetched before their partition queue was split.
+        let polled = consumer.poll(Duration::from_millis(10));
         let mut guard = context.state.lock().expect("lock");
         let state = guard.as_mut().expect("poll state");
         match polled {
             Some(Ok(message)) => {
-                let partition = message.partition();
-                let epoch = context
-                    .assignment
-                    .lock()
-                    .expect("lock")
-                    .epochs
-                    .get(&partition)
-                    .copied()
-                    .unwrap_or(0);
-                let coords = Coordinates {
-                    partition,
-                    offset: message.offset(),
-                };
-                let bytes = message.payload_len();
-                let payload_bytes = message.payload().unwrap_or_default();
-                let origin = Origin {
-                    topic: &topic,
-                    partition,
-                    offset: coords.offset,
-                    received_at: Utc::now(),
-                };
-                let payload = match decode(payload_bytes, origin) {
-                    Ok(event) => Payload::Event(event),
-                    Err(error) => Payload::Rejected(Rejected {
-                        error,
-                        payload: payload_bytes.to_vec(),
-                        key: message.key().map(<[u8]>::to_vec),
-                    }),
-                };
-                state.push(Record { coords, payload }, bytes, epoch);
+                let (record, bytes) = record_of(&message, &topic);
+                let epoch = context.epoch(record.coords.partition);
+                state.push(record, bytes, epoch);
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "kafka consumer error");
-                drop(guard);
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
             None => {}
         }
-        state.tick(&consumer);
+        if state.tick() {
+            state.read_partitions(&context, &topic);
+            state.tick();
+        }
     }
     tracing::info!("source stopping: draining");
     if let Some(mut state) = context.state.lock().expect("lock").take() {
         state.drain(&consumer);
+        // The queues hold the consumer: release them before it closes.
+        state.queues.clear();
     }
     consumer.unsubscribe();
     metrics.assigned_partitions.set(0);

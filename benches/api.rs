@@ -1,0 +1,324 @@
+//! Benchmarks of the feedback API, run on demand: `cargo bench --bench api`.
+//!
+//! 1. Read latency (issue 4: p99 under 10 ms with 10 million stored events). A database,
+//!    `likerate_bench_api` (or `LIKERATE_BENCH_DATABASE_URL`), is filled once with the rollups
+//!    10 million events leave: every minute of 90 days for 20 subjects x 3 models holds 1 or 2
+//!    votes, and the hour and day grains hold their sums, exactly the cells the sink maintains.
+//!    `stats`, `daily` and `compare` never read `feedback`, so its rows are not generated. The
+//!    fill is kept for later runs. Requests are sent one at a time over HTTP to the real router;
+//!    p50 and p99 per query shape are printed.
+//! 2. `POST /api/feedback` throughput (issue 4: 5,000 requests per second on one core). The
+//!    server runs on a single-threaded runtime on its own thread (librdkafka's threads aside)
+//!    and publishes to librdkafka's mock cluster with `acks=all`; 64 concurrent clients send
+//!    one event per request.
+//!
+//! Under `cargo test --all-targets` this binary is started without `--bench` and returns at
+//! once: the benchmarks take minutes and need PostgreSQL.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use likerate::config::{DatabaseConfig, KafkaConfig};
+use likerate::http::AppState;
+use rand::{Rng, SeedableRng};
+use rdkafka::mocking::MockCluster;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+
+const DEFAULT_DB: &str = "postgres://postgres@127.0.0.1:5432/likerate_bench_api";
+const DAYS: i64 = 90;
+const SUBJECTS: usize = 20;
+const MODELS: [&str; 3] = ["model-a", "model-b", "model-c"];
+const SAMPLES: usize = 2000;
+const POSTS: usize = 50_000;
+const POST_CONCURRENCY: usize = 64;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("api benchmarks: run with `cargo bench --bench api`");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let url = std::env::var("LIKERATE_BENCH_DATABASE_URL").unwrap_or(DEFAULT_DB.into());
+    let database = DatabaseConfig {
+        url: url.clone(),
+        timeout: Duration::from_secs(30),
+    };
+    let target = likerate::db::Target::new(&database).expect("database URL");
+    target.ensure_database().await.expect("PostgreSQL");
+    let end = fill(&url).await;
+
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let kafka = KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        topic: "feedback-events".into(),
+        group: "bench".into(),
+        dlq_topic: "feedback-events-dlq".into(),
+        topic_partitions: 6,
+        options: BTreeMap::new(),
+    };
+    mock.create_topic(&kafka.topic, 6, 1).expect("topic");
+    let state = AppState {
+        metrics: likerate::telemetry::Metrics::new(200),
+        pool: target.pool(8).expect("pool"),
+        joined: Arc::new(AtomicBool::new(true)),
+        api: likerate::api::ApiState::new(&kafka, None).expect("producer"),
+    };
+    let addr = serve_on_one_thread(state);
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+
+    println!("\nread latency, {SAMPLES} sequential requests per shape (10M events, 90 days):");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let start = end - ChronoDuration::days(DAYS);
+    let random_time = |rng: &mut rand::rngs::StdRng| {
+        start + ChronoDuration::seconds(rng.random_range(0..DAYS * 86_400))
+    };
+    type Shape<'a> = (
+        &'a str,
+        Box<dyn FnMut(&mut rand::rngs::StdRng) -> String + 'a>,
+    );
+    let shapes: Vec<Shape> = vec![
+        (
+            "stats, everything",
+            Box::new(|_| "/api/feedback/stats".into()),
+        ),
+        (
+            "stats, one subject",
+            Box::new(|rng| {
+                format!(
+                    "/api/feedback/stats?subject_id=subject-{}",
+                    rng.random_range(0..SUBJECTS)
+                )
+            }),
+        ),
+        (
+            "stats, subject + model + range cut inside minutes",
+            Box::new(|rng| {
+                let (a, b) = (random_time(rng), random_time(rng));
+                let (since, until) = if a < b { (a, b) } else { (b, a) };
+                format!(
+                    "/api/feedback/stats?subject_id=subject-{}&model=model-b&since={}&until={}",
+                    rng.random_range(0..SUBJECTS),
+                    rfc3339(since + ChronoDuration::seconds(17)),
+                    rfc3339(until + ChronoDuration::seconds(43))
+                )
+            }),
+        ),
+        (
+            "daily, 30 days",
+            Box::new(|_| "/api/feedback/daily?days=30".into()),
+        ),
+        (
+            "daily, 90 days, one subject",
+            Box::new(|rng| {
+                format!(
+                    "/api/feedback/daily?days=90&subject_id=subject-{}",
+                    rng.random_range(0..SUBJECTS)
+                )
+            }),
+        ),
+        (
+            "compare, since a random time",
+            Box::new(|rng| {
+                format!(
+                    "/api/feedback/compare?model_a=model-a&model_b=model-b&since={}",
+                    rfc3339(random_time(rng) + ChronoDuration::seconds(29))
+                )
+            }),
+        ),
+    ];
+    for (name, mut path) in shapes {
+        let mut took = Vec::with_capacity(SAMPLES);
+        for i in 0..SAMPLES + 100 {
+            let url = format!("{base}{}", path(&mut rng));
+            let t = Instant::now();
+            let r = client.get(&url).send().await.expect("request");
+            assert!(r.status().is_success(), "{url}: {}", r.status());
+            r.bytes().await.expect("body");
+            // The first 100 warm the connection pool and the statement caches.
+            if i >= 100 {
+                took.push(t.elapsed());
+            }
+        }
+        took.sort();
+        println!(
+            "  {name:<52} p50 {:>7.2} ms   p99 {:>7.2} ms",
+            ms(took[took.len() / 2]),
+            ms(took[took.len() * 99 / 100])
+        );
+    }
+
+    println!("\nPOST /api/feedback, {POSTS} requests of one event, {POST_CONCURRENCY} concurrent clients, server on one thread:");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..POST_CONCURRENCY {
+        let (client, base) = (client.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut took = Vec::new();
+            for i in (worker..POSTS).step_by(POST_CONCURRENCY) {
+                let body = serde_json::json!({
+                    "subject_id": format!("subject-{}", i % SUBJECTS),
+                    "assistant_message": "Newton's third law states that for every action there is an equal and opposite reaction.",
+                    "user_question": "Explain Newton's third law",
+                    "rating": 1, "created_at": rfc3339(Utc::now()),
+                    "model": "model-a", "conversation_id": format!("conv-{i}"),
+                });
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{base}/api/feedback"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(r.status(), 202);
+                r.bytes().await.expect("body");
+                took.push(t.elapsed());
+            }
+            took
+        }));
+    }
+    let mut took = Vec::new();
+    for t in tasks {
+        took.extend(t.await.expect("client task"));
+    }
+    let elapsed = started.elapsed();
+    took.sort();
+    println!(
+        "  {:.0} requests/s   latency p50 {:.2} ms   p99 {:.2} ms   ({POSTS} in {:.1} s)",
+        POSTS as f64 / elapsed.as_secs_f64(),
+        ms(took[took.len() / 2]),
+        ms(took[took.len() * 99 / 100]),
+        elapsed.as_secs_f64()
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Serves the app's router on a single-threaded runtime of its own thread.
+fn serve_on_one_thread(state: AppState) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("address"))
+                .expect("main thread waits");
+            axum::serve(listener, likerate::http::router(state))
+                .await
+                .expect("server");
+        });
+    });
+    rx.recv().expect("server address")
+}
+
+/// Fills the rollups once (kept for later runs); returns the end of the filled range.
+async fn fill(url: &str) -> DateTime<Utc> {
+    let (mut client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    // Buckets are UTC (date_trunc below follows the session's time zone).
+    client
+        .batch_execute("SET TIME ZONE 'UTC'")
+        .await
+        .expect("time zone");
+    likerate::db::migrate(&mut client).await.expect("migrate");
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS bench_fill (filled_until timestamptz, events bigint)",
+        )
+        .await
+        .expect("marker table");
+    if let Some(row) = client
+        .query_opt("SELECT filled_until, events FROM bench_fill", &[])
+        .await
+        .expect("marker")
+    {
+        let (end, events): (DateTime<Utc>, i64) = (row.get(0), row.get(1));
+        println!("reusing the filled database: {events} events up to {end}");
+        return end;
+    }
+    let end = likerate::sink::truncate(Utc::now(), 86_400);
+    let start = end - ChronoDuration::days(DAYS);
+    println!("filling the rollups of ~10M events over {DAYS} days (once; a few minutes)...");
+    let t = Instant::now();
+    // An interrupted fill leaves no marker: start over.
+    client
+        .batch_execute("TRUNCATE feedback_rollup")
+        .await
+        .expect("truncate");
+    // Each (minute, subject, model) cell holds 1 vote, or 2 with probability 0.286: 90 days x
+    // 1440 minutes x 60 cells x 1.286 = 10.0M votes; about 85% likes, 10% dislikes, 5% neutral.
+    client
+        .execute(
+            "INSERT INTO feedback_rollup (grain, bucket, subject_id, model, likes, dislikes, neutral)
+             SELECT 'm', minute, subject, model, n - d - u, d, u
+             FROM (
+               SELECT minute, subject, model, n,
+                      least(n, (random() < 0.1)::int + (random() < 0.01)::int) AS d,
+                      0 AS u
+               FROM (
+                 SELECT minute, 'subject-' || s AS subject, m AS model,
+                        1 + (random() < 0.286)::int AS n
+                 FROM generate_series($1::timestamptz, $2::timestamptz - interval '1 minute',
+                                      interval '1 minute') AS minute,
+                      generate_series(0, 19) AS s,
+                      unnest($3::text[]) AS m) cells) c",
+            &[&start, &end, &MODELS.to_vec()],
+        )
+        .await
+        .expect("minute grain");
+    // A share of neutral votes, taken from likes, so all three counters are exercised.
+    client
+        .batch_execute(
+            "UPDATE feedback_rollup SET likes = likes - 1, neutral = 1
+             WHERE grain = 'm' AND likes > 0 AND random() < 0.05;
+             INSERT INTO feedback_rollup
+             SELECT 'h', date_trunc('hour', bucket), subject_id, model,
+                    sum(likes), sum(dislikes), sum(neutral)
+             FROM feedback_rollup WHERE grain = 'm' GROUP BY 2, 3, 4;
+             INSERT INTO feedback_rollup
+             SELECT 'd', date_trunc('day', bucket), subject_id, model,
+                    sum(likes), sum(dislikes), sum(neutral)
+             FROM feedback_rollup WHERE grain = 'h' GROUP BY 2, 3, 4;",
+        )
+        .await
+        .expect("hour and day grains");
+    client
+        .batch_execute("VACUUM ANALYZE feedback_rollup")
+        .await
+        .expect("vacuum");
+    let events: i64 = client
+        .query_one(
+            "SELECT sum(likes + dislikes + neutral)::int8 FROM feedback_rollup WHERE grain = 'd'",
+            &[],
+        )
+        .await
+        .expect("sum")
+        .get(0);
+    client
+        .execute("INSERT INTO bench_fill VALUES ($1, $2)", &[&end, &events])
+        .await
+        .expect("marker");
+    println!(
+        "filled {events} events in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    end
+}

@@ -1,0 +1,335 @@
+//! The feedback API (CONTRACT section 6): `/api/feedback/*`, `POST /api/feedback` and
+//! `/api/openapi.json`, plus `likerate export`, which shares the export queries.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`stats`] | `stats` and `daily`, read from the rollups |
+//! | [`compare`] | the A/B comparison: Wilson intervals, two-proportion test, stratified test |
+//! | [`export`] | `export`: keyset pages of stored rows |
+//! | [`training`] | `training-data`: OpenAI and DPO JSONL, streamed from a database portal |
+//! | [`ingest`] | `POST /api/feedback`: validation with the pipeline's decoder, publishing |
+//! | [`cli`] | `likerate export` |
+//! | [`openapi`] | the OpenAPI document and the route table it is checked against |
+//!
+//! Guarantees shared by every route:
+//! - Errors are `{"error", "detail"}` ([`ApiError`]) with a 4xx/5xx status. Query parameters are
+//!   checked before any work: an unknown parameter, a bad date, an unknown format, a limit out of
+//!   range or a bad cursor is a 400 naming the parameter.
+//! - Routes that return user text (`export`, `training-data`) need
+//!   `Authorization: Bearer <LIKERATE_EXPORT_TOKEN>`, compared in constant time: 403 when no
+//!   token is configured, 401 (with `WWW-Authenticate: Bearer`) without it or with a wrong one.
+//!   Authorization is checked before the parameters.
+//! - User text (questions, answers, filter values) is never logged: log lines carry counts,
+//!   codes and database error messages, which never include statement parameters.
+
+pub mod cli;
+pub mod compare;
+pub mod export;
+pub mod ingest;
+pub mod openapi;
+pub mod stats;
+pub mod training;
+
+use crate::config::KafkaConfig;
+use crate::db::DbError;
+use crate::http::{ApiError, AppState};
+use axum::extract::{FromRequestParts, Query};
+use axum::handler::Handler;
+use axum::http::request::Parts;
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+/// Training-data streams served at once. Each holds a database connection (and a snapshot)
+/// for as long as the client reads, so they are capped well below the pool size to keep
+/// `stats` and readiness answering; more get 429.
+const CONCURRENT_STREAMS: usize = 2;
+
+/// What the API routes need beyond the database pool.
+#[derive(Clone)]
+pub struct ApiState {
+    export_token: Option<ExportToken>,
+    pub publisher: ingest::Publisher,
+    streams: Arc<Semaphore>,
+}
+
+impl ApiState {
+    /// `export_token` is `LIKERATE_EXPORT_TOKEN` (`None`: the protected routes answer 403).
+    pub fn new(
+        kafka: &KafkaConfig,
+        export_token: Option<&str>,
+    ) -> Result<ApiState, rdkafka::error::KafkaError> {
+        Ok(ApiState {
+            export_token: export_token.map(ExportToken::new),
+            publisher: ingest::Publisher::new(kafka)?,
+            streams: Arc::new(Semaphore::new(CONCURRENT_STREAMS)),
+        })
+    }
+}
+
+/// The configured token, kept as its SHA-256 digest: comparing digests in constant time
+/// reveals neither the token's bytes nor its length through timing.
+#[derive(Clone)]
+struct ExportToken([u8; 32]);
+
+impl ExportToken {
+    fn new(token: &str) -> ExportToken {
+        ExportToken(Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.0.ct_eq(&digest).into()
+    }
+}
+
+/// Extractor of the protected routes: present only when the bearer token matches.
+pub struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Some(token) = &state.api.export_token else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this server has no LIKERATE_EXPORT_TOKEN: routes that return user text are disabled",
+            )
+            .into_response());
+        };
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        match presented {
+            Some(t) if token.matches(t) => Ok(Authorized),
+            Some(_) => Err(unauthorized("the bearer token is wrong")),
+            None => Err(unauthorized("Authorization: Bearer <token> is required")),
+        }
+    }
+}
+
+fn unauthorized(detail: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+/// Query parameters, with serde's rejection (unknown or repeated parameter) as a JSON 400.
+/// The parameter types are `Option<String>` and checked by the handlers, so every message
+/// names its parameter.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Params(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    }
+}
+
+/// A query parameter or `likerate export` flag that cannot be used; names the parameter.
+#[derive(Debug, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct ParamError {
+    pub param: &'static str,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(param: &'static str, message: impl Into<String>) -> ParamError {
+        ParamError {
+            param,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string())
+    }
+}
+
+/// A database failure as an answer: 503 when retrying may help, 500 otherwise. The text is
+/// the server's message and SQLSTATE, never statement parameters.
+pub(crate) fn db_error(e: DbError) -> ApiError {
+    tracing::warn!(error = %e, "API query failed");
+    match e {
+        DbError::Unavailable(d) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", d)
+        }
+        DbError::Data(d) | DbError::Fatal(d) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "database_error", d)
+        }
+    }
+}
+
+/// An optional text parameter: absent and empty are the same.
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// A time parameter: an RFC 3339 timestamp or a date (`2026-02-05`, midnight UTC).
+pub fn parse_time(
+    param: &'static str,
+    value: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, ParamError> {
+    let Some(v) = non_empty(value) else {
+        return Ok(None);
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    NaiveDate::parse_from_str(v, "%Y-%m-%d")
+        .map(|d| Some(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc()))
+        .map_err(|_| {
+            ParamError::new(
+                param,
+                format!("{v:?} is not an RFC 3339 timestamp (2026-02-05T10:30:00Z) or a date (2026-02-05)"),
+            )
+        })
+}
+
+/// The filters most routes share. Times select `since <= created_at < until`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub subject_id: Option<String>,
+    pub model: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    pub fn parse(
+        subject_id: Option<&str>,
+        model: Option<&str>,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<Filter, ParamError> {
+        let since = parse_time("since", since)?;
+        let until = parse_time("until", until)?;
+        if let (Some(s), Some(u)) = (since, until) {
+            if s >= u {
+                return Err(ParamError::new("until", "must be later than since"));
+            }
+        }
+        Ok(Filter {
+            subject_id: non_empty(subject_id).map(str::to_owned),
+            model: non_empty(model).map(str::to_owned),
+            since,
+            until,
+        })
+    }
+}
+
+/// `100 * part / total` rounded half away from zero to one decimal, in integers so that it
+/// equals PostgreSQL's `ROUND(part * 100.0 / total, 1)` exactly; 0.0 when `total` is 0.
+pub fn percent_1dp(part: i64, total: i64) -> f64 {
+    if total <= 0 {
+        return 0.0;
+    }
+    let tenths = (2000 * part as i128 + total as i128) / (2 * total as i128);
+    tenths as f64 / 10.0
+}
+
+/// The API routes, recorded as they are added so that the OpenAPI document can be checked
+/// against what is really served ([`openapi::route_table`]).
+struct Routes {
+    router: Router<AppState>,
+    table: Vec<(&'static str, Method)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Routes
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.table.push((path, method));
+        self
+    }
+}
+
+fn routes() -> Routes {
+    Routes {
+        router: Router::new(),
+        table: Vec::new(),
+    }
+    .add(Method::GET, "/api/feedback/stats", stats::stats)
+    .add(Method::GET, "/api/feedback/daily", stats::daily)
+    .add(Method::GET, "/api/feedback/compare", compare::compare)
+    .add(Method::GET, "/api/feedback/export", export::export)
+    .add(
+        Method::GET,
+        "/api/feedback/training-data",
+        training::training_data,
+    )
+    .add(Method::POST, "/api/feedback", ingest::post)
+    .add(Method::GET, "/api/openapi.json", openapi::document)
+}
+
+/// The API routes, to be merged into the server's router.
+pub fn router() -> Router<AppState> {
+    routes()
+        .router
+        .layer(axum::extract::DefaultBodyLimit::max(ingest::MAX_BODY_BYTES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_rounds_like_postgres() {
+        // ROUND(x * 100.0 / y, 1) in PostgreSQL: half away from zero.
+        assert_eq!(percent_1dp(120, 150), 80.0);
+        assert_eq!(percent_1dp(1, 8), 12.5);
+        assert_eq!(percent_1dp(1, 3), 33.3);
+        assert_eq!(percent_1dp(2, 3), 66.7);
+        assert_eq!(percent_1dp(1, 1600), 0.1); // 0.0625 -> 0.1
+        assert_eq!(percent_1dp(1, 2001), 0.0); // 0.04997 -> 0.0
+        assert_eq!(percent_1dp(0, 0), 0.0);
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_dates() {
+        let t = parse_time("since", Some("2026-02-05T10:30:00+02:00")).unwrap();
+        assert_eq!(t.unwrap().to_rfc3339(), "2026-02-05T08:30:00+00:00");
+        let d = parse_time("since", Some("2026-02-05")).unwrap();
+        assert_eq!(d.unwrap().to_rfc3339(), "2026-02-05T00:00:00+00:00");
+        assert_eq!(parse_time("since", Some("")).unwrap(), None);
+        let e = parse_time("until", Some("yesterday")).unwrap_err();
+        assert!(e.to_string().starts_with("until: "), "{e}");
+        let e = Filter::parse(None, None, Some("2026-02-05"), Some("2026-02-04")).unwrap_err();
+        assert_eq!(e.param, "until");
+    }
+
+    #[test]
+    fn tokens_compare_by_digest() {
+        let t = ExportToken::new("0123456789abcdef");
+        assert!(t.matches("0123456789abcdef"));
+        assert!(!t.matches("0123456789abcdeF"));
+        assert!(!t.matches("0123456789abcdef0"));
+        assert!(!t.matches(""));
+    }
+}

@@ -1,0 +1,975 @@
+//! The feedback API against real services: PostgreSQL, librdkafka's mock cluster and the
+//! `likerate` binary itself (`likerate run`, fresh database and topic per test, HTTP on port 0).
+//!
+//! Data always takes the real path: `POST /api/feedback` -> topic -> consumer -> sink ->
+//! `feedback` rows and rollups. Every figure the API returns is compared with an independent
+//! computation over the `feedback` table, where the current vote of a `vote_id` is the row with
+//! the latest `(created_at, event_id)`.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use rdkafka::mocking::MockCluster;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+const TOKEN: &str = "test-export-token-0123456789";
+
+/// The current votes: one row per `vote_id` (the latest), every row without one.
+const CURRENT: &str = "
+    WITH cur AS (
+      SELECT DISTINCT ON (coalesce(vote_id, event_id::text)) *
+      FROM feedback
+      ORDER BY coalesce(vote_id, event_id::text), created_at DESC, event_id DESC)";
+
+/// One test's world: a mock broker, a topic, a database.
+struct Env {
+    _broker: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    brokers: String,
+    topic: String,
+    db_name: String,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let broker = MockCluster::new(1).expect("mock cluster");
+        let topic = format!("fe-{id}");
+        broker.create_topic(&topic, 3, 1).unwrap();
+        broker.create_topic(&format!("{topic}-dlq"), 3, 1).unwrap();
+        let db_name = format!("likerate_api_test_{id}");
+        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .unwrap();
+        Env {
+            brokers: broker.bootstrap_servers(),
+            _broker: broker,
+            topic,
+            db_name,
+        }
+    }
+
+    fn db_url(&self) -> String {
+        format!("{PG_BASE}/{}", self.db_name)
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.db_url(), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    /// `likerate run`, with the export token or without one.
+    fn spawn(&self, token: Option<&str>) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
+        cmd.arg("run")
+            .env("LIKERATE_KAFKA_BROKERS", &self.brokers)
+            .env("LIKERATE_KAFKA_TOPIC", &self.topic)
+            .env("LIKERATE_KAFKA_GROUP", format!("g-{}", self.topic))
+            .env("LIKERATE_DLQ_TOPIC", format!("{}-dlq", self.topic))
+            .env("LIKERATE_DATABASE_URL", self.db_url())
+            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
+            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
+            .env_remove("LIKERATE_EXPORT_TOKEN")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(t) = token {
+            cmd.env("LIKERATE_EXPORT_TOKEN", t);
+        }
+        let mut child = cmd.spawn().expect("spawn likerate");
+        let stderr = child.stderr.take().unwrap();
+        let addr = Arc::new(Mutex::new(None));
+        let seen = addr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("http=").nth(1) {
+                    let a = rest.split_whitespace().next().unwrap_or_default();
+                    *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
+                }
+                eprintln!("[likerate] {line}");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(http) = *addr.lock().unwrap() {
+                return Proc {
+                    child,
+                    base: format!("http://{http}"),
+                    http: reqwest::Client::new(),
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("likerate exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "likerate did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    async fn count(&self) -> i64 {
+        self.client()
+            .await
+            .query_one("SELECT count(*) FROM feedback", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until `feedback` holds exactly `n` rows.
+    async fn wait_for_rows(&self, n: i64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = self.count().await;
+            assert!(c <= n, "more rows than events: {c} > {n}");
+            if c == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {c} of {n} rows stored");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let name = self.db_name.clone();
+        // Best effort: leftover databases are only disk space on a test machine.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+struct Proc {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut r = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path, Some(TOKEN)).await;
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    /// POSTs events in arrays of 100; returns the ids answered, in order.
+    async fn post_events(&self, events: &[Value]) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        for chunk in events.chunks(100) {
+            let r = self
+                .http
+                .post(format!("{}/api/feedback", self.base))
+                .json(&chunk)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+            let body: Value = r.json().await.unwrap();
+            ids.extend(
+                body["event_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().parse::<Uuid>().unwrap()),
+            );
+        }
+        ids
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp().div_euclid(60) * 60, 0).unwrap()
+}
+
+/// Varied traffic over the last ten days: three subjects, two models and none, questions
+/// shared between answers, identical (question, answer) pairs, questions missing, and re-votes
+/// (a quarter of the events share a `vote_id` with another, some moving to another day or
+/// subject). Times stay at least two hours away from a day boundary relative to `now`, so the
+/// `daily` window edge cannot fall between two readings of the clock.
+fn traffic(now: DateTime<Utc>) -> Vec<Value> {
+    let subjects = ["Math", "Physics", "History"];
+    let models = [Some("m1"), Some("m2"), None];
+    // Answers whose number is a multiple of 3 are mostly disliked, the others mostly liked, so
+    // most questions (answered by n and n + 20) have both for DPO.
+    let liked = [1, 1, -1, 0, 1, -1, 1];
+    let disliked = [-1, -1, 1, 0, -1, 1, -1];
+    (0..420)
+        .map(|i: i64| {
+            let at = now
+                - ChronoDuration::days(i % 10)
+                - ChronoDuration::hours(i * 7 % 21)
+                - ChronoDuration::minutes(10 + i * 13 % 60)
+                - ChronoDuration::seconds(i % 59);
+            let mut e = json!({
+                "subject_id": subjects[(i % 3) as usize],
+                "assistant_message": format!("answer {}", i % 40),
+                "rating": if i % 40 % 3 == 0 { disliked } else { liked }[(i % 7) as usize],
+                "created_at": rfc3339(at),
+                "conversation_id": format!("c{}", i % 17),
+            });
+            if i % 11 != 0 {
+                e["user_question"] = json!(format!("question {}", i % 20));
+            }
+            if let Some(m) = models[(i / 3 % 3) as usize] {
+                e["model"] = json!(m);
+            }
+            if i % 4 == 0 {
+                e["vote_id"] = json!(format!("vote-{}", i / 8));
+            }
+            if i % 2 == 0 {
+                e["event_id"] = json!(Uuid::new_v4());
+            }
+            e
+        })
+        .collect()
+}
+
+/// subject_id, model, since, until
+type StatsFilter<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+/// Stats of the current votes, computed from `feedback`.
+async fn expected_stats(
+    db: &tokio_postgres::Client,
+    subject: Option<&str>,
+    model: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Value {
+    let row = db
+        .query_one(
+            &format!(
+                "{CURRENT}
+                 SELECT count(*), count(*) FILTER (WHERE rating = 1),
+                        count(*) FILTER (WHERE rating = -1), count(*) FILTER (WHERE rating = 0),
+                        coalesce(round(count(*) FILTER (WHERE rating = 1) * 100.0
+                                       / nullif(count(*), 0), 1), 0)::float8
+                 FROM cur
+                 WHERE ($1::text IS NULL OR subject_id = $1) AND ($2::text IS NULL OR model = $2)
+                   AND ($3::timestamptz IS NULL OR created_at >= $3)
+                   AND ($4::timestamptz IS NULL OR created_at < $4)"
+            ),
+            &[&subject, &model, &since, &until],
+        )
+        .await
+        .unwrap();
+    json!({
+        "total_feedback": row.get::<_, i64>(0),
+        "likes": row.get::<_, i64>(1),
+        "dislikes": row.get::<_, i64>(2),
+        "neutral": row.get::<_, i64>(3),
+        "like_percentage": row.get::<_, f64>(4),
+        "subject_id": subject,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_daily_export_and_training_data_match_the_table() {
+    let env = Env::new().await;
+    let p = env.spawn(Some(TOKEN));
+    let now = Utc::now();
+    let events = traffic(now);
+    let ids = p.post_events(&events).await;
+    assert_eq!(ids.len(), events.len());
+    for (e, id) in events.iter().zip(&ids) {
+        if let Some(given) = e["event_id"].as_str() {
+            assert_eq!(given, id.to_string(), "a given event_id is kept");
+        }
+    }
+    env.wait_for_rows(events.len() as i64).await;
+    let db = env.client().await;
+    let stored: i64 = db
+        .query_one(
+            "SELECT count(*) FROM feedback WHERE event_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, ids.len() as i64, "stored under the answered ids");
+    let superseded: i64 = db
+        .query_one(
+            &format!(
+                "{CURRENT} SELECT (SELECT count(*) FROM feedback) - (SELECT count(*) FROM cur)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(superseded > 20, "the traffic has superseded votes");
+
+    // stats: whole table, per subject, per model, and ranges cut inside days and hours.
+    let since = now - ChronoDuration::days(6) + ChronoDuration::seconds(1234);
+    let until = now - ChronoDuration::days(2) - ChronoDuration::seconds(4321);
+    let cases: Vec<StatsFilter> = vec![
+        (None, None, None, None),
+        (Some("Math"), None, None, None),
+        (Some("Physics"), Some("m1"), None, None),
+        (None, Some("m2"), Some(since), None),
+        (Some("History"), None, None, Some(until)),
+        (None, None, Some(since), Some(until)),
+        (Some("Math"), Some("m1"), Some(since), Some(until)),
+        (Some("Nobody"), None, None, None),
+    ];
+    for (subject, model, s, u) in cases {
+        let mut query = vec![];
+        if let Some(v) = subject {
+            query.push(format!("subject_id={v}"));
+        }
+        if let Some(v) = model {
+            query.push(format!("model={v}"));
+        }
+        if let Some(v) = s {
+            query.push(format!("since={}", rfc3339(v)));
+        }
+        if let Some(v) = u {
+            query.push(format!("until={}", rfc3339(v)));
+        }
+        let got = p
+            .get_json(&format!("/api/feedback/stats?{}", query.join("&")))
+            .await;
+        // The rollups resolve time to the minute: the range is [floor(since), floor(until)).
+        let want = expected_stats(
+            &db,
+            subject,
+            model,
+            s.map(floor_minute),
+            u.map(floor_minute),
+        )
+        .await;
+        assert_eq!(got, want, "stats {query:?}");
+    }
+
+    // daily: the product guide's SQL over the current votes.
+    for (days, subject) in [(30, None), (3, None), (30, Some("Physics"))] {
+        let rows = db
+            .query(
+                &format!(
+                    "{CURRENT}
+                     SELECT DATE(created_at AT TIME ZONE 'UTC')::text AS date, subject_id::text,
+                            COUNT(*) AS total, SUM(CASE WHEN rating = 1 THEN 1 ELSE 0 END)::int8,
+                            ROUND(SUM(CASE WHEN rating = 1 THEN 1 ELSE 0 END) * 100.0
+                                  / COUNT(*), 1)::float8
+                     FROM cur
+                     WHERE created_at > NOW() - make_interval(days => $1)
+                       AND ($2::text IS NULL OR subject_id = $2)
+                     GROUP BY 1, 2 ORDER BY 1 DESC, 2"
+                ),
+                &[&days, &subject],
+            )
+            .await
+            .unwrap();
+        let want: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({"date": r.get::<_, String>(0), "subject_id": r.get::<_, String>(1),
+                       "total": r.get::<_, i64>(2), "likes": r.get::<_, i64>(3),
+                       "like_pct": r.get::<_, f64>(4)})
+            })
+            .collect();
+        let path = match subject {
+            Some(s) => format!("/api/feedback/daily?days={days}&subject_id={s}"),
+            None => format!("/api/feedback/daily?days={days}"),
+        };
+        let got = p.get_json(&path).await;
+        assert_eq!(got, Value::Array(want), "{path}");
+        assert!(!got.as_array().unwrap().is_empty());
+    }
+
+    // export: following the Link headers returns every matching row once, in id order.
+    for (query, filter_sql) in [
+        ("limit=7", "true"),
+        ("subject_id=Math&limit=5", "subject_id = 'Math'"),
+        (
+            "rating=dislike&model=m2&limit=3",
+            "rating = -1 AND model = 'm2'",
+        ),
+    ] {
+        let mut url = format!("/api/feedback/export?{query}");
+        let mut seen = Vec::new();
+        loop {
+            let r = p.get(&url, Some(TOKEN)).await;
+            assert_eq!(r.status(), 200);
+            let next = r
+                .headers()
+                .get("link")
+                .map(|l| l.to_str().unwrap().to_owned());
+            let page: Vec<Value> = r.json().await.unwrap();
+            assert!(!page.is_empty() || seen.is_empty());
+            seen.extend(page);
+            match next {
+                Some(link) => {
+                    assert!(link.ends_with(">; rel=\"next\""), "{link}");
+                    url = link[1..link.find('>').unwrap()].to_owned();
+                }
+                None => break,
+            }
+        }
+        let want: Vec<Value> = db
+            .query(
+                &format!(
+                    "SELECT id, subject_id::text, user_question, message_content, rating,
+                            to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                            model::text
+                     FROM feedback WHERE {filter_sql} ORDER BY id"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let rating: i16 = r.get(4);
+                let label = ["dislike", "neutral", "like"][(rating + 1) as usize];
+                json!({"id": r.get::<_, i64>(0), "subject_id": r.get::<_, String>(1),
+                       "user_question": r.get::<_, Option<String>>(2),
+                       "assistant_message": r.get::<_, String>(3), "rating": rating,
+                       "rating_label": label,
+                       "created_at": r.get::<_, String>(5),
+                       "model": r.get::<_, Option<String>>(6)})
+            })
+            .collect();
+        assert_eq!(seen, want, "export {query}");
+    }
+
+    // training data, openai: the distinct (question, answer) pairs whose current vote is a like.
+    let r = p
+        .get("/api/feedback/training-data?format=openai", Some(TOKEN))
+        .await;
+    assert_eq!(r.status(), 200);
+    let skipped: i64 = r.headers()["x-likerate-skipped-rows"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let openai_http = r.text().await.unwrap();
+    let mut pairs = BTreeSet::new();
+    for line in openai_http.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let m = v["messages"].as_array().unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 1);
+        assert_eq!(
+            (m.len(), &m[0]["role"], &m[1]["role"]),
+            (2, &json!("user"), &json!("assistant"))
+        );
+        let pair = (
+            m[0]["content"].as_str().unwrap().to_owned(),
+            m[1]["content"].as_str().unwrap().to_owned(),
+        );
+        assert!(pairs.insert(pair), "a pair appears twice");
+    }
+    let want: BTreeSet<(String, String)> = db
+        .query(
+            &format!(
+                "{CURRENT} SELECT DISTINCT user_question, message_content FROM cur
+                 WHERE rating = 1 AND user_question IS NOT NULL"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(pairs, want);
+    let want_skipped: i64 = db
+        .query_one(
+            &format!(
+                "{CURRENT} SELECT count(*) FROM cur WHERE rating = 1 AND user_question IS NULL"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(skipped, want_skipped);
+    assert!(skipped > 0);
+
+    // training data, dpo: per question, the answer with the largest lead of likes against the
+    // one with the largest lead of dislikes (ties: the latest row), computed here in Rust.
+    let votes = db
+        .query(
+            &format!(
+                "{CURRENT} SELECT user_question, message_content, rating, id FROM cur
+                 WHERE user_question IS NOT NULL AND rating <> 0"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut answers: BTreeMap<String, HashMap<String, (i64, i64, i64)>> = BTreeMap::new();
+    for r in &votes {
+        let e = answers
+            .entry(r.get(0))
+            .or_default()
+            .entry(r.get(1))
+            .or_default();
+        if r.get::<_, i16>(2) == 1 {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+        e.2 = e.2.max(r.get(3));
+    }
+    let mut want_dpo = Vec::new();
+    for (q, by_answer) in &answers {
+        let best = |sign: i64| {
+            by_answer
+                .iter()
+                .filter(|(_, c)| sign * (c.0 - c.1) > 0)
+                .max_by_key(|(_, c)| (sign * (c.0 - c.1), c.2))
+                .map(|(a, _)| a.clone())
+        };
+        if let (Some(chosen), Some(rejected)) = (best(1), best(-1)) {
+            want_dpo.push(json!({"prompt": q, "chosen": chosen, "rejected": rejected}));
+        }
+    }
+    let r = p
+        .get("/api/feedback/training-data?format=dpo", Some(TOKEN))
+        .await;
+    assert_eq!(r.status(), 200);
+    let dpo_http = r.text().await.unwrap();
+    let got_dpo: Vec<Value> = dpo_http
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!want_dpo.is_empty());
+    assert_eq!(got_dpo, want_dpo);
+
+    // Filters reach the training data too.
+    let math = p
+        .get(
+            "/api/feedback/training-data?format=openai&subject_id=Math&model=m1",
+            Some(TOKEN),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    let want_math: i64 = db
+        .query_one(
+            &format!(
+                "{CURRENT} SELECT count(DISTINCT (user_question, message_content)) FROM cur
+                 WHERE rating = 1 AND user_question IS NOT NULL AND subject_id = 'Math'
+                   AND model = 'm1'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(math.lines().count() as i64, want_math);
+
+    // likerate export writes the same bytes as the API, and a summary.
+    let dir = std::env::temp_dir().join(format!("likerate-api-{}", env.db_name));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (format, http_body) in [("openai", &openai_http), ("dpo", &dpo_http)] {
+        let file = dir.join(format!("{format}.jsonl"));
+        let out = Command::new(env!("CARGO_BIN_EXE_likerate"))
+            .args(["export", "--format", format, "--out"])
+            .arg(&file)
+            .args(["--database-url", &env.db_url()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(&std::fs::read_to_string(&file).unwrap(), http_body);
+        let summary = String::from_utf8_lossy(&out.stdout);
+        let lines = http_body.lines().count();
+        assert!(
+            summary.contains(&format!("exported {lines} rows")),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(&format!("{} bytes", http_body.len())),
+            "{summary}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_likerate"))
+        .args(["export", "--format", "json", "--rating", "-1"])
+        .args(["--database-url", &env.db_url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let dislikes: i64 = db
+        .query_one("SELECT count(*) FROM feedback WHERE rating = -1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows.len() as i64, dislikes);
+    assert!(rows.iter().all(|r| r["rating_label"] == "dislike"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("exported {dislikes} rows")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Simpson's paradox, constructed: model A is better for each subject, B looks better pooled
+/// because A answered the hard subject (Physics) far more often. Counts (likes/votes):
+///   Math:    A 162/174, B 468/540        Physics: A 384/526, B 110/160
+///   pooled:  A 546/700 (0.78), B 578/700 (0.825714)
+/// Expected values, computed independently (Python, math.erfc):
+///   pooled: difference -0.0457143, z = -2.149692, p = 0.0315796 -> b_better
+///   Wilson 95%: A (0.747830, 0.809113), B (0.795855, 0.852019)
+///   Math: difference 0.0643678, p = 0.0219163 -> a_better
+///   Physics: difference 0.0425380, p = 0.293953 -> no_difference
+///   Cochran–Mantel–Haenszel: chi2 = 4.874728, p = 0.0272527, odds ratio 1.446847 -> a_better
+/// Model C has 60 votes: below the 100-vote minimum.
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_finds_the_known_answer_and_flags_simpsons_paradox() {
+    let env = Env::new().await;
+    let p = env.spawn(None);
+    let now = Utc::now();
+    let mut events = Vec::new();
+    let mut add = |model: &str, subject: &str, likes: usize, votes: usize| {
+        for i in 0..votes {
+            events.push(json!({
+                "subject_id": subject, "model": model, "assistant_message": "a",
+                "rating": if i < likes { 1 } else { -1 },
+                "created_at": rfc3339(now - ChronoDuration::minutes(5 + (i % 600) as i64)),
+            }));
+        }
+    };
+    add("A", "Math", 162, 174);
+    add("B", "Math", 468, 540);
+    add("A", "Physics", 384, 526);
+    add("B", "Physics", 110, 160);
+    add("C", "Math", 40, 60);
+    // A superseded vote must not count: B's vote in Math turns from like to dislike and back.
+    for (rating, minutes) in [(-1, 30), (1, 20)] {
+        events.push(json!({
+            "subject_id": "Math", "model": "B", "assistant_message": "a", "rating": rating,
+            "vote_id": "revote", "created_at": rfc3339(now - ChronoDuration::minutes(minutes)),
+        }));
+    }
+    // ... which makes B in Math 469/541: keep the constructed counts by removing one like.
+    events.retain({
+        let mut removed = false;
+        move |e| {
+            let drop = !removed
+                && e["model"] == "B"
+                && e["subject_id"] == "Math"
+                && e["rating"] == 1
+                && e.get("vote_id").is_none();
+            removed |= drop;
+            !drop
+        }
+    });
+    p.post_events(&events).await;
+    env.wait_for_rows(events.len() as i64).await;
+
+    let c = p
+        .get_json("/api/feedback/compare?model_a=A&model_b=B")
+        .await;
+    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-5;
+    assert_eq!(c["model_a"]["votes"], 700);
+    assert_eq!(c["model_a"]["likes"], 546);
+    assert_eq!(c["model_b"]["votes"], 700);
+    assert_eq!(c["model_b"]["likes"], 578);
+    assert!(close(&c["difference"], -0.0457143));
+    assert!(close(&c["p_value"], 0.0315796), "{}", c["p_value"]);
+    assert!(close(&c["model_a"]["ci_low"], 0.747830));
+    assert!(close(&c["model_a"]["ci_high"], 0.809113));
+    assert!(close(&c["model_b"]["ci_low"], 0.795855));
+    assert!(close(&c["model_b"]["ci_high"], 0.852019));
+    assert_eq!(c["verdict"], "b_better");
+    let by: Vec<&Value> = c["by_subject"].as_array().unwrap().iter().collect();
+    assert_eq!(by.len(), 2);
+    assert_eq!(by[0]["subject_id"], "Math");
+    assert!(close(&by[0]["difference"], 0.0643678));
+    assert!(close(&by[0]["p_value"], 0.0219163));
+    assert_eq!(by[0]["verdict"], "a_better");
+    assert_eq!(by[1]["subject_id"], "Physics");
+    assert!(close(&by[1]["p_value"], 0.293953));
+    assert_eq!(by[1]["verdict"], "no_difference");
+    assert!(close(&c["stratified"]["p_value"], 0.0272527));
+    assert!(close(&c["stratified"]["odds_ratio"], 1.446847));
+    assert_eq!(c["stratified"]["verdict"], "a_better");
+    assert_eq!(c["simpson_warning"], true);
+
+    // The same counts from the table: current votes per model.
+    let db = env.client().await;
+    for (model, arm) in [("A", &c["model_a"]), ("B", &c["model_b"])] {
+        let row = db
+            .query_one(
+                &format!(
+                    "{CURRENT} SELECT count(*), count(*) FILTER (WHERE rating = 1) FROM cur
+                     WHERE model = $1"
+                ),
+                &[&model],
+            )
+            .await
+            .unwrap();
+        assert_eq!(arm["votes"], row.get::<_, i64>(0));
+        assert_eq!(arm["likes"], row.get::<_, i64>(1));
+    }
+
+    // One subject only: no paradox left to flag.
+    let math = p
+        .get_json("/api/feedback/compare?model_a=A&model_b=B&subject_id=Math")
+        .await;
+    assert_eq!(math["verdict"], "a_better");
+    assert_eq!(math["subject_id"], "Math");
+    assert_eq!(math["simpson_warning"], false);
+    // Below the minimum.
+    let small = p
+        .get_json("/api/feedback/compare?model_a=A&model_b=C")
+        .await;
+    assert_eq!(small["model_b"]["votes"], 60);
+    assert_eq!(small["verdict"], "not_enough_data");
+    // A range that excludes everything.
+    let none = p
+        .get_json(&format!(
+            "/api/feedback/compare?model_a=A&model_b=B&since={}",
+            rfc3339(now + ChronoDuration::minutes(1))
+        ))
+        .await;
+    assert_eq!(none["model_a"]["votes"], 0);
+    assert_eq!(none["model_a"]["like_rate"], Value::Null);
+    assert_eq!(none["verdict"], "not_enough_data");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_parameters_bodies_and_the_openapi_document() {
+    let env = Env::new().await;
+    let p = env.spawn(Some(TOKEN));
+
+    // Tokens: 401 without or with a wrong one, 200 with it; 403 when none is configured.
+    for path in [
+        "/api/feedback/export",
+        "/api/feedback/training-data?format=openai",
+    ] {
+        let r = p.get(path, None).await;
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        assert_eq!(
+            p.get(path, Some("wrong-token-0123456789")).await.status(),
+            401
+        );
+        assert_eq!(
+            p.get(path, Some(&TOKEN[..TOKEN.len() - 1])).await.status(),
+            401
+        );
+        // Authorization comes before parameter checks.
+        assert_eq!(p.get(&format!("{path}?limit=-1"), None).await.status(), 401);
+        assert_eq!(p.get(path, Some(TOKEN)).await.status(), 200);
+    }
+    {
+        let open = env.spawn(None);
+        for path in [
+            "/api/feedback/export",
+            "/api/feedback/training-data?format=openai",
+        ] {
+            let r = open.get(path, Some(TOKEN)).await;
+            assert_eq!(r.status(), 403, "{path}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "forbidden");
+        }
+    }
+
+    // Bad parameters: 400 with JSON naming the parameter.
+    for (path, param) in [
+        ("/api/feedback/stats?since=yesterday", "since"),
+        ("/api/feedback/stats?until=2026-13-01", "until"),
+        (
+            "/api/feedback/stats?since=2026-02-05&until=2026-02-01",
+            "until",
+        ),
+        ("/api/feedback/stats?subject=Math", "subject"),
+        ("/api/feedback/daily?days=0", "days"),
+        ("/api/feedback/daily?days=-5", "days"),
+        ("/api/feedback/daily?days=many", "days"),
+        ("/api/feedback/compare?model_b=x", "model_a"),
+        ("/api/feedback/compare?model_a=x&model_b=x", "model_b"),
+        (
+            "/api/feedback/compare?model_a=x&model_b=y&since=soon",
+            "since",
+        ),
+        ("/api/feedback/export?limit=0", "limit"),
+        ("/api/feedback/export?limit=-10", "limit"),
+        ("/api/feedback/export?limit=1001", "limit"),
+        ("/api/feedback/export?cursor=not-a-cursor", "cursor"),
+        ("/api/feedback/export?rating=2", "rating"),
+        ("/api/feedback/training-data?format=csv", "format"),
+        ("/api/feedback/training-data", "format"),
+        ("/api/feedback/training-data?format=dpo&since=x", "since"),
+    ] {
+        let r = p.get(path, Some(TOKEN)).await;
+        assert_eq!(r.status(), 400, "{path}");
+        let body: Value = r.json().await.unwrap();
+        let detail = body["detail"].as_str().unwrap();
+        assert!(body["error"].is_string());
+        assert!(detail.contains(param), "{path}: {detail}");
+    }
+
+    // POST: 413 over 256 KiB, 400 listing every invalid event (and nothing published).
+    let big = json!({"subject_id": "Math", "assistant_message": "x".repeat(300 * 1024),
+                     "rating": 1, "created_at": rfc3339(Utc::now())});
+    let r = p
+        .http
+        .post(format!("{}/api/feedback", p.base))
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_body");
+    let ok = |answer: &str| {
+        json!({"subject_id": "Probe", "assistant_message": answer, "rating": 1,
+               "created_at": rfc3339(Utc::now()), "conversation_id": "probe"})
+    };
+    let batch = json!([ok("a"), {"subject_id": "Probe"}, ok("b"), {"subject_id": "Probe",
+        "assistant_message": "c", "rating": 7, "created_at": rfc3339(Utc::now())}]);
+    let r = p
+        .http
+        .post(format!("{}/api/feedback", p.base))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_event");
+    let errors: Vec<(u64, &str)> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors, vec![(1, "missing_field"), (3, "out_of_range")]);
+    for bad in ["not json", "[]", "[1,", ""] {
+        let r = p
+            .http
+            .post(format!("{}/api/feedback", p.base))
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["detail"].is_string());
+    }
+    // One event (not an array), same conversation, so the same partition: once it is stored,
+    // anything published before it would be too.
+    let r = p
+        .http
+        .post(format!("{}/api/feedback", p.base))
+        .json(&ok("last"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id: Value = r.json().await.unwrap();
+    let id: Uuid = id["event_ids"][0].as_str().unwrap().parse().unwrap();
+    env.wait_for_rows(1).await;
+    let row = env
+        .client()
+        .await
+        .query_one("SELECT event_id, message_content FROM feedback", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Uuid>(0), id);
+    assert_eq!(row.get::<_, String>(1), "last");
+
+    // The OpenAPI document: every documented operation is served (not 404/405), and the /api
+    // operations are exactly the router's (checked in the library's unit test as well).
+    let doc = p.get_json("/api/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((path.clone(), method.to_ascii_uppercase()));
+            let url = format!("{}{path}", p.base);
+            let r = match method.as_str() {
+                "get" => p.http.get(&url).bearer_auth(TOKEN).send().await.unwrap(),
+                "post" => p.http.post(&url).body("{}").send().await.unwrap(),
+                other => panic!("undocumented method kind {other}"),
+            };
+            assert!(
+                r.status() != 404 && r.status() != 405,
+                "{method} {path}: {}",
+                r.status()
+            );
+        }
+    }
+    documented.sort();
+    let mut served: Vec<(String, String)> = likerate::api::openapi::route_table()
+        .into_iter()
+        .map(|(p, m)| (p.to_owned(), m.to_string()))
+        .collect();
+    served.sort();
+    let documented_api: Vec<(String, String)> = documented
+        .into_iter()
+        .filter(|(p, _)| p.starts_with("/api/"))
+        .collect();
+    assert_eq!(documented_api, served);
+    assert_eq!(p.get("/api/feedback/nothing", None).await.status(), 404);
+}
