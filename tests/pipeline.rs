@@ -475,10 +475,17 @@ struct Proc {
     http: SocketAddr,
 }
 
-impl Proc {
-    fn kill9(mut self) {
+impl Drop for Proc {
+    /// A failing test must not leave its process running.
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn kill9(self) {
+        drop(self);
     }
 
     /// SIGTERM; returns the exit status and how long the process took to exit.

@@ -1,0 +1,926 @@
+//! The alert and the dashboard end to end with the real thing (issue 3 item 8, issue 5 item 5):
+//! Debian's `prometheus` and `prometheus-alertmanager` (installed by
+//! `deploy/local/observability.sh`), the `likerate` binary, PostgreSQL and librdkafka's mock
+//! cluster, all on 127.0.0.1 with free ports and temporary directories.
+//!
+//! - `page_from_likerate_and_prometheus_then_resolve`: Alertmanager runs the example config of
+//!   `deploy/alertmanager/`, Prometheus scrapes likerate every 2s and evaluates the rules of
+//!   `deploy/prometheus/rules/` (only their `for:` durations shortened). Traffic at 95% pages
+//!   nothing; Math at 60% makes Alertmanager hold `FeedbackLikeRateLow{subject="Math"}` from
+//!   likerate's own push and from the Prometheus rule (the latter inhibited by the former);
+//!   recovery resolves both. The dashboard's queries are then checked against the same stack
+//!   with `deploy/check-dashboard-live.py`.
+//! - `alertmanager_down_costs_no_crash`: likerate pushes to a closed port while Math is low.
+//!
+//! Every child process is killed and every temporary directory removed on drop, also when an
+//! assertion fails. Run with `--nocapture` to see the measured detection and resolution times.
+
+use chrono::{DateTime, Utc};
+use likerate::config::KafkaConfig;
+use likerate::produce::{Generator, ProduceArgs};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+const ALERT: &str = "FeedbackLikeRateLow";
+/// The `for:` of every rule in the temporary copy of the rules file.
+const RULE_FOR: &str = "10s";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("likerate-obs-{what}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop; its log (a file in its directory, if any) is printed
+/// when the test is failing.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    log: Option<PathBuf>,
+}
+
+impl Daemon {
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited: {status}", self.name);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            if let Some(log) = &self.log {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("---- last lines of {} ----", self.name);
+                for l in tail {
+                    eprintln!("[{}] {l}", self.name);
+                }
+            }
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (closed again: the child binds it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Ok`, every `every`, panicking with its last error after
+/// `within`.
+async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut f: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last: {e}")
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get_ok(url: &str) -> Result<String, String> {
+    let r = http().get(url).send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    let body = r.text().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{url}: {status}: {body}"))
+    }
+}
+
+/// One test's database, dropped (with its connections) on drop.
+struct Database {
+    name: String,
+}
+
+impl Database {
+    async fn create() -> Database {
+        let name = format!(
+            "likerate_obs_{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        Database { name }
+    }
+
+    fn url(&self) -> String {
+        format!("{PG_BASE}/{}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Best effort, from a thread of its own: drop may run inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// The mock broker with the test's topics already created (the mock cluster hangs on
+/// CreateTopics).
+struct Broker {
+    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    kafka: KafkaConfig,
+}
+
+impl Broker {
+    fn new() -> Broker {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        let kafka = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            topic: format!("fe-{id}"),
+            group: format!("g-{id}"),
+            dlq_topic: format!("fe-{id}-dlq"),
+            topic_partitions: 3,
+            options: BTreeMap::new(),
+        };
+        cluster.create_topic(&kafka.topic, 3, 1).unwrap();
+        cluster.create_topic(&kafka.dlq_topic, 3, 1).unwrap();
+        Broker {
+            _cluster: cluster,
+            kafka,
+        }
+    }
+
+    /// Sends records and waits for every acknowledgement.
+    async fn send(&self, records: &[(String, Vec<u8>)]) {
+        let producer: FutureProducer = likerate::kafka::producer_config(&self.kafka)
+            .create()
+            .unwrap();
+        for part in records.chunks(1000) {
+            let sends = part.iter().map(|(k, v)| {
+                producer.send(
+                    FutureRecord::to(&self.kafka.topic)
+                        .key(k.as_bytes())
+                        .payload(v),
+                    Duration::from_secs(30),
+                )
+            });
+            for r in futures::future::join_all(sends).await {
+                r.map_err(|(e, _)| e).expect("delivered");
+            }
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+}
+
+/// Synthetic records from `likerate produce`'s generator, with its command-line flags.
+fn traffic(n: u64, seed: u64, flags: &[&str]) -> Vec<(String, Vec<u8>)> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProduceArgs,
+    }
+    let mut argv = vec!["x".to_owned(), "--seed".into(), seed.to_string()];
+    argv.extend(flags.iter().map(|s| s.to_string()));
+    let mut g = Generator::new(&Cli::parse_from(argv).args).unwrap();
+    (0..n).map(|_| g.next_record()).collect()
+}
+
+/// `likerate run` on a free port.
+struct Likerate {
+    daemon: Daemon,
+    http: SocketAddr,
+}
+
+impl Likerate {
+    fn spawn(tag: &'static str, kafka: &KafkaConfig, db: &Database, am_url: &str) -> Likerate {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
+        cmd.arg("run")
+            .env("LIKERATE_KAFKA_BROKERS", &kafka.brokers)
+            .env("LIKERATE_KAFKA_TOPIC", &kafka.topic)
+            .env("LIKERATE_KAFKA_GROUP", &kafka.group)
+            .env("LIKERATE_DLQ_TOPIC", &kafka.dlq_topic)
+            .env("LIKERATE_DATABASE_URL", db.url())
+            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
+            .env("LIKERATE_ALERTMANAGER_URL", am_url)
+            .env("LIKERATE_ALERT_MIN_SAMPLES", "50")
+            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
+            .env_remove("LIKERATE_LIKE_RATE_THRESHOLD")
+            .env_remove("LIKERATE_ALERT_WINDOW")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn likerate");
+        let stderr = child.stderr.take().unwrap();
+        let addr = Arc::new(Mutex::new(None));
+        let seen = addr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("likerate running") {
+                    if let Some(rest) = line.split("http=").nth(1) {
+                        let a = rest.split_whitespace().next().unwrap_or_default();
+                        *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
+                    }
+                }
+                eprintln!("[likerate {tag}] {line}");
+            }
+        });
+        let mut daemon = Daemon {
+            name: "likerate",
+            child,
+            log: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(http) = *addr.lock().unwrap() {
+                return Likerate { daemon, http };
+            }
+            daemon.assert_alive();
+            assert!(Instant::now() < deadline, "likerate did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    async fn metrics(&self) -> Result<String, String> {
+        get_ok(&format!("http://{}/metrics", self.http)).await
+    }
+
+    /// The value of one series (exact name and labels as rendered), if present.
+    async fn metric(&self, series: &str) -> Result<Option<f64>, String> {
+        Ok(series_value(&self.metrics().await?, series))
+    }
+}
+
+fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Alertmanager with a copy of `deploy/alertmanager/alertmanager.yml`.
+fn alertmanager(dir: &TempDir) -> (Daemon, String) {
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::copy(repo().join("deploy/alertmanager/alertmanager.yml"), &config).unwrap();
+    let port = free_port();
+    let log = dir.path().join("alertmanager.log");
+    let child = Command::new(ALERTMANAGER)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("prometheus-alertmanager (run deploy/local/observability.sh)");
+    (
+        Daemon {
+            name: "alertmanager",
+            child,
+            log: Some(log),
+        },
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+/// Writes the Prometheus config and the rules copy (only `for:` shortened) into `dir`.
+fn prometheus_config(dir: &TempDir, likerate: SocketAddr, alertmanager_url: &str) -> PathBuf {
+    let rules =
+        std::fs::read_to_string(repo().join("deploy/prometheus/rules/likerate.rules.yml")).unwrap();
+    let mut shortened = 0;
+    let rules: String = rules
+        .lines()
+        .map(|l| {
+            let trimmed = l.trim_start();
+            if trimmed.starts_with("for: ") {
+                shortened += 1;
+                format!("{}for: {RULE_FOR}\n", &l[..l.len() - trimmed.len()])
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert!(shortened >= 1, "no `for:` in the rules file");
+    let rules_path = dir.path().join("likerate.rules.yml");
+    std::fs::write(&rules_path, rules).unwrap();
+    let am = alertmanager_url.trim_start_matches("http://");
+    let config = format!(
+        "global:
+  scrape_interval: 2s
+  scrape_timeout: 2s
+  evaluation_interval: 2s
+rule_files:
+  - {rules}
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ['{am}']
+scrape_configs:
+  - job_name: likerate
+    metrics_path: /metrics
+    static_configs:
+      - targets: ['{likerate}']
+",
+        rules = rules_path.display()
+    );
+    let path = dir.path().join("prometheus.yml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn prometheus(dir: &TempDir, config: &Path) -> (Daemon, String) {
+    let port = free_port();
+    let log = dir.path().join("prometheus.log");
+    let child = Command::new(PROMETHEUS)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("prometheus (run deploy/local/observability.sh)");
+    (
+        Daemon {
+            name: "prometheus",
+            child,
+            log: Some(log),
+        },
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+async fn wait_ready(daemon: &mut Daemon, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_ok(&format!("{base}/-/ready")).await.is_err() {
+        daemon.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "{} not ready at {base}",
+            daemon.name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An instant PromQL query: the result vector.
+async fn prom_query(prometheus: &str, query: &str) -> Result<Vec<Value>, String> {
+    let r = http()
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let body: Value = r.json().await.map_err(|e| e.to_string())?;
+    if body["status"] != "success" {
+        return Err(format!("{query}: {body}"));
+    }
+    Ok(body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// The `FeedbackLikeRateLow` alerts Alertmanager holds (active, suppressed or unprocessed;
+/// resolved alerts are not listed).
+async fn am_alerts(alertmanager: &str) -> Result<Vec<Value>, String> {
+    let body = get_ok(&format!("{alertmanager}/api/v2/alerts")).await?;
+    let all: Vec<Value> = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let now = Utc::now();
+    Ok(all
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] == ALERT)
+        // Belt and braces: the API leaves resolved alerts out, whatever their state.
+        .filter(|a| {
+            a["endsAt"]
+                .as_str()
+                .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+                .is_none_or(|e| e > now)
+        })
+        .collect())
+}
+
+fn from_prometheus(a: &Value) -> bool {
+    a["labels"]["source"] == "prometheus"
+}
+
+fn label(a: &Value, name: &str) -> String {
+    a["labels"][name].as_str().unwrap_or_default().to_owned()
+}
+
+fn brief(alerts: &[Value]) -> String {
+    alerts
+        .iter()
+        .map(|a| format!("{} {}", a["labels"], a["status"]["state"]))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `promtool check config` / `amtool check-config` on a generated or copied file.
+fn check_tool(tool: &str, args: &[&str], file: &Path) {
+    let out = Command::new(tool)
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} (run deploy/local/observability.sh): {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_from_likerate_and_prometheus_then_resolve() {
+    let started = Instant::now();
+    // Declaration order is drop order in reverse: processes die before their directories
+    // and the database go.
+    let dir = TempDir::new("stack");
+    let db = Database::create().await;
+    let broker = Broker::new();
+
+    let (mut am, am_url) = alertmanager(&dir);
+    check_tool(
+        "amtool",
+        &["check-config"],
+        &dir.path().join("alertmanager.yml"),
+    );
+    wait_ready(&mut am, &am_url).await;
+    let mut likerate = Likerate::spawn("page", &broker.kafka, &db, &am_url);
+    let prom_config = prometheus_config(&dir, likerate.http, &am_url);
+    check_tool("promtool", &["check", "config"], &prom_config);
+    let (mut prom, prom_url) = prometheus(&dir, &prom_config);
+    wait_ready(&mut prom, &prom_url).await;
+    eventually(
+        "Prometheus scrapes likerate",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        async || {
+            let up = prom_query(&prom_url, "up{job=\"likerate\"} == 1").await?;
+            (!up.is_empty())
+                .then_some(())
+                .ok_or("likerate not up".into())
+        },
+    )
+    .await;
+    eprintln!("stack up after {:?}", started.elapsed());
+
+    // 1. Healthy: every subject at ~95%, created over the last 10 minutes so the 15m window
+    //    is full at once.
+    let healthy = traffic(2400, 1, &["--like-ratio", "0.95", "--spread", "10m"]);
+    broker.send(&healthy).await;
+    eventually(
+        "Prometheus sees the healthy votes",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        async || {
+            let r = prom_query(
+                &prom_url,
+                "sum(likerate_window_votes{subject=\"_all\",window=\"15m\"})",
+            )
+            .await?;
+            let v = r
+                .first()
+                .and_then(|s| s["value"][1].as_str())
+                .unwrap_or("0")
+                .to_owned();
+            (v == "2400").then_some(()).ok_or(format!("votes {v}"))
+        },
+    )
+    .await;
+    // Past the Prometheus rule's `for:` and a few evaluations: no page, not even pending.
+    let calm_until = Instant::now() + Duration::from_secs(16);
+    while Instant::now() < calm_until {
+        let alerts = am_alerts(&am_url).await.unwrap();
+        assert!(
+            alerts.is_empty(),
+            "page on healthy traffic: {}",
+            brief(&alerts)
+        );
+        let pending = prom_query(&prom_url, &format!("ALERTS{{alertname=\"{ALERT}\"}}"))
+            .await
+            .unwrap();
+        assert!(
+            pending.is_empty(),
+            "Prometheus rule on healthy traffic: {pending:?}"
+        );
+        let text = likerate.metrics().await.unwrap();
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("likerate_alert_firing{"))
+                .all(|l| l.ends_with(" 0")),
+            "likerate fires on healthy traffic"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    eprintln!("healthy traffic: no page, after {:?}", started.elapsed());
+
+    // 2. Math drops to ~60%.
+    let low = traffic(
+        400,
+        2,
+        &[
+            "--subjects",
+            "Math",
+            "--like-ratio",
+            "0.6",
+            "--spread",
+            "5m",
+        ],
+    );
+    let dropped = Instant::now();
+    broker.send(&low).await;
+    let (ours, theirs) = eventually(
+        "FeedbackLikeRateLow{subject=\"Math\"} from likerate and from Prometheus",
+        Duration::from_secs(180),
+        Duration::from_secs(2),
+        async || {
+            likerate.daemon.assert_alive();
+            let alerts = am_alerts(&am_url).await?;
+            // Only Math is low: no other subject (nor the whole stream, at ~90%) pages.
+            let stray: Vec<Value> = alerts
+                .iter()
+                .filter(|a| label(a, "subject") != "Math")
+                .cloned()
+                .collect();
+            assert!(stray.is_empty(), "unexpected pages: {}", brief(&stray));
+            let ours = alerts.iter().find(|a| !from_prometheus(a)).cloned();
+            let theirs = alerts.iter().find(|a| from_prometheus(a)).cloned();
+            match (ours, theirs) {
+                (Some(o), Some(t)) => Ok((o, t)),
+                _ => Err(format!("alerts: [{}]", brief(&alerts))),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "paged {:?} after the drop (likerate's rule: 4 evaluations of 15s)",
+        dropped.elapsed()
+    );
+
+    // likerate's alert: exactly the contract's labels and annotations.
+    let labels: BTreeMap<String, String> = serde_json::from_value(ours["labels"].clone()).unwrap();
+    let expected: BTreeMap<String, String> = [
+        ("alertname", ALERT),
+        ("service", "likerate"),
+        ("severity", "page"),
+        ("subject", "Math"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(labels, expected, "likerate's alert labels");
+    let ann = &ours["annotations"];
+    for key in [
+        "summary",
+        "description",
+        "like_rate",
+        "samples",
+        "threshold",
+        "window",
+        "examples",
+        "runbook_url",
+        "dashboard_url",
+    ] {
+        assert!(
+            ann[key].as_str().is_some_and(|v| !v.is_empty()),
+            "annotation {key} missing or empty: {ann}"
+        );
+    }
+    let like_rate: f64 = ann["like_rate"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (0.6..0.85).contains(&like_rate),
+        "like_rate {like_rate}: {ann}"
+    );
+    let samples: i64 = ann["samples"].as_str().unwrap().parse().unwrap();
+    assert!(samples >= 400, "samples {samples}: {ann}");
+    assert_eq!(ann["threshold"], "0.85");
+    assert_eq!(ann["window"], "15m");
+    let examples: Vec<i64> = ann["examples"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(|i| i.parse().expect("example ids are numbers"))
+        .collect();
+    // Retried: other test binaries may restart the shared PostgreSQL meanwhile.
+    let disliked_math: i64 = eventually(
+        "the example ids looked up",
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        async || {
+            let (c, conn) = tokio_postgres::connect(&db.url(), NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            c.query_one(
+                "SELECT count(*) FROM feedback
+                 WHERE id = ANY($1) AND subject_id = 'Math' AND rating = -1",
+                &[&examples],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    assert_eq!(
+        disliked_math,
+        examples.len() as i64,
+        "examples {examples:?} are disliked Math answers"
+    );
+    assert!(ann["summary"].as_str().unwrap().contains("Math"), "{ann}");
+
+    // Prometheus's copy: the rules file's labels, muted by alertmanager.yml's inhibit rule
+    // while likerate's own alert fires for the same subject.
+    assert_eq!(label(&theirs, "severity"), "page");
+    assert_eq!(label(&theirs, "service"), "likerate");
+    eventually(
+        "Prometheus's copy inhibited by likerate's",
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+        async || {
+            let alerts = am_alerts(&am_url).await?;
+            let fp = alerts
+                .iter()
+                .find(|a| !from_prometheus(a))
+                .map(|a| a["fingerprint"].clone())
+                .ok_or("likerate's alert gone")?;
+            let t = alerts
+                .iter()
+                .find(|a| from_prometheus(a))
+                .ok_or("Prometheus's alert gone")?;
+            let inhibited = t["status"]["state"] == "suppressed"
+                && t["status"]["inhibitedBy"]
+                    .as_array()
+                    .is_some_and(|by| by.contains(&fp));
+            inhibited
+                .then_some(())
+                .ok_or(format!("status {}", t["status"]))
+        },
+    )
+    .await;
+    assert_eq!(
+        likerate
+            .metric("likerate_alert_firing{subject=\"Math\"}")
+            .await
+            .unwrap(),
+        Some(1.0)
+    );
+
+    // 3. Recovery: enough likes for Math that the 15m like rate is back above 85%.
+    let good = traffic(
+        3000,
+        3,
+        &[
+            "--subjects",
+            "Math",
+            "--like-ratio",
+            "1.0",
+            "--spread",
+            "5m",
+        ],
+    );
+    let recovered = Instant::now();
+    broker.send(&good).await;
+    eventually(
+        "both FeedbackLikeRateLow alerts resolved",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        async || {
+            likerate.daemon.assert_alive();
+            let alerts = am_alerts(&am_url).await?;
+            let firing = likerate
+                .metric("likerate_alert_firing{subject=\"Math\"}")
+                .await?;
+            if alerts.is_empty() && firing.unwrap_or(0.0) == 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "alerts [{}], likerate_alert_firing {firing:?}",
+                    brief(&alerts)
+                ))
+            }
+        },
+    )
+    .await;
+    eprintln!("resolved {:?} after the recovery", recovered.elapsed());
+    // A resolved alert keeps its series (at 0) while likerate re-sends the resolve.
+    assert_eq!(
+        likerate
+            .metric("likerate_alert_firing{subject=\"Math\"}")
+            .await
+            .unwrap(),
+        Some(0.0)
+    );
+    assert!(
+        likerate
+            .metric("likerate_alert_pushes_total{result=\"ok\"}")
+            .await
+            .unwrap()
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+
+    // 4. The Grafana dashboard against the same stack: every PromQL target answers with data,
+    //    every SQL target runs and returns rows.
+    let mut check = Command::new("python3");
+    check
+        .arg(repo().join("deploy/check-dashboard-live.py"))
+        .args(["--retries", "6", "--require-rows"])
+        .env("PROMETHEUS_URL", &prom_url)
+        .env("DATABASE_URL", db.url())
+        .current_dir(repo());
+    let out = tokio::task::spawn_blocking(move || check.output())
+        .await
+        .unwrap()
+        .expect("python3");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{report}");
+    assert!(out.status.success(), "check-dashboard-live.py:\n{report}");
+
+    likerate.daemon.assert_alive();
+    am.assert_alive();
+    prom.assert_alive();
+    eprintln!("whole test: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alertmanager_down_costs_no_crash() {
+    let db = Database::create().await;
+    let broker = Broker::new();
+    // Nothing listens there.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let mut likerate = Likerate::spawn("am-down", &broker.kafka, &db, &closed);
+
+    let low = traffic(
+        300,
+        4,
+        &[
+            "--subjects",
+            "Math",
+            "--like-ratio",
+            "0.6",
+            "--spread",
+            "5m",
+        ],
+    );
+    broker.send(&low).await;
+    eventually(
+        "likerate_alert_firing{subject=\"Math\"} 1",
+        Duration::from_secs(150),
+        Duration::from_secs(1),
+        async || {
+            likerate.daemon.assert_alive();
+            let v = likerate
+                .metric("likerate_alert_firing{subject=\"Math\"}")
+                .await?;
+            (v == Some(1.0)).then_some(()).ok_or(format!("{v:?}"))
+        },
+    )
+    .await;
+    let errors = "likerate_alert_pushes_total{result=\"error\"}";
+    let first = eventually(
+        "a failed push is counted",
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        async || {
+            let v = likerate.metric(errors).await?.unwrap_or(0.0);
+            (v >= 1.0).then_some(v).ok_or(format!("{v}"))
+        },
+    )
+    .await;
+    // The pusher keeps retrying, with backoff (1s, 2s, 4s, ... capped at one evaluation,
+    // 15s): three more failures take at least a few seconds, not a hot loop.
+    let since = Instant::now();
+    eventually(
+        "failed pushes keep being counted",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        async || {
+            likerate.daemon.assert_alive();
+            let v = likerate.metric(errors).await?.unwrap_or(0.0);
+            (v >= first + 3.0)
+                .then_some(())
+                .ok_or(format!("{v} (was {first})"))
+        },
+    )
+    .await;
+    eprintln!(
+        "failed pushes: {first} -> {} in {:?}",
+        likerate.metric(errors).await.unwrap().unwrap_or(0.0),
+        since.elapsed()
+    );
+    assert!(likerate.daemon.alive(), "likerate crashed");
+    get_ok(&format!("http://{}/healthz", likerate.http))
+        .await
+        .expect("healthz");
+    assert_eq!(
+        likerate
+            .metric("likerate_alert_pushes_total{result=\"ok\"}")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        likerate
+            .metric("likerate_alert_firing{subject=\"Math\"}")
+            .await
+            .unwrap(),
+        Some(1.0),
+        "the gauge shows the state although Alertmanager is away"
+    );
+}
