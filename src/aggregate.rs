@@ -141,8 +141,8 @@ pub struct Snapshot {
 pub async fn snapshot(pool: &Pool) -> Result<Snapshot, crate::db::DbError> {
     let at = Utc::now();
     let mut windows = BTreeMap::new();
-    // One read of the 24h range, then the shorter windows as filters in memory would need the
-    // minute rows; four grouped reads keep the transfer at one row per (subject, model).
+    // One grouped read per window: each returns one row per (subject, model), where a single
+    // read of the 24h range would have to ship every minute row to filter here.
     for (name, seconds) in WINDOWS {
         let since = at - chrono::Duration::seconds(seconds);
         windows.insert(name, window_counts(pool, since).await?);

@@ -16,7 +16,7 @@
 //! latest set is kept, so Alertmanager being down or slow costs bounded memory; failures are
 //! retried with backoff and counted in `likerate_alert_pushes_total{result="error"}`.
 
-use crate::aggregate::{by, window_counts, Counts, Snapshot};
+use crate::aggregate::{by, window_counts, Cells, Counts, Snapshot, WINDOWS};
 use crate::config::AlertConfig;
 use crate::telemetry::{Metrics, ALL};
 use chrono::{DateTime, Utc};
@@ -155,16 +155,12 @@ impl Alerter {
         }
         self.last = Some(std::time::Instant::now());
         let window = chrono::Duration::from_std(self.config.window).expect("window fits");
-        let long = match window_counts(pool, snap.at - window).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "alert evaluation skipped");
-                return;
-            }
-        };
-        let short = match window_counts(pool, snap.at - window / 3).await {
-            Ok(c) => c,
-            Err(e) => {
+        let (long, short) = match (
+            cells_for(pool, snap, window).await,
+            cells_for(pool, snap, window / 3).await,
+        ) {
+            (Ok(long), Ok(short)) => (long, short),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "alert evaluation skipped");
                 return;
             }
@@ -349,6 +345,23 @@ impl Alerter {
             })
             .collect();
         push.send_replace(alerts);
+    }
+}
+
+/// The counts of a window: from the snapshot when it is one of the exported windows (the
+/// default 15m and 5m are), read from the rollups otherwise.
+async fn cells_for(
+    pool: &Pool,
+    snap: &Snapshot,
+    window: chrono::Duration,
+) -> Result<Cells, crate::db::DbError> {
+    let exported = WINDOWS
+        .iter()
+        .find(|(_, seconds)| *seconds == window.num_seconds())
+        .and_then(|(name, _)| snap.windows.get(name));
+    match exported {
+        Some(cells) => Ok(cells.clone()),
+        None => window_counts(pool, snap.at - window).await,
     }
 }
 

@@ -46,7 +46,6 @@ impl From<tokio_postgres::Error> for DbError {
                     "08" | "53" | "57" | "40" | "58" | "XX" => DbError::Unavailable(text),
                     // invalid authorization, catalog, undefined table/column, syntax,
                     // insufficient privilege: a person has to fix something
-                    _ if *code == SqlState::QUERY_CANCELED => DbError::Unavailable(text),
                     _ => DbError::Fatal(text),
                 }
             }
