@@ -63,21 +63,19 @@ fn tansu() -> Option<String> {
                 .ok()?
                 .port();
             let url = format!("tcp://127.0.0.1:{port}");
-            let child = Command::new(&bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
+            // A watchdog ends the broker when this test binary exits, however it exits.
+            let script = format!(
+                "{bin} broker --listener-url {url} --advertised-listener-url {url} \\
+                 --storage-engine memory://tansu/ >/dev/null 2>&1 & t=$!; \\
+                 while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $t",
+                parent = std::process::id()
+            );
+            Command::new("sh")
+                .args(["-c", &script])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .ok()?;
-            // Killed with the test binary: tansu keeps nothing on disk.
-            std::mem::forget(child);
             let addr = format!("127.0.0.1:{port}");
             let deadline = Instant::now() + Duration::from_secs(20);
             while std::net::TcpStream::connect(&addr).is_err() {
