@@ -53,6 +53,10 @@ impl App {
             .await
             .with_context(|| format!("creating topics on {}", kafka.brokers))?;
         let metrics = Metrics::new(run.max_subject_labels);
+        crate::ops::redact::install(Some(crate::ops::redact::Redactor::new(
+            run.redact,
+            Some(metrics.clone()),
+        )));
         let listener = TcpListener::bind(run.http_addr)
             .await
             .with_context(|| format!("LIKERATE_HTTP_ADDR: cannot listen on {}", run.http_addr))?;
@@ -113,6 +117,14 @@ impl App {
             self.run.max_subject_labels,
             shutdown.clone(),
         ));
+        let retention = self.run.retention.is_enabled().then(|| {
+            tokio::spawn(crate::ops::retention::run_daily(
+                self.target.clone(),
+                self.run.retention,
+                self.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         let http_stop = shutdown.clone();
         let server = axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(async move { http_stop.cancelled().await });
@@ -158,6 +170,9 @@ impl App {
             let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
         }
         aggregates.abort();
+        if let Some(retention) = retention {
+            retention.abort();
+        }
         tracing::info!("stopped");
         outcome
     }

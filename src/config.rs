@@ -294,6 +294,86 @@ pub struct RunArgs {
     /// Longest a shutdown or partition revocation waits for in-flight batches [default: 20s]
     #[arg(long, env = "LIKERATE_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
+    /// Replace these kinds of personal data in questions and answers before they are stored,
+    /// comma separated: email, phone [default: none]
+    #[arg(long, env = "LIKERATE_REDACT")]
+    pub redact: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// How long stored feedback is kept (`likerate retention`, and daily inside `likerate run`).
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RetentionArgs {
+    /// Erase question and answer text of rows older than this (ratings and aggregates stay),
+    /// e.g. 90d [default: unset, kept]
+    #[arg(long, env = "LIKERATE_RETENTION_TEXT")]
+    pub retention_text: Option<String>,
+    /// Delete rows older than this; the rollups keep counting them, e.g. 400d
+    /// [default: unset, kept]
+    #[arg(long, env = "LIKERATE_RETENTION_ROWS")]
+    pub retention_rows: Option<String>,
+}
+
+/// Validated retention: `None` keeps forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub text: Option<Duration>,
+    pub rows: Option<Duration>,
+}
+
+impl RetentionConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.text.is_some() || self.rows.is_some()
+    }
+}
+
+impl RetentionArgs {
+    pub fn resolve(&self, file: &ConfigFile) -> Result<RetentionConfig, ConfigError> {
+        let s = file.layer(self)?;
+        let age = |setting: &'static str, value: Option<String>| -> Result<_, ConfigError> {
+            let Some(text) = value.filter(|v| !v.trim().is_empty()) else {
+                return Ok(None);
+            };
+            let d = duration(setting, Some(text), "")?;
+            if d < Duration::from_secs(60) {
+                return Err(invalid(setting, "must be at least 1m (for example 90d)"));
+            }
+            Ok(Some(d))
+        };
+        Ok(RetentionConfig {
+            text: age("LIKERATE_RETENTION_TEXT", s.retention_text)?,
+            rows: age("LIKERATE_RETENTION_ROWS", s.retention_rows)?,
+        })
+    }
+}
+
+/// Which personal data is replaced before the write (`LIKERATE_REDACT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedactConfig {
+    pub email: bool,
+    pub phone: bool,
+}
+
+impl RedactConfig {
+    pub fn parse(value: Option<&str>) -> Result<RedactConfig, ConfigError> {
+        let mut c = RedactConfig::default();
+        for kind in value.unwrap_or_default().split(',').map(str::trim) {
+            match kind.to_ascii_lowercase().as_str() {
+                "" | "none" => {}
+                "email" => c.email = true,
+                "phone" => c.phone = true,
+                other => {
+                    return Err(invalid(
+                        "LIKERATE_REDACT",
+                        format!("{other:?} is not one of email, phone, none"),
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Clone)]
@@ -305,6 +385,8 @@ pub struct RunConfig {
     pub batch_max_events: usize,
     pub batch_linger: Duration,
     pub drain_timeout: Duration,
+    pub redact: RedactConfig,
+    pub retention: RetentionConfig,
 }
 
 impl std::fmt::Debug for RunConfig {
@@ -317,6 +399,8 @@ impl std::fmt::Debug for RunConfig {
             .field("batch_max_events", &self.batch_max_events)
             .field("batch_linger", &self.batch_linger)
             .field("drain_timeout", &self.drain_timeout)
+            .field("redact", &self.redact)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -407,6 +491,8 @@ impl RunArgs {
             batch_max_events,
             batch_linger: duration("LIKERATE_BATCH_LINGER", s.batch_linger, "100ms")?,
             drain_timeout: duration("LIKERATE_DRAIN_TIMEOUT", s.drain_timeout, "20s")?,
+            redact: RedactConfig::parse(s.redact.as_deref())?,
+            retention: s.retention.resolve(file)?,
         })
     }
 }
@@ -467,10 +553,48 @@ mod tests {
         };
         let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
         assert!(err.starts_with("LIKERATE_ALERT_WINDOW:"), "{err}");
+        let bad = RunArgs {
+            redact: Some("email,ssn".into()),
+            ..RunArgs::default()
+        };
+        let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
+        assert!(err.starts_with("LIKERATE_REDACT:"), "{err}");
+        let bad = RetentionArgs {
+            retention_text: Some("ninety days".into()),
+            ..RetentionArgs::default()
+        };
+        let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
+        assert!(err.starts_with("LIKERATE_RETENTION_TEXT:"), "{err}");
         let err = file("http_addr = 5")
             .layer(&RunArgs::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn retention_and_redaction_layer_like_the_rest() {
+        let f = file("retention_text = \"90d\"\nredact = \"email, phone\"");
+        let c = RunArgs {
+            retention: RetentionArgs {
+                retention_rows: Some("400d".into()),
+                ..RetentionArgs::default()
+            },
+            ..RunArgs::default()
+        }
+        .resolve(&f)
+        .unwrap();
+        assert_eq!(c.retention.text, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(c.retention.rows, Some(Duration::from_secs(400 * 86_400)));
+        assert_eq!(
+            c.redact,
+            RedactConfig {
+                email: true,
+                phone: true
+            }
+        );
+        let c = RunArgs::default().resolve(&ConfigFile::default()).unwrap();
+        assert!(!c.retention.is_enabled());
+        assert_eq!(c.redact, RedactConfig::default());
     }
 }

@@ -242,6 +242,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "votes_and_rollups",
         include_str!("../schemas/migrations/0002_votes_and_rollups.sql"),
     ),
+    (
+        3,
+        "operations",
+        include_str!("../schemas/migrations/0003_operations.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.

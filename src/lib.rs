@@ -27,6 +27,7 @@
 //! | [`config`] | flags, environment, TOML file, defaults |
 //! | [`db`] | connections, timeouts, TLS, migrations |
 //! | [`kafka`] | client properties and topic creation |
+//! | [`ops`] | `dlq replay`, `erase`, `retention`, `report`, and redaction before the write |
 //! | [`produce`] | `likerate produce`: demo traffic and load generator |
 //! | [`app`] | wiring of `likerate run` and its bounded shutdown |
 //! | [`shutdown`] | signals |
@@ -42,6 +43,7 @@ pub mod decode;
 pub mod event;
 pub mod http;
 pub mod kafka;
+pub mod ops;
 pub mod produce;
 pub mod shutdown;
 pub mod sink;

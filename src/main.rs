@@ -1,7 +1,7 @@
 //! The `likerate` command line: a thin layer over the library.
 
 use clap::{Parser, Subcommand};
-use likerate::config::{ConfigFile, DatabaseArgs, KafkaArgs, RunArgs};
+use likerate::config::{ConfigFile, DatabaseArgs, KafkaArgs, RetentionArgs, RunArgs};
 use likerate::produce::ProduceArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Consume, store, aggregate, alert and serve HTTP
@@ -50,6 +52,45 @@ enum Command {
         database: DatabaseArgs,
         #[command(flatten)]
         export: likerate::api::cli::ExportArgs,
+    },
+    /// Dead-letter topic operations
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Delete the stored rows of a conversation or an event and correct the aggregates
+    Erase {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        erase: likerate::ops::erase::EraseArgs,
+    },
+    /// Write the like-rate report (HTML with SVG charts, or Markdown) for a period
+    Report {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        report: likerate::ops::report::ReportArgs,
+    },
+    /// Apply LIKERATE_RETENTION_TEXT and LIKERATE_RETENTION_ROWS now (run also does it daily)
+    Retention {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Republish dead letters to the feedback topic after their cause was fixed, once each
+    Replay {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        replay: likerate::ops::replay::ReplayArgs,
     },
 }
 
@@ -143,6 +184,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 eprintln!("{summary}");
             }
+            Ok(())
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    kafka,
+                    database,
+                    replay,
+                },
+        } => {
+            let (kafka, database) = (kafka.resolve(&file)?, database.resolve(&file)?);
+            let s = likerate::ops::replay::replay(&kafka, &database, &replay).await?;
+            let verb = if replay.dry_run { "would send" } else { "sent" };
+            println!(
+                "read {} dead letters from {}, {} match; {verb} {} to {}, skipped {} already replayed",
+                s.read, kafka.dlq_topic, s.matched, s.sent, kafka.topic, s.skipped
+            );
+            Ok(())
+        }
+        Command::Erase { database, erase } => {
+            let erased = likerate::ops::erase::erase(&database.resolve(&file)?, &erase).await?;
+            print!("{erased}");
+            Ok(())
+        }
+        Command::Report { database, report } => {
+            let bytes = likerate::ops::report::run(&database.resolve(&file)?, &report).await?;
+            if let Some(out) = &report.out {
+                println!("wrote {} ({bytes} bytes)", out.display());
+            }
+            Ok(())
+        }
+        Command::Retention {
+            database,
+            retention,
+        } => {
+            let (database, retention) = (database.resolve(&file)?, retention.resolve(&file)?);
+            if !retention.is_enabled() {
+                anyhow::bail!(
+                    "nothing to do: set LIKERATE_RETENTION_TEXT and/or LIKERATE_RETENTION_ROWS"
+                );
+            }
+            let target = likerate::db::Target::new(&database)?;
+            let mut client = target.connect().await?;
+            likerate::db::migrate(&mut client).await?;
+            let swept =
+                likerate::ops::retention::sweep(&target, retention, chrono::Utc::now(), None)
+                    .await?;
+            println!("retention: {swept}");
             Ok(())
         }
     }

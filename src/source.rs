@@ -445,7 +445,11 @@ fn record_of(message: &BorrowedMessage<'_>, topic: &str) -> (Record, usize) {
         received_at: Utc::now(),
     };
     let payload = match decode(payload_bytes, origin) {
-        Ok(event) => Payload::Event(event),
+        Ok(mut event) => {
+            // LIKERATE_REDACT: personal data is replaced before the event reaches the sink.
+            crate::ops::redact::apply(&mut event);
+            Payload::Event(event)
+        }
         Err(error) => Payload::Rejected(Rejected {
             error,
             payload: payload_bytes.to_vec(),

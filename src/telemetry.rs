@@ -66,6 +66,10 @@ pub struct Metrics {
     pub assigned_partitions: Gauge,
     /// Failed refreshes of the window gauges from PostgreSQL.
     pub aggregate_refresh_failures: Counter,
+    /// Personal data replaced before the write, by kind (email, phone).
+    pub redactions: Family<Labels1, Counter>,
+    /// Rows touched by retention, by action (text_erased, deleted).
+    pub retention_rows: Family<Labels1, Counter>,
     subjects: Arc<LabelCap>,
     models: Arc<LabelCap>,
 }
@@ -92,6 +96,8 @@ impl Metrics {
             paused_partitions: Gauge::default(),
             assigned_partitions: Gauge::default(),
             aggregate_refresh_failures: Counter::default(),
+            redactions: Family::default(),
+            retention_rows: Family::default(),
             subjects: Arc::new(LabelCap::new(max_subject_labels)),
             models: Arc::new(LabelCap::new(max_subject_labels)),
         };
@@ -177,6 +183,16 @@ impl Metrics {
             "likerate_aggregate_refresh_failures",
             "Failed refreshes of the window gauges from PostgreSQL",
             m.aggregate_refresh_failures.clone(),
+        );
+        r.register(
+            "likerate_redactions",
+            "Personal data replaced in stored text before the write, by kind",
+            m.redactions.clone(),
+        );
+        r.register(
+            "likerate_retention_rows",
+            "Rows whose text retention erased or that retention deleted, by action",
+            m.retention_rows.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

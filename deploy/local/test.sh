@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
 
-apt_install gcc make pkg-config libssl-dev python3-venv
+apt_install gcc make pkg-config libssl-dev python3-venv chromium
 deploy/local/postgres.sh
 deploy/local/observability.sh
 deploy/local/tansu.sh install

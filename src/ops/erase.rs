@@ -1,0 +1,196 @@
+//! `likerate erase`: deletes the stored rows of a conversation (or one event) on request and
+//! corrects the aggregates, in one transaction.
+//!
+//! For each deleted row that counted (no `vote_id`, or the current vote of its `vote_id`), its
+//! like/dislike/neutral is subtracted from the rollups at every grain. When the current vote of
+//! a `vote_id` is deleted and older events of that vote remain, the newest remaining one (by
+//! `created_at`, then `event_id`, as the sink decides) becomes the current vote and is counted;
+//! when none remains the vote is forgotten. Afterwards the rollups equal their recomputation
+//! from the remaining rows.
+//!
+//! Not covered: copies outside PostgreSQL. The feedback topic and the dead-letter topic keep
+//! the records until Kafka's retention removes them, and a consumer group that re-reads the
+//! topic from the beginning would store them again.
+
+use crate::config::DatabaseConfig;
+use anyhow::bail;
+use chrono::{DateTime, Utc};
+use clap::Args;
+use std::collections::{BTreeMap, HashSet};
+use uuid::Uuid;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct EraseArgs {
+    /// Erase every row of this conversation
+    #[arg(
+        long,
+        required_unless_present = "event_id",
+        conflicts_with = "event_id"
+    )]
+    pub conversation_id: Option<String>,
+    /// Erase the row of this event
+    #[arg(long)]
+    pub event_id: Option<Uuid>,
+}
+
+/// What an erasure removed and changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Erased {
+    /// The deleted rows' event ids, sorted.
+    pub event_ids: Vec<Uuid>,
+    /// Deleted rows that were counted in the rollups (and were subtracted).
+    pub uncounted: u64,
+    /// Votes whose current event was deleted and an older event of the same vote now counts.
+    pub promoted: u64,
+    /// Votes with no event left, forgotten.
+    pub votes_removed: u64,
+    /// Rollup cells changed (all grains).
+    pub rollup_cells: u64,
+}
+
+impl std::fmt::Display for Erased {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "erased {} rows; {} counted votes subtracted from the aggregates, {} older votes \
+             promoted, {} votes forgotten; {} rollup cells corrected",
+            self.event_ids.len(),
+            self.uncounted,
+            self.promoted,
+            self.votes_removed,
+            self.rollup_cells
+        )?;
+        for id in &self.event_ids {
+            writeln!(f, "  event_id {id}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Gone {
+    event_id: Uuid,
+    vote_id: Option<String>,
+    subject: String,
+    model: String,
+    rating: i16,
+    created_at: DateTime<Utc>,
+}
+
+pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Erased> {
+    let target = crate::db::Target::new(db)?;
+    let mut client = target.connect().await?;
+    crate::db::migrate(&mut client).await?;
+    let tx = client.transaction().await?;
+    const COLUMNS: &str =
+        "RETURNING event_id, vote_id, subject_id, coalesce(model, ''), rating, created_at";
+    let rows = match (&args.conversation_id, &args.event_id) {
+        (Some(c), None) => {
+            tx.query(
+                &format!("DELETE FROM feedback WHERE conversation_id = $1 {COLUMNS}"),
+                &[c],
+            )
+            .await?
+        }
+        (None, Some(e)) => {
+            tx.query(
+                &format!("DELETE FROM feedback WHERE event_id = $1 {COLUMNS}"),
+                &[e],
+            )
+            .await?
+        }
+        _ => bail!("give exactly one of --conversation-id and --event-id"),
+    };
+    let gone: Vec<Gone> = rows
+        .iter()
+        .map(|r| Gone {
+            event_id: r.get(0),
+            vote_id: r.get(1),
+            subject: r.get(2),
+            model: r.get(3),
+            rating: r.get(4),
+            created_at: r.get(5),
+        })
+        .collect();
+    let mut out = Erased {
+        event_ids: gone.iter().map(|g| g.event_id).collect(),
+        ..Erased::default()
+    };
+    out.event_ids.sort_unstable();
+    let mut deltas = super::RollupDeltas::default();
+    for g in gone.iter().filter(|g| g.vote_id.is_none()) {
+        deltas.add(g.created_at, &g.subject, &g.model, g.rating, -1);
+        out.uncounted += 1;
+    }
+    let mut vote_ids: Vec<&str> = gone.iter().filter_map(|g| g.vote_id.as_deref()).collect();
+    vote_ids.sort_unstable();
+    vote_ids.dedup();
+    if !vote_ids.is_empty() {
+        let deleted: HashSet<Uuid> = gone.iter().map(|g| g.event_id).collect();
+        // Locked in key order, like the sink.
+        let current = tx
+            .query(
+                "SELECT vote_id, event_id, created_at, subject_id, model, rating
+                 FROM feedback_vote WHERE vote_id = ANY($1::text[])
+                 ORDER BY vote_id FOR UPDATE",
+                &[&vote_ids],
+            )
+            .await?;
+        let mut orphaned: Vec<String> = Vec::new();
+        for row in &current {
+            let event_id: Uuid = row.get(1);
+            if deleted.contains(&event_id) {
+                let subject: String = row.get(3);
+                let model: String = row.get(4);
+                deltas.add(row.get(2), &subject, &model, row.get(5), -1);
+                out.uncounted += 1;
+                orphaned.push(row.get(0));
+            }
+        }
+        if !orphaned.is_empty() {
+            let newest: BTreeMap<String, tokio_postgres::Row> = tx
+                .query(
+                    "SELECT DISTINCT ON (vote_id) vote_id, event_id, created_at, subject_id,
+                            coalesce(model, ''), rating
+                     FROM feedback WHERE vote_id = ANY($1::text[])
+                     ORDER BY vote_id, created_at DESC, event_id DESC",
+                    &[&orphaned],
+                )
+                .await?
+                .into_iter()
+                .map(|r| (r.get(0), r))
+                .collect();
+            for vote_id in &orphaned {
+                match newest.get(vote_id) {
+                    Some(r) => {
+                        let (subject, model): (String, String) = (r.get(3), r.get(4));
+                        let created: DateTime<Utc> = r.get(2);
+                        deltas.add(created, &subject, &model, r.get(5), 1);
+                        tx.execute(
+                            "UPDATE feedback_vote SET event_id = $2, created_at = $3,
+                                    subject_id = $4, model = $5, rating = $6
+                             WHERE vote_id = $1",
+                            &[
+                                vote_id,
+                                &r.get::<_, Uuid>(1),
+                                &created,
+                                &subject,
+                                &model,
+                                &r.get::<_, i16>(5),
+                            ],
+                        )
+                        .await?;
+                        out.promoted += 1;
+                    }
+                    None => {
+                        tx.execute("DELETE FROM feedback_vote WHERE vote_id = $1", &[vote_id])
+                            .await?;
+                        out.votes_removed += 1;
+                    }
+                }
+            }
+        }
+    }
+    out.rollup_cells = deltas.apply(&tx).await?;
+    tx.commit().await?;
+    Ok(out)
+}

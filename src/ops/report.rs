@@ -1,0 +1,883 @@
+//! `likerate report`: the weekly report, as one self-contained HTML file (inline CSS, charts as
+//! inline SVG drawn with plotters, no script, nothing fetched) or as Markdown.
+//!
+//! Figures come from the rollups (exact, and they outlive rows deleted by retention): like
+//! rate per subject and per model with the change from the previous period of the same length,
+//! votes, the subjects with the most dislikes and the biggest drops, the hours in which the
+//! whole stream or a subject was below the alert threshold, and, from the rows, a sample of
+//! recent disliked answers per problem subject (truncated; none once retention erased text).
+//!
+//! Alerts: likerate keeps no history of the alerts it pushed (Alertmanager does). The report
+//! lists the hours in which the like rate over the hour was below `--threshold` with at least
+//! `--min-samples` votes, the condition `FeedbackLikeRateLow` evaluates on its own window.
+
+use crate::config::DatabaseConfig;
+use crate::sink::truncate;
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, Duration as CDuration, NaiveDate, Utc};
+use clap::{Args, ValueEnum};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Html,
+    Markdown,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Start of the period: an age (7d) or an RFC 3339 timestamp; compared with the period of
+    /// the same length before it
+    #[arg(long, default_value = "7d")]
+    pub since: String,
+    /// End of the period (RFC 3339 or an age) [default: now]
+    #[arg(long)]
+    pub until: Option<String>,
+    /// File to write; standard output when absent
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Html)]
+    pub format: Format,
+    /// Like rate below which an hour counts as alerting
+    #[arg(long, env = "LIKERATE_LIKE_RATE_THRESHOLD", default_value_t = 0.85)]
+    pub threshold: f64,
+    /// Fewest votes in an hour for it to count as alerting
+    #[arg(long, env = "LIKERATE_ALERT_MIN_SAMPLES", default_value_t = 50)]
+    pub min_samples: i64,
+    /// Fewest votes in each period for a subject to rank among the biggest drops
+    #[arg(long, default_value_t = 20)]
+    pub min_votes: i64,
+    /// Disliked answers shown per problem subject
+    #[arg(long, default_value_t = 3)]
+    pub samples: i64,
+}
+
+/// Likes, dislikes, neutral.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub likes: i64,
+    pub dislikes: i64,
+    pub neutral: i64,
+}
+
+impl Counts {
+    pub fn total(&self) -> i64 {
+        self.likes + self.dislikes + self.neutral
+    }
+
+    pub fn like_rate(&self) -> Option<f64> {
+        (self.total() > 0).then(|| self.likes as f64 / self.total() as f64)
+    }
+}
+
+/// One subject or model in both periods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub name: String,
+    pub now: Counts,
+    pub before: Counts,
+}
+
+impl Line {
+    /// Change of the like rate in percentage points.
+    pub fn change_pp(&self) -> Option<f64> {
+        Some((self.now.like_rate()? - self.before.like_rate()?) * 100.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub subject: String,
+    pub created_at: DateTime<Utc>,
+    pub model: String,
+    pub question: String,
+    pub answer: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub generated_at: DateTime<Utc>,
+    pub threshold: f64,
+    pub min_samples: i64,
+    pub total: Line,
+    pub subjects: Vec<Line>,
+    pub models: Vec<Line>,
+    pub most_dislikes: Vec<Line>,
+    pub biggest_drops: Vec<Line>,
+    /// (hour, subject or `_all`, like rate, votes)
+    pub alert_hours: Vec<(DateTime<Utc>, String, f64, i64)>,
+    /// Days of the period and counts per day and subject (`_all` included).
+    pub days: Vec<NaiveDate>,
+    pub daily: BTreeMap<String, BTreeMap<NaiveDate, Counts>>,
+    pub samples: Vec<Sample>,
+}
+
+const ALL: &str = "_all";
+
+pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Report> {
+    let now = Utc::now();
+    let since = super::parse_since(&args.since, now).map_err(|e| anyhow!("--since: {e}"))?;
+    let until = match &args.until {
+        Some(u) => super::parse_since(u, now).map_err(|e| anyhow!("--until: {e}"))?,
+        None => now,
+    };
+    if until <= since {
+        bail!("--until must be after --since");
+    }
+    if !(args.threshold > 0.0 && args.threshold <= 1.0) {
+        bail!("--threshold: must be a ratio in (0, 1]");
+    }
+    // Minute buckets: the period starts at a minute.
+    let since = truncate(since, 60);
+    let previous = since - (until - since);
+    let target = crate::db::Target::new(db)?;
+    let mut client = target.connect().await?;
+    crate::db::migrate(&mut client).await?;
+
+    let grouped = |column: &'static str| {
+        format!(
+            "SELECT {column}::text,
+               coalesce(sum(likes) FILTER (WHERE bucket >= $2), 0)::int8,
+               coalesce(sum(dislikes) FILTER (WHERE bucket >= $2), 0)::int8,
+               coalesce(sum(neutral) FILTER (WHERE bucket >= $2), 0)::int8,
+               coalesce(sum(likes) FILTER (WHERE bucket < $2), 0)::int8,
+               coalesce(sum(dislikes) FILTER (WHERE bucket < $2), 0)::int8,
+               coalesce(sum(neutral) FILTER (WHERE bucket < $2), 0)::int8
+             FROM feedback_rollup
+             WHERE grain = 'm' AND bucket >= $1 AND bucket < $3
+             GROUP BY 1"
+        )
+    };
+    let lines = |rows: Vec<tokio_postgres::Row>| -> Vec<Line> {
+        let mut v: Vec<Line> = rows
+            .iter()
+            .map(|r| Line {
+                name: r.get(0),
+                now: Counts {
+                    likes: r.get(1),
+                    dislikes: r.get(2),
+                    neutral: r.get(3),
+                },
+                before: Counts {
+                    likes: r.get(4),
+                    dislikes: r.get(5),
+                    neutral: r.get(6),
+                },
+            })
+            .filter(|l| l.now.total() + l.before.total() > 0)
+            .collect();
+        v.sort_by(|a, b| {
+            b.now
+                .total()
+                .cmp(&a.now.total())
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        v
+    };
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&previous, &since, &until];
+    let subjects = lines(client.query(&grouped("subject_id"), &params).await?);
+    let mut models = lines(client.query(&grouped("model"), &params).await?);
+    for m in &mut models {
+        if m.name.is_empty() {
+            m.name = "(none)".into();
+        }
+    }
+    let mut total = Line {
+        name: ALL.into(),
+        now: Counts::default(),
+        before: Counts::default(),
+    };
+    for s in &subjects {
+        for (t, c) in [(&mut total.now, s.now), (&mut total.before, s.before)] {
+            t.likes += c.likes;
+            t.dislikes += c.dislikes;
+            t.neutral += c.neutral;
+        }
+    }
+    let mut most_dislikes: Vec<Line> = subjects
+        .iter()
+        .filter(|s| s.now.dislikes > 0)
+        .cloned()
+        .collect();
+    most_dislikes.sort_by(|a, b| {
+        b.now
+            .dislikes
+            .cmp(&a.now.dislikes)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    most_dislikes.truncate(5);
+    let mut biggest_drops: Vec<Line> = subjects
+        .iter()
+        .filter(|s| s.now.total() >= args.min_votes && s.before.total() >= args.min_votes)
+        .filter(|s| s.change_pp().is_some_and(|c| c < 0.0))
+        .cloned()
+        .collect();
+    biggest_drops.sort_by(|a, b| {
+        a.change_pp()
+            .partial_cmp(&b.change_pp())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    biggest_drops.truncate(5);
+
+    let alert_hours = client
+        .query(
+            "SELECT bucket, coalesce(subject_id::text, '_all'),
+                    sum(likes)::float8 / sum(likes + dislikes + neutral), sum(likes + dislikes + neutral)::int8
+             FROM feedback_rollup
+             WHERE grain = 'h' AND bucket >= $1 AND bucket < $2
+             GROUP BY GROUPING SETS ((bucket), (bucket, subject_id))
+             HAVING sum(likes + dislikes + neutral) >= $3::int8
+                AND sum(likes)::float8 / sum(likes + dislikes + neutral) < $4::float8
+             ORDER BY 1, 2",
+            &[&since, &until, &args.min_samples, &args.threshold],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+
+    let first_day = truncate(since, 86_400);
+    let mut days = Vec::new();
+    let mut d = first_day;
+    while d < until {
+        days.push(d.date_naive());
+        d += CDuration::days(1);
+    }
+    let mut daily: BTreeMap<String, BTreeMap<NaiveDate, Counts>> = BTreeMap::new();
+    for r in client
+        .query(
+            "SELECT bucket, subject_id::text, sum(likes)::int8, sum(dislikes)::int8,
+                    sum(neutral)::int8
+             FROM feedback_rollup
+             WHERE grain = 'd' AND bucket >= $1 AND bucket < $2
+             GROUP BY 1, 2",
+            &[&first_day, &until],
+        )
+        .await?
+    {
+        let day = r.get::<_, DateTime<Utc>>(0).date_naive();
+        let c = Counts {
+            likes: r.get(2),
+            dislikes: r.get(3),
+            neutral: r.get(4),
+        };
+        for key in [r.get::<_, String>(1), ALL.to_owned()] {
+            let e = daily.entry(key).or_default().entry(day).or_default();
+            e.likes += c.likes;
+            e.dislikes += c.dislikes;
+            e.neutral += c.neutral;
+        }
+    }
+
+    let problem: BTreeSet<String> = most_dislikes
+        .iter()
+        .chain(&biggest_drops)
+        .map(|l| l.name.clone())
+        .collect();
+    let problem: Vec<String> = problem.into_iter().collect();
+    let samples = client
+        .query(
+            "SELECT subject_id::text, created_at, coalesce(model, ''),
+                    coalesce(user_question, ''), message_content
+             FROM (SELECT *, row_number() OVER (PARTITION BY subject_id
+                                                ORDER BY created_at DESC, event_id DESC) AS n
+                   FROM feedback
+                   WHERE rating = -1 AND NOT text_erased AND subject_id = ANY($1::text[])
+                     AND created_at >= $2 AND created_at < $3) x
+             WHERE n <= $4
+             ORDER BY subject_id, created_at DESC",
+            &[&problem, &since, &until, &args.samples],
+        )
+        .await?
+        .iter()
+        .map(|r| Sample {
+            subject: r.get(0),
+            created_at: r.get(1),
+            model: r.get(2),
+            question: r.get(3),
+            answer: r.get(4),
+        })
+        .collect();
+    Ok(Report {
+        since,
+        until,
+        generated_at: now,
+        threshold: args.threshold,
+        min_samples: args.min_samples,
+        total,
+        subjects,
+        models,
+        most_dislikes,
+        biggest_drops,
+        alert_hours,
+        days,
+        daily,
+        samples,
+    })
+}
+
+/// Builds the report and writes it where `--out` says. Returns the rendered text's size.
+pub async fn run(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<usize> {
+    let report = build(db, args).await?;
+    let text = match args.format {
+        Format::Html => render_html(&report)?,
+        Format::Markdown => render_markdown(&report),
+    };
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("--out {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(text.len())
+}
+
+fn pct(rate: Option<f64>) -> String {
+    rate.map(|r| format!("{:.1}%", r * 100.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn pp(change: Option<f64>) -> String {
+    change
+        .map(|c| format!("{c:+.1} pp"))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn votes_change(l: &Line) -> String {
+    if l.before.total() == 0 {
+        return "new".into();
+    }
+    let c = (l.now.total() - l.before.total()) as f64 / l.before.total() as f64 * 100.0;
+    format!("{c:+.0}%")
+}
+
+/// At most `max` characters, with an ellipsis when cut.
+pub fn truncate_text(text: &str, max: usize) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(max).collect();
+    if chars.next().is_some() {
+        format!("{head}…")
+    } else {
+        head
+    }
+}
+
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Text inside a Markdown table cell or line: no line breaks, pipes, or HTML.
+fn escape_md(text: &str) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut out = String::with_capacity(flat.len());
+    for c in flat.chars() {
+        if matches!(
+            c,
+            '\\' | '|' | '*' | '_' | '`' | '[' | ']' | '<' | '>' | '#'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+const COLORS: [(u8, u8, u8); 8] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+];
+
+/// A line chart as an SVG document: one line per series over the days.
+fn line_chart(
+    title: &str,
+    days: &[NaiveDate],
+    series: &[(String, Vec<Option<f64>>)],
+    y_max: f64,
+    percent: bool,
+) -> anyhow::Result<String> {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 340)).into_drawing_area();
+        let err = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {title}: {e:?}");
+        root.fill(&WHITE).map_err(err)?;
+        let last = days.len().saturating_sub(1).max(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .margin_right(40)
+            .x_label_area_size(32)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..last, 0f64..y_max)
+            .map_err(err)?;
+        let x_label = |x: &f64| {
+            let i = x.round();
+            if (x - i).abs() > 0.01 {
+                return String::new();
+            }
+            days.get(i as usize)
+                .map(|d| d.format("%b %d").to_string())
+                .unwrap_or_default()
+        };
+        let y_label = |y: &f64| {
+            if percent {
+                format!("{:.0}%", y * 100.0)
+            } else {
+                format!("{y:.0}")
+            }
+        };
+        chart
+            .configure_mesh()
+            .x_labels(days.len().clamp(2, 12))
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&y_label)
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(err)?;
+        for (i, (name, values)) in series.iter().enumerate() {
+            let (r, g, b) = COLORS[i % COLORS.len()];
+            let color = RGBColor(r, g, b);
+            let points: Vec<(f64, f64)> = values
+                .iter()
+                .enumerate()
+                .filter_map(|(x, v)| v.map(|v| (x as f64, v)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 3, color.filled())),
+                )
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .border_style(RGBColor(200, 200, 200))
+            .background_style(WHITE.mix(0.85))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// Series of the charts: like rate per subject per day (the subjects with most votes, at most
+/// 8) and votes per day.
+#[allow(clippy::type_complexity)]
+fn chart_series(
+    r: &Report,
+) -> (
+    Vec<(String, Vec<Option<f64>>)>,
+    Vec<(String, Vec<Option<f64>>)>,
+) {
+    let per_day = |name: &str, f: &dyn Fn(&Counts) -> Option<f64>| -> Vec<Option<f64>> {
+        r.days
+            .iter()
+            .map(|d| r.daily.get(name).and_then(|m| m.get(d)).and_then(f))
+            .collect()
+    };
+    let rates = std::iter::once(ALL.to_owned())
+        .chain(r.subjects.iter().take(7).map(|s| s.name.clone()))
+        .map(|name| {
+            let v = per_day(&name, &|c: &Counts| c.like_rate());
+            (name, v)
+        })
+        .collect();
+    let votes = vec![(
+        "votes".to_owned(),
+        per_day(ALL, &|c: &Counts| Some(c.total() as f64)),
+    )];
+    (rates, votes)
+}
+
+const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1000px;color:#222}
+table{border-collapse:collapse;margin:0.5rem 0 1.5rem}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}.neg{color:#b00}.pos{color:#070}
+.sample{border-left:3px solid #d62728;padding:4px 10px;margin:8px 0;background:#fafafa}
+.sample p{margin:2px 0;white-space:pre-wrap}.muted{color:#777;font-size:90%}svg{max-width:100%;height:auto}";
+
+fn change_class(c: Option<f64>) -> &'static str {
+    match c {
+        Some(c) if c < 0.0 => "neg",
+        Some(c) if c > 0.0 => "pos",
+        _ => "",
+    }
+}
+
+fn html_table(out: &mut String, first: &str, lines: &[Line]) {
+    let _ = writeln!(
+        out,
+        "<table><tr><th>{first}</th><th>votes</th><th>votes change</th><th>likes</th>\
+         <th>dislikes</th><th>neutral</th><th>like rate</th><th>previous</th><th>change</th></tr>"
+    );
+    for l in lines {
+        let c = l.change_pp();
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td class=\"{}\">{}</td></tr>",
+            escape_html(&l.name),
+            l.now.total(),
+            votes_change(l),
+            l.now.likes,
+            l.now.dislikes,
+            l.now.neutral,
+            pct(l.now.like_rate()),
+            pct(l.before.like_rate()),
+            change_class(c),
+            pp(c)
+        );
+    }
+    out.push_str("</table>\n");
+}
+
+pub fn render_html(r: &Report) -> anyhow::Result<String> {
+    let mut o = String::with_capacity(64 * 1024);
+    let period = format!(
+        "{} – {}",
+        r.since.format("%Y-%m-%d %H:%M UTC"),
+        r.until.format("%Y-%m-%d %H:%M UTC")
+    );
+    let _ = writeln!(
+        o,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">\
+         <title>likerate report {}</title><style>{CSS}</style></head><body>",
+        escape_html(&period)
+    );
+    let _ = writeln!(
+        o,
+        "<h1>Feedback report</h1><p>{} <span class=\"muted\">(compared with the period of the same \
+         length before it; generated {})</span></p>",
+        escape_html(&period),
+        r.generated_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    let t = &r.total;
+    let _ = writeln!(
+        o,
+        "<h2>Summary</h2><p><b>{}</b> votes ({} before, {}); like rate <b>{}</b> ({} before, \
+         <span class=\"{}\">{}</span>).</p>",
+        t.now.total(),
+        t.before.total(),
+        votes_change(t),
+        pct(t.now.like_rate()),
+        pct(t.before.like_rate()),
+        change_class(t.change_pp()),
+        pp(t.change_pp())
+    );
+    let (rates, votes) = chart_series(r);
+    o.push_str("<h2>Like rate per day</h2>\n");
+    o.push_str(&line_chart(
+        "Like rate per subject per day",
+        &r.days,
+        &rates,
+        1.0,
+        true,
+    )?);
+    o.push_str("\n<h2>Votes per day</h2>\n");
+    let max_votes = votes[0].1.iter().flatten().fold(1.0f64, |m, v| m.max(*v)) * 1.1;
+    o.push_str(&line_chart(
+        "Votes per day",
+        &r.days,
+        &votes,
+        max_votes,
+        false,
+    )?);
+    o.push_str("\n<h2>Subjects</h2>\n");
+    html_table(&mut o, "subject", &r.subjects);
+    o.push_str("<h2>Models</h2>\n");
+    html_table(&mut o, "model", &r.models);
+    o.push_str("<h2>Most dislikes</h2>\n");
+    if r.most_dislikes.is_empty() {
+        o.push_str("<p>No dislikes in the period.</p>\n");
+    } else {
+        html_table(&mut o, "subject", &r.most_dislikes);
+    }
+    o.push_str("<h2>Biggest drops</h2>\n");
+    if r.biggest_drops.is_empty() {
+        o.push_str("<p>No subject's like rate dropped (among subjects with enough votes in both periods).</p>\n");
+    } else {
+        html_table(&mut o, "subject", &r.biggest_drops);
+    }
+    let _ = writeln!(
+        o,
+        "<h2>Alerts</h2><p class=\"muted\">likerate keeps no alert history (Alertmanager does). \
+         Hours in which the like rate was below {} with at least {} votes:</p>",
+        pct(Some(r.threshold)),
+        r.min_samples
+    );
+    if r.alert_hours.is_empty() {
+        o.push_str("<p>None.</p>\n");
+    } else {
+        o.push_str(
+            "<table><tr><th>hour</th><th>subject</th><th>like rate</th><th>votes</th></tr>\n",
+        );
+        for (hour, subject, rate, votes) in &r.alert_hours {
+            let _ = writeln!(
+                o,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{votes}</td></tr>",
+                hour.format("%Y-%m-%d %H:00"),
+                escape_html(subject),
+                pct(Some(*rate))
+            );
+        }
+        o.push_str("</table>\n");
+    }
+    o.push_str("<h2>Recent disliked answers</h2>\n");
+    if r.samples.is_empty() {
+        o.push_str("<p>None with text in the period.</p>\n");
+    }
+    let mut current = None;
+    for s in &r.samples {
+        if current != Some(&s.subject) {
+            let _ = writeln!(o, "<h3>{}</h3>", escape_html(&s.subject));
+            current = Some(&s.subject);
+        }
+        let _ = writeln!(
+            o,
+            "<div class=\"sample\"><p class=\"muted\">{}{}</p><p><b>Q:</b> {}</p><p><b>A:</b> {}</p></div>",
+            s.created_at.format("%Y-%m-%d %H:%M UTC"),
+            if s.model.is_empty() {
+                String::new()
+            } else {
+                format!(" · {}", escape_html(&s.model))
+            },
+            escape_html(&truncate_text(&s.question, 300)),
+            escape_html(&truncate_text(&s.answer, 500))
+        );
+    }
+    o.push_str("</body></html>\n");
+    Ok(o)
+}
+
+fn md_table(out: &mut String, first: &str, lines: &[Line]) {
+    let _ = writeln!(
+        out,
+        "| {first} | votes | votes change | likes | dislikes | neutral | like rate | previous | change |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for l in lines {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            escape_md(&l.name),
+            l.now.total(),
+            votes_change(l),
+            l.now.likes,
+            l.now.dislikes,
+            l.now.neutral,
+            pct(l.now.like_rate()),
+            pct(l.before.like_rate()),
+            pp(l.change_pp())
+        );
+    }
+    out.push('\n');
+}
+
+pub fn render_markdown(r: &Report) -> String {
+    let mut o = String::new();
+    let t = &r.total;
+    let _ = writeln!(
+        o,
+        "# Feedback report\n\n{} – {} (compared with the period of the same length before it; \
+         generated {})\n\n## Summary\n\n**{}** votes ({} before, {}); like rate **{}** ({} \
+         before, {}).\n",
+        r.since.format("%Y-%m-%d %H:%M UTC"),
+        r.until.format("%Y-%m-%d %H:%M UTC"),
+        r.generated_at.format("%Y-%m-%d %H:%M UTC"),
+        t.now.total(),
+        t.before.total(),
+        votes_change(t),
+        pct(t.now.like_rate()),
+        pct(t.before.like_rate()),
+        pp(t.change_pp())
+    );
+    o.push_str("## Per day\n\n| day | votes | like rate |\n|---|---:|---:|\n");
+    for d in &r.days {
+        let c = r
+            .daily
+            .get(ALL)
+            .and_then(|m| m.get(d))
+            .copied()
+            .unwrap_or_default();
+        let _ = writeln!(o, "| {d} | {} | {} |", c.total(), pct(c.like_rate()));
+    }
+    o.push_str("\n## Subjects\n\n");
+    md_table(&mut o, "subject", &r.subjects);
+    o.push_str("## Models\n\n");
+    md_table(&mut o, "model", &r.models);
+    o.push_str("## Most dislikes\n\n");
+    if r.most_dislikes.is_empty() {
+        o.push_str("No dislikes in the period.\n\n");
+    } else {
+        md_table(&mut o, "subject", &r.most_dislikes);
+    }
+    o.push_str("## Biggest drops\n\n");
+    if r.biggest_drops.is_empty() {
+        o.push_str("No subject's like rate dropped (among subjects with enough votes in both periods).\n\n");
+    } else {
+        md_table(&mut o, "subject", &r.biggest_drops);
+    }
+    let _ = writeln!(
+        o,
+        "## Alerts\n\nlikerate keeps no alert history (Alertmanager does). Hours in which the like \
+         rate was below {} with at least {} votes:\n",
+        pct(Some(r.threshold)),
+        r.min_samples
+    );
+    if r.alert_hours.is_empty() {
+        o.push_str("None.\n\n");
+    } else {
+        o.push_str("| hour | subject | like rate | votes |\n|---|---|---:|---:|\n");
+        for (hour, subject, rate, votes) in &r.alert_hours {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {votes} |",
+                hour.format("%Y-%m-%d %H:00"),
+                escape_md(subject),
+                pct(Some(*rate))
+            );
+        }
+        o.push('\n');
+    }
+    o.push_str("## Recent disliked answers\n\n");
+    if r.samples.is_empty() {
+        o.push_str("None with text in the period.\n");
+    }
+    let mut current = None;
+    for s in &r.samples {
+        if current != Some(&s.subject) {
+            let _ = writeln!(o, "### {}\n", escape_md(&s.subject));
+            current = Some(&s.subject);
+        }
+        let _ = writeln!(
+            o,
+            "- {}{}\n  - Q: {}\n  - A: {}",
+            s.created_at.format("%Y-%m-%d %H:%M UTC"),
+            if s.model.is_empty() {
+                String::new()
+            } else {
+                format!(" · {}", escape_md(&s.model))
+            },
+            escape_md(&truncate_text(&s.question, 300)),
+            escape_md(&truncate_text(&s.answer, 500))
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(name: &str, now: (i64, i64, i64), before: (i64, i64, i64)) -> Line {
+        let c = |(likes, dislikes, neutral)| Counts {
+            likes,
+            dislikes,
+            neutral,
+        };
+        Line {
+            name: name.into(),
+            now: c(now),
+            before: c(before),
+        }
+    }
+
+    fn report() -> Report {
+        let since: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
+        let days: Vec<NaiveDate> = (0..7)
+            .map(|i| (since + CDuration::days(i)).date_naive())
+            .collect();
+        let mut daily = BTreeMap::new();
+        let mut all = BTreeMap::new();
+        all.insert(
+            days[1],
+            Counts {
+                likes: 3,
+                dislikes: 1,
+                neutral: 0,
+            },
+        );
+        daily.insert(ALL.to_owned(), all);
+        Report {
+            since,
+            until: since + CDuration::days(7),
+            generated_at: since + CDuration::days(7),
+            threshold: 0.85,
+            min_samples: 50,
+            total: line(ALL, (3, 1, 0), (4, 0, 0)),
+            subjects: vec![line("Math <b>", (3, 1, 0), (4, 0, 0))],
+            models: vec![line("(none)", (3, 1, 0), (4, 0, 0))],
+            most_dislikes: vec![line("Math <b>", (3, 1, 0), (4, 0, 0))],
+            biggest_drops: vec![],
+            alert_hours: vec![],
+            days,
+            daily,
+            samples: vec![Sample {
+                subject: "Math <b>".into(),
+                created_at: since,
+                model: String::new(),
+                question: "<script>alert(1)</script>".into(),
+                answer: "x".repeat(600),
+            }],
+        }
+    }
+
+    #[test]
+    fn html_escapes_user_text_and_embeds_svg() {
+        let html = render_html(&report()).unwrap();
+        assert!(!html.contains("<script>"));
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains("Math &lt;b&gt;"));
+        assert_eq!(html.matches("<svg").count(), 2);
+        assert!(html.contains("75.0%") && html.contains("-25.0 pp"));
+        assert!(html.contains(&format!("{}…", "x".repeat(500))));
+        assert!(!html.contains("http://") || html.contains("http://www.w3.org/2000/svg"));
+    }
+
+    #[test]
+    fn markdown_has_the_figures() {
+        let md = render_markdown(&report());
+        assert!(
+            md.contains("| Math \\<b\\> | 4 | +0% | 3 | 1 | 0 | 75.0% | 100.0% | -25.0 pp |"),
+            "{md}"
+        );
+        assert!(md.contains("| 2026-02-02 | 4 | 75.0% |"), "{md}");
+        assert!(md.contains("Q: \\<script\\>alert(1)\\</script\\>"), "{md}");
+    }
+}

@@ -1,0 +1,125 @@
+//! Retention: how long stored feedback is kept.
+//!
+//! - `LIKERATE_RETENTION_TEXT` (e.g. `90d`): rows whose `created_at` is older have their
+//!   question and answer erased (`user_question` NULL, `message_content` `''`,
+//!   `text_erased` true). Rating, subject, model, ids and time stay, so the rows and the
+//!   aggregates still give long-term like rates and the rollups stay equal to their
+//!   recomputation from the rows.
+//! - `LIKERATE_RETENTION_ROWS` (e.g. `400d`): older rows are deleted. The rollups are *not*
+//!   changed: the aggregates outlive the rows, so like rates over long periods stay available
+//!   after the rows are gone (they hold counts per minute/hour/day, subject and model, no
+//!   text). The vote bookkeeping (`feedback_vote`: vote id, subject, model, rating, time) stays
+//!   too, so a late change of an old vote still moves its count. Erasure on request
+//!   (`likerate erase`) is different: it corrects the aggregates.
+//!
+//! Both run in bounded batches, one short transaction per batch of [`BATCH`] rows picked with
+//! `FOR UPDATE SKIP LOCKED`; ingestion only inserts rows and never waits on them, and two
+//! instances running retention at once share the work.
+
+use crate::config::RetentionConfig;
+use crate::db::Target;
+use crate::telemetry::Metrics;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Rows per retention transaction.
+pub const BATCH: i64 = 5000;
+
+/// What one retention pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub text_erased: u64,
+    pub deleted: u64,
+}
+
+impl std::fmt::Display for Swept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "text erased from {} rows, {} rows deleted",
+            self.text_erased, self.deleted
+        )
+    }
+}
+
+const ERASE_TEXT: &str = "
+UPDATE feedback SET message_content = '', user_question = NULL, text_erased = true
+WHERE id IN (SELECT id FROM feedback
+             WHERE created_at < $1 AND NOT text_erased
+             LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+const DELETE_ROWS: &str = "
+DELETE FROM feedback
+WHERE id IN (SELECT id FROM feedback WHERE created_at < $1
+             LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// One pass: applies both limits relative to `now`.
+pub async fn sweep(
+    target: &Target,
+    config: RetentionConfig,
+    now: DateTime<Utc>,
+    metrics: Option<&Metrics>,
+) -> anyhow::Result<Swept> {
+    let client = target.connect().await?;
+    let mut swept = Swept::default();
+    let cutoff = |age: Duration| -> anyhow::Result<DateTime<Utc>> {
+        now.checked_sub_signed(chrono::Duration::from_std(age)?)
+            .ok_or_else(|| anyhow::anyhow!("retention of {age:?} reaches before the calendar"))
+    };
+    // Rows first: text of rows about to be deleted need not be erased.
+    for (age, sql, action) in [
+        (config.rows, DELETE_ROWS, "deleted"),
+        (config.text, ERASE_TEXT, "text_erased"),
+    ] {
+        let Some(age) = age else { continue };
+        let before = cutoff(age)?;
+        let statement = client.prepare(sql).await?;
+        loop {
+            let n = client.execute(&statement, &[&before, &BATCH]).await?;
+            match action {
+                "deleted" => swept.deleted += n,
+                _ => swept.text_erased += n,
+            }
+            if let Some(m) = metrics {
+                m.retention_rows
+                    .get_or_create(&vec![("action", action.to_owned())])
+                    .inc_by(n);
+            }
+            if n < BATCH as u64 {
+                break;
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// The daily task of `likerate run`: a pass at start, then every 24 hours, until shutdown.
+/// A failed pass is logged and retried an hour later.
+pub async fn run_daily(
+    target: Target,
+    config: RetentionConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let wait = match sweep(&target, config, Utc::now(), Some(&metrics)).await {
+            Ok(s) => {
+                tracing::info!(
+                    text_erased = s.text_erased,
+                    deleted = s.deleted,
+                    "retention pass done"
+                );
+                Duration::from_secs(24 * 3600)
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "retention pass failed: retry in 1h");
+                Duration::from_secs(3600)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,937 @@
+//! Operations against real services: PostgreSQL, librdkafka's mock cluster and the `likerate`
+//! binary (the harness of tests/pipeline.rs, trimmed): dead-letter replay, erasure on request,
+//! retention and redaction.
+
+use chrono::{DateTime, Duration as CDuration, Utc};
+use likerate::config::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// One test's world: a mock cluster, a database, a topic pair, a group.
+struct Env {
+    _broker: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    db_name: String,
+    kafka: KafkaConfig,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let broker = MockCluster::new(1).expect("mock cluster");
+        let kafka = KafkaConfig {
+            brokers: broker.bootstrap_servers(),
+            topic: format!("fe-{id}"),
+            group: format!("g-{id}"),
+            dlq_topic: format!("fe-{id}-dlq"),
+            topic_partitions: 3,
+            options: BTreeMap::new(),
+        };
+        broker.create_topic(&kafka.topic, 3, 1).unwrap();
+        broker.create_topic(&kafka.dlq_topic, 3, 1).unwrap();
+        let db_name = format!("likerate_test_{id}");
+        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .unwrap();
+        let env = Env {
+            _broker: broker,
+            db_name,
+            kafka,
+        };
+        let out = env.likerate(&["migrate"], &[]);
+        assert!(out.status.success(), "migrate: {out:?}");
+        env
+    }
+
+    fn db_url(&self) -> String {
+        format!("{PG_BASE}/{}", self.db_name)
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.db_url(), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
+        cmd.args(args)
+            .env("LIKERATE_KAFKA_BROKERS", &self.kafka.brokers)
+            .env("LIKERATE_KAFKA_TOPIC", &self.kafka.topic)
+            .env("LIKERATE_KAFKA_GROUP", &self.kafka.group)
+            .env("LIKERATE_DLQ_TOPIC", &self.kafka.dlq_topic)
+            .env("LIKERATE_DATABASE_URL", self.db_url())
+            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
+            .env("LIKERATE_DATABASE_TIMEOUT", "5s")
+            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
+            );
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// A one-shot command; its output.
+    fn likerate(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        self.command(args, extra).output().expect("run likerate")
+    }
+
+    /// A one-shot command that must succeed; its stdout.
+    fn ok(&self, args: &[&str], extra: &[(&str, &str)]) -> String {
+        let out = self.likerate(args, extra);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "likerate {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `likerate run` with this env's settings.
+    fn spawn(&self, extra: &[(&str, &str)]) -> Proc {
+        let mut cmd = self.command(&["run"], extra);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn likerate");
+        let stderr = child.stderr.take().unwrap();
+        let addr = Arc::new(Mutex::new(None));
+        let seen = addr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("http=").nth(1) {
+                    let a = rest.split_whitespace().next().unwrap_or_default();
+                    *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
+                }
+                eprintln!("[likerate] {line}");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(http) = *addr.lock().unwrap() {
+                return Proc { child, http };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("likerate exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "likerate did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends records in order and waits for every acknowledgement.
+    async fn send(&self, records: &[(String, Vec<u8>)]) {
+        let producer: FutureProducer = likerate::kafka::producer_config(&self.kafka)
+            .create()
+            .unwrap();
+        for (key, payload) in records {
+            producer
+                .send(
+                    FutureRecord::to(&self.kafka.topic)
+                        .key(key.as_bytes())
+                        .payload(payload),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    async fn count(&self) -> i64 {
+        self.client()
+            .await
+            .query_one("SELECT count(*) FROM feedback", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until `feedback` holds `n` rows (and stays there for a moment).
+    async fn wait_for_rows(&self, n: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.count().await;
+            assert!(c <= n, "more rows than expected: {c} > {n}");
+            if c == n {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert_eq!(self.count().await, n, "rows kept arriving past {n}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {c} of {n} rows after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The rollups equal a recomputation from the stored rows (current votes only), at every
+    /// grain, for the minute buckets starting at or after `from` (all when `None`); and every
+    /// vote's bookkeeping names its newest stored event. (From tests/pipeline.rs.)
+    async fn assert_rollups_exact(&self, from: Option<DateTime<Utc>>) {
+        let client = self.client().await;
+        let from = from.unwrap_or_else(|| "1900-01-01T00:00:00Z".parse().unwrap());
+        let diff: i64 = client
+            .query_one(
+                "WITH cur AS (
+                   SELECT DISTINCT ON (coalesce(vote_id, event_id::text))
+                          subject_id, coalesce(model, '') AS model, rating,
+                          date_trunc('minute', created_at) AS bucket
+                   FROM feedback
+                   ORDER BY coalesce(vote_id, event_id::text), created_at DESC, event_id DESC),
+                 expected AS (
+                   SELECT bucket, subject_id::text, model::text,
+                          count(*) FILTER (WHERE rating = 1) AS l,
+                          count(*) FILTER (WHERE rating = -1) AS d,
+                          count(*) FILTER (WHERE rating = 0) AS n
+                   FROM cur WHERE bucket >= $1 GROUP BY 1, 2, 3),
+                 actual AS (
+                   SELECT bucket, subject_id::text, model::text, likes, dislikes, neutral
+                   FROM feedback_rollup
+                   WHERE grain = 'm' AND (likes, dislikes, neutral) <> (0, 0, 0)
+                     AND bucket >= $1)
+                 SELECT count(*) FROM (
+                   (SELECT * FROM expected EXCEPT SELECT * FROM actual)
+                   UNION ALL
+                   (SELECT * FROM actual EXCEPT SELECT * FROM expected)) x",
+                &[&from],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(diff, 0, "rollup cells differ from the recomputation");
+        let grains: Vec<(i64, i64, i64)> = client
+            .query(
+                "SELECT sum(likes)::int8, sum(dislikes)::int8, sum(neutral)::int8
+                 FROM feedback_rollup GROUP BY grain",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert!(
+            grains.windows(2).all(|w| w[0] == w[1]),
+            "grains disagree: {grains:?}"
+        );
+        let stale: i64 = client
+            .query_one(
+                "SELECT count(*) FROM (
+                   SELECT DISTINCT ON (vote_id) vote_id, event_id FROM feedback
+                   WHERE vote_id IS NOT NULL AND created_at >= $1
+                   ORDER BY vote_id, created_at DESC, event_id DESC) newest
+                 FULL JOIN (SELECT * FROM feedback_vote WHERE created_at >= $1) v
+                   USING (vote_id)
+                 WHERE newest.event_id IS DISTINCT FROM v.event_id",
+                &[&from],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stale, 0, "feedback_vote does not name the newest event");
+    }
+
+    /// The rollup totals per grain.
+    async fn rollup_totals(&self) -> Vec<(String, i64, i64, i64)> {
+        self.client()
+            .await
+            .query(
+                "SELECT grain::text, sum(likes)::int8, sum(dislikes)::int8, sum(neutral)::int8
+                 FROM feedback_rollup GROUP BY grain ORDER BY grain",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    /// Waits for `expected` records on the dead-letter topic; their reason headers.
+    fn dead_letter_reasons(&self, expected: usize) -> Vec<String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka.brokers)
+            .set("group.id", format!("dlq-reader-{}", Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&self.kafka.dlq_topic]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let reason = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "likerate-error"))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                out.push(reason);
+            }
+        }
+        assert_eq!(out.len(), expected, "dead letters: {out:?}");
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let name = self.db_name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+struct Proc {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Proc {
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: the consumer commits its positions on the way out.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// One feedback event.
+#[derive(Clone)]
+struct Ev {
+    id: Uuid,
+    subject: &'static str,
+    answer: String,
+    question: Option<String>,
+    rating: i64,
+    at: DateTime<Utc>,
+    conversation: Option<String>,
+    vote: Option<String>,
+    model: Option<&'static str>,
+}
+
+impl Ev {
+    fn new(subject: &'static str, rating: i64, at: DateTime<Utc>) -> Ev {
+        Ev {
+            id: Uuid::new_v4(),
+            subject,
+            answer: format!("answer {}", Uuid::new_v4()),
+            question: Some("question".into()),
+            rating,
+            at,
+            conversation: None,
+            vote: None,
+            model: None,
+        }
+    }
+
+    fn conversation(mut self, c: &str) -> Ev {
+        self.conversation = Some(c.into());
+        self
+    }
+
+    fn vote(mut self, v: &str) -> Ev {
+        self.vote = Some(v.into());
+        self
+    }
+
+    fn model(mut self, m: &'static str) -> Ev {
+        self.model = Some(m);
+        self
+    }
+
+    fn answer(mut self, a: &str) -> Ev {
+        self.answer = a.into();
+        self
+    }
+
+    fn record(&self) -> (String, Vec<u8>) {
+        let json = serde_json::json!({
+            "event_id": self.id, "subject_id": self.subject, "assistant_message": self.answer,
+            "user_question": self.question, "rating": self.rating,
+            "created_at": self.at.to_rfc3339(), "conversation_id": self.conversation,
+            "vote_id": self.vote, "model": self.model,
+        });
+        (
+            self.conversation.clone().unwrap_or_else(|| "k".into()),
+            json.to_string().into_bytes(),
+        )
+    }
+}
+
+fn records(events: &[Ev]) -> Vec<(String, Vec<u8>)> {
+    events.iter().map(Ev::record).collect()
+}
+
+/// A mix of subjects, models, ratings, minutes and re-votes.
+fn mixed(n: usize, now: DateTime<Utc>) -> Vec<Ev> {
+    let subjects = ["Math", "Physics", "History"];
+    let models = [None, Some("m-a"), Some("m-b")];
+    (0..n)
+        .map(|i| {
+            let mut e = Ev::new(
+                subjects[i % 3],
+                [1, 1, -1, 0][i % 4],
+                now - CDuration::minutes((i % 90) as i64) - CDuration::seconds(i as i64 % 7),
+            )
+            .conversation(&format!("conv-{}", i % 10));
+            e.model = models[i % 3];
+            if i % 5 == 0 {
+                e = e.vote(&format!("vote-{}", i % 15));
+            }
+            e
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_replay_after_the_fix_stores_each_record_once() {
+    let env = Env::new().await;
+    env.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE feedback ADD CONSTRAINT no_poison CHECK (message_content <> 'poison')",
+        )
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let good = mixed(40, now);
+    let poison: Vec<Ev> = (0..3)
+        .map(|i| {
+            Ev::new("Math", -1, now - CDuration::minutes(i))
+                .answer("poison")
+                .vote(&format!("poison-vote-{i}"))
+        })
+        .collect();
+    let mut all = records(&good);
+    for (i, p) in poison.iter().enumerate() {
+        all.insert(7 + 9 * i, p.record());
+    }
+    // Invalid whatever the database: rating 2.
+    all.push((
+        "k".into(),
+        br#"{"subject_id":"Math","assistant_message":"x","rating":2,"created_at":"2026-02-05T10:30:00Z"}"#
+            .to_vec(),
+    ));
+    env.send(&all).await;
+    let p = env.spawn(&[]);
+    env.wait_for_rows(40, Duration::from_secs(60)).await;
+    assert_eq!(
+        env.dead_letter_reasons(4),
+        ["db_rejected", "db_rejected", "db_rejected", "out_of_range"]
+    );
+
+    // Unknown reasons and times are refused with the option's name.
+    let out = env.likerate(&["dlq", "replay", "--reason", "nope"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reason"));
+
+    // The fix: the constraint goes.
+    env.client()
+        .await
+        .batch_execute("ALTER TABLE feedback DROP CONSTRAINT no_poison")
+        .await
+        .unwrap();
+    let dry = env.ok(
+        &["dlq", "replay", "--reason", "db_rejected", "--dry-run"],
+        &[],
+    );
+    assert!(dry.contains("4 match") || dry.contains("3 match"), "{dry}");
+    assert!(dry.contains("would send 3 "), "{dry}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.count().await, 40, "a dry run sends nothing");
+
+    // Nothing was dead-lettered in the future.
+    let later = (Utc::now() + CDuration::hours(1)).to_rfc3339();
+    let none = env.ok(&["dlq", "replay", "--since", &later], &[]);
+    assert!(none.contains("0 match"), "{none}");
+
+    let first = env.ok(
+        &["dlq", "replay", "--reason", "db_rejected", "--since", "1h"],
+        &[],
+    );
+    assert!(first.contains("read 4 dead letters"), "{first}");
+    assert!(first.contains("sent 3 "), "{first}");
+    assert!(first.contains("skipped 0 "), "{first}");
+    env.wait_for_rows(43, Duration::from_secs(60)).await;
+    let stored: i64 = env
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM feedback WHERE event_id = ANY($1)",
+            &[&poison.iter().map(|e| e.id).collect::<Vec<_>>()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 3);
+    env.assert_rollups_exact(None).await;
+
+    let second = env.ok(&["dlq", "replay", "--reason", "db_rejected"], &[]);
+    assert!(second.contains("sent 0 "), "{second}");
+    assert!(second.contains("skipped 3 "), "{second}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.count().await, 43);
+    let replayed: i64 = env
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM dlq_replay", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(replayed, 3);
+    env.assert_rollups_exact(None).await;
+    p.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erase_removes_rows_and_corrects_the_aggregates() {
+    let env = Env::new().await;
+    let now = Utc::now() - CDuration::minutes(5);
+    let mut events = mixed(300, now);
+    // The conversation to erase: a vote changed within it (both events go), a vote whose newest
+    // event is in it and an older one elsewhere (the older one counts again), a vote whose
+    // older event is in it (nothing to recount), and a plain event.
+    let t = now - CDuration::hours(2);
+    let erase = |e: Ev| e.conversation("erase-me");
+    let keep = |e: Ev| e.conversation("keep-me");
+    let target = [
+        erase(Ev::new("Math", 1, t).vote("v1").model("m-a")),
+        erase(
+            Ev::new("Math", -1, t + CDuration::minutes(1))
+                .vote("v1")
+                .model("m-a"),
+        ),
+        keep(Ev::new("Physics", 1, t).vote("v2")),
+        erase(Ev::new("Physics", -1, t + CDuration::minutes(61)).vote("v2")),
+        erase(Ev::new("History", 0, t).vote("v3")),
+        keep(Ev::new("History", 1, t + CDuration::hours(1)).vote("v3")),
+        erase(Ev::new("History", -1, t + CDuration::seconds(30))),
+    ];
+    events.extend(target.iter().cloned());
+    let total = events.len() as i64;
+    env.send(&records(&events)).await;
+    let p = env.spawn(&[]);
+    env.wait_for_rows(total, Duration::from_secs(60)).await;
+    env.assert_rollups_exact(None).await;
+    let likes_before = env.rollup_totals().await;
+
+    let out = env.ok(&["erase", "--conversation-id", "erase-me"], &[]);
+    assert!(out.starts_with("erased 5 rows"), "{out}");
+    assert!(out.contains("1 older votes promoted"), "{out}");
+    assert!(out.contains("1 votes forgotten"), "{out}");
+    for e in target
+        .iter()
+        .filter(|e| e.conversation.as_deref() == Some("erase-me"))
+    {
+        assert!(out.contains(&e.id.to_string()), "{out}");
+    }
+    env.wait_for_rows(total - 5, Duration::from_secs(5)).await;
+    env.assert_rollups_exact(None).await;
+    let client = env.client().await;
+    let v2: Uuid = client
+        .query_one(
+            "SELECT event_id FROM feedback_vote WHERE vote_id = 'v2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v2, target[2].id, "the remaining vote counts again");
+    let v1: i64 = client
+        .query_one(
+            "SELECT count(*) FROM feedback_vote WHERE vote_id = 'v1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v1, 0);
+    // Counted: v1's dislike, v2's dislike (its like counts again), the plain dislike; v3's
+    // current vote is the one kept.
+    let after = env.rollup_totals().await;
+    for (b, a) in likes_before.iter().zip(&after) {
+        assert_eq!((a.1, a.2, a.3), (b.1 + 1, b.2 - 3, b.3), "{a:?} vs {b:?}");
+    }
+
+    // One event, and an id that is not there.
+    let one = events[17].id.to_string();
+    let out = env.ok(&["erase", "--event-id", &one], &[]);
+    assert!(out.starts_with("erased 1 rows"), "{out}");
+    let out = env.ok(&["erase", "--event-id", &one], &[]);
+    assert!(out.starts_with("erased 0 rows"), "{out}");
+    env.assert_rollups_exact(None).await;
+    assert_eq!(env.count().await, total - 6);
+    let out = env.likerate(&["erase"], &[]);
+    assert!(
+        !out.status.success(),
+        "erase needs a conversation or an event"
+    );
+    p.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    let ages = [(0, 40), (3, 30), (10, 20)];
+    let mut events = Vec::new();
+    for (days, n) in ages {
+        events.extend(mixed(n, now - CDuration::days(days)));
+    }
+    let total = events.len() as i64;
+    env.send(&records(&events)).await;
+    // First without retention: everything is stored.
+    let p = env.spawn(&[]);
+    env.wait_for_rows(total, Duration::from_secs(60)).await;
+    // Positions committed: deleted rows are not consumed again (see the retention docs).
+    p.terminate();
+    env.assert_rollups_exact(None).await;
+    let rollups = env.rollup_totals().await;
+
+    // The daily task of `run` makes its first pass at start.
+    let p = env.spawn(&[
+        ("LIKERATE_RETENTION_TEXT", "2d"),
+        ("LIKERATE_RETENTION_ROWS", "7d"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p
+        .metric(r#"likerate_retention_rows_total{action="deleted"}"#)
+        .await
+        < 20.0
+    {
+        assert!(Instant::now() < deadline, "retention did not run");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        p.metric(r#"likerate_retention_rows_total{action="text_erased"}"#)
+            .await,
+        30.0
+    );
+    assert_eq!(env.count().await, total - 20);
+    let client = env.client().await;
+    let (erased, kept): (i64, i64) = {
+        let r = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE text_erased AND message_content = ''
+                                          AND user_question IS NULL
+                                          AND created_at < now() - interval '2 days'),
+                        count(*) FILTER (WHERE NOT text_erased AND message_content <> ''
+                                          AND user_question IS NOT NULL
+                                          AND created_at > now() - interval '2 days')
+                 FROM feedback",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((erased, kept), (30, 40));
+    // Ratings and rollups untouched: the aggregates outlive the rows.
+    assert_eq!(env.rollup_totals().await, rollups);
+    env.assert_rollups_exact(Some(now - CDuration::days(7)))
+        .await;
+
+    // More old data arrives; the command applies the limits now.
+    let late = mixed(12, now - CDuration::days(20));
+    let late_text = mixed(8, now - CDuration::days(4));
+    let mut more = records(&late);
+    more.extend(records(&late_text));
+    env.send(&more).await;
+    env.wait_for_rows(total, Duration::from_secs(60)).await;
+    let out = env.ok(
+        &[
+            "retention",
+            "--retention-text",
+            "2d",
+            "--retention-rows",
+            "7d",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.trim(),
+        "retention: text erased from 8 rows, 12 rows deleted"
+    );
+    let out = env.ok(&["retention"], &[("LIKERATE_RETENTION_TEXT", "2d")]);
+    assert_eq!(
+        out.trim(),
+        "retention: text erased from 0 rows, 0 rows deleted"
+    );
+    let out = env.likerate(&["retention"], &[("LIKERATE_RETENTION_ROWS", "soon")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LIKERATE_RETENTION_ROWS"));
+    assert_eq!(env.count().await, total - 12, "the 20 days old rows went");
+    env.assert_rollups_exact(Some(now - CDuration::days(7)))
+        .await;
+    p.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redaction_replaces_emails_and_phones_before_the_write() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    let mut e1 =
+        Ev::new("Math", 1, now).answer("Mail me at jane.doe@example.com or +33 6 12 34 56 78.");
+    e1.question = Some("I am bob@example.org, call (555) 123-4567".into());
+    let e2 = Ev::new("Math", -1, now).answer("pi is 3.14159265358979, see 2026-02-05");
+    let e3 = Ev::new("Physics", 0, now).answer("nothing personal");
+    env.send(&records(&[e1.clone(), e2.clone(), e3.clone()]))
+        .await;
+    let p = env.spawn(&[("LIKERATE_REDACT", "email,phone")]);
+    env.wait_for_rows(3, Duration::from_secs(60)).await;
+    let client = env.client().await;
+    let text = |id: Uuid| {
+        let client = &client;
+        async move {
+            let r = client
+                .query_one(
+                    "SELECT message_content, user_question FROM feedback WHERE event_id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, String>(0), r.get::<_, Option<String>>(1))
+        }
+    };
+    assert_eq!(
+        text(e1.id).await,
+        (
+            "Mail me at [email] or [phone].".to_owned(),
+            Some("I am [email], call [phone]".to_owned())
+        )
+    );
+    assert_eq!(text(e2.id).await.0, e2.answer);
+    assert_eq!(text(e3.id).await.0, e3.answer);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        p.metric(r#"likerate_redactions_total{kind="email"}"#).await,
+        2.0
+    );
+    assert_eq!(
+        p.metric(r#"likerate_redactions_total{kind="phone"}"#).await,
+        2.0
+    );
+    env.assert_rollups_exact(None).await;
+    p.kill9();
+    let out = env.likerate(&["run"], &[("LIKERATE_REDACT", "email,ssn")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LIKERATE_REDACT"));
+}
+
+/// Headless Chromium: the binary, or a panic saying how to install it.
+fn chromium() -> &'static str {
+    for bin in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return bin;
+        }
+    }
+    panic!("headless Chromium is not installed: apt-get install -y chromium");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_has_the_figures_and_renders_in_a_browser() {
+    let env = Env::new().await;
+    let now = Utc::now();
+    let until = DateTime::<Utc>::from_timestamp(now.timestamp() / 3600 * 3600, 0).unwrap();
+    let since = until - CDuration::days(7);
+    let mut events = Vec::new();
+    let at = |d: i64, m: i64| until - CDuration::days(d) + CDuration::minutes(m);
+    for i in 0..10 {
+        events.push(Ev::new("Math", if i < 8 { 1 } else { -1 }, at(2, i)).model("m-a"));
+        events.push(Ev::new("Math", if i < 9 { 1 } else { -1 }, at(9, i)).model("m-a"));
+        let answer = format!(
+            "<script>alert('x')</script> wrong answer {i} {}",
+            "long ".repeat(200)
+        );
+        events.push(
+            Ev::new("Physics", if i < 5 { 1 } else { -1 }, at(1, i))
+                .model("m-b")
+                .answer(&answer),
+        );
+    }
+    for i in 0..5 {
+        events.push(Ev::new("Physics", if i < 4 { 1 } else { -1 }, at(10, i)).model("m-b"));
+    }
+    for i in 0..3 {
+        events.push(Ev::new("History", 1, at(3, i)));
+    }
+    let total = events.len() as i64;
+    env.send(&records(&events)).await;
+    let p = env.spawn(&[]);
+    env.wait_for_rows(total, Duration::from_secs(60)).await;
+    p.kill9();
+
+    let (since_s, until_s) = (since.to_rfc3339(), until.to_rfc3339());
+    let period = [
+        "report",
+        "--since",
+        &since_s,
+        "--until",
+        &until_s,
+        "--min-votes",
+        "5",
+        "--min-samples",
+        "5",
+    ];
+    let md = env.ok(&[&period[..], &["--format", "markdown"]].concat(), &[]);
+    for expected in [
+        "**23** votes (15 before, +53%); like rate **69.6%** (86.7% before, -17.1 pp)",
+        "| Math | 10 | +0% | 8 | 2 | 0 | 80.0% | 90.0% | -10.0 pp |",
+        "| Physics | 10 | +100% | 5 | 5 | 0 | 50.0% | 80.0% | -30.0 pp |",
+        "| History | 3 | new | 3 | 0 | 0 | 100.0% | – | – |",
+        "| m-a | 10 | +0% | 8 | 2 | 0 | 80.0% | 90.0% | -10.0 pp |",
+        "| (none) | 3 | new | 3 | 0 | 0 | 100.0% | – | – |",
+        &format!(
+            "| {} | Physics | 50.0% | 10 |",
+            (until - CDuration::days(1)).format("%Y-%m-%d %H:00")
+        ),
+        &format!(
+            "| {} | \\_all | 80.0% | 10 |",
+            (until - CDuration::days(2)).format("%Y-%m-%d %H:00")
+        ),
+        &format!(
+            "| {} | 10 | 50.0% |",
+            (until - CDuration::days(1)).date_naive()
+        ),
+        "A: \\<script\\>alert('x')\\</script\\> wrong answer 9",
+    ] {
+        assert!(md.contains(expected), "missing {expected:?} in:\n{md}");
+    }
+    // Biggest drops: Physics before Math.
+    let drops = md.split("## Biggest drops").nth(1).unwrap();
+    let drops = drops.split("## Alerts").next().unwrap();
+    assert!(drops.find("| Physics").unwrap() < drops.find("| Math").unwrap());
+    // Three samples for Physics, the two Math dislikes, truncated.
+    let samples = md.split("## Recent disliked answers").nth(1).unwrap();
+    assert_eq!(samples.matches("wrong answer").count(), 3, "{samples}");
+    assert!(samples.contains('…'));
+
+    let dir = std::env::temp_dir().join(format!("likerate-report-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let html_path = dir.join("report.html");
+    let out = env.ok(
+        &[&period[..], &["--out", html_path.to_str().unwrap()]].concat(),
+        &[],
+    );
+    assert!(out.starts_with("wrote "), "{out}");
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert_eq!(html.matches("<svg").count(), 2);
+    assert!(!html.contains("<script>"), "user text is escaped");
+    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+    assert!(html.contains("<td>Physics</td><td>10</td><td>+100%</td>"));
+
+    // Opened by a browser without network: it parses, draws, and nothing is fetched.
+    let shot = dir.join("report.png");
+    let browser = chromium();
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=1200,3000",
+    ];
+    let profile = format!("--user-data-dir={}", dir.join("profile").display());
+    let url = format!("file://{}", html_path.display());
+    let run = Command::new(browser)
+        .args(flags)
+        .arg(&profile)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "screenshot failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    let dom = Command::new(browser)
+        .args(flags)
+        .arg(&profile)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(dom.status.success());
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("Feedback report") && dom.matches("<svg").count() == 2);
+    eprintln!("report screenshot: {}", shot.display());
+}
