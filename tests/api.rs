@@ -6,19 +6,16 @@
 //! computation over the `feedback` table, where the current vote of a `vote_id` is the row with
 //! the latest `(created_at, event_id)`.
 
+mod common;
+
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use rdkafka::mocking::MockCluster;
+use common::{Database, Likerate, MockBroker};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
 const TOKEN: &str = "test-export-token-0123456789";
 
 /// The current votes: one row per `vote_id` (the latest), every row without one.
@@ -30,116 +27,46 @@ const CURRENT: &str = "
 
 /// One test's world: a mock broker, a topic, a database.
 struct Env {
-    _broker: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    brokers: String,
-    topic: String,
-    db_name: String,
+    broker: MockBroker,
+    db: Database,
 }
 
 impl Env {
     async fn new() -> Env {
-        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let broker = MockCluster::new(1).expect("mock cluster");
-        let topic = format!("fe-{id}");
-        broker.create_topic(&topic, 3, 1).unwrap();
-        broker.create_topic(&format!("{topic}-dlq"), 3, 1).unwrap();
-        let db_name = format!("likerate_api_test_{id}");
-        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("CREATE DATABASE {db_name}"))
-            .await
-            .unwrap();
         Env {
-            brokers: broker.bootstrap_servers(),
-            _broker: broker,
-            topic,
-            db_name,
+            broker: MockBroker::new(),
+            db: Database::create("likerate_api_test").await,
         }
     }
 
     fn db_url(&self) -> String {
-        format!("{PG_BASE}/{}", self.db_name)
+        self.db.url()
     }
 
     async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.db_url(), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
+        self.db.client().await
     }
 
     /// `likerate run`, with the export token or without one.
     fn spawn(&self, token: Option<&str>) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
-        cmd.arg("run")
-            .env("LIKERATE_KAFKA_BROKERS", &self.brokers)
-            .env("LIKERATE_KAFKA_TOPIC", &self.topic)
-            .env("LIKERATE_KAFKA_GROUP", format!("g-{}", self.topic))
-            .env("LIKERATE_DLQ_TOPIC", format!("{}-dlq", self.topic))
-            .env("LIKERATE_DATABASE_URL", self.db_url())
-            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
-            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
-            .env_remove("LIKERATE_EXPORT_TOKEN")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(t) = token {
-            cmd.env("LIKERATE_EXPORT_TOKEN", t);
+        let likerate = Likerate::spawn(
+            "",
+            &self.broker.kafka,
+            &self.db.url(),
+            &[("LIKERATE_EXPORT_TOKEN", token)],
+        );
+        Proc {
+            base: likerate.base_url(),
+            _likerate: likerate,
+            http: reqwest::Client::new(),
         }
-        let mut child = cmd.spawn().expect("spawn likerate");
-        let stderr = child.stderr.take().unwrap();
-        let addr = Arc::new(Mutex::new(None));
-        let seen = addr.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("http=").nth(1) {
-                    let a = rest.split_whitespace().next().unwrap_or_default();
-                    *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
-                }
-                eprintln!("[likerate] {line}");
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(http) = *addr.lock().unwrap() {
-                return Proc {
-                    child,
-                    base: format!("http://{http}"),
-                    http: reqwest::Client::new(),
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("likerate exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "likerate did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    async fn count(&self) -> i64 {
-        self.client()
-            .await
-            .query_one("SELECT count(*) FROM feedback", &[])
-            .await
-            .unwrap()
-            .get(0)
     }
 
     /// Waits until `feedback` holds exactly `n` rows.
     async fn wait_for_rows(&self, n: i64) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let c = self.count().await;
+            let c = self.db.count().await;
             assert!(c <= n, "more rows than events: {c} > {n}");
             if c == n {
                 return;
@@ -150,41 +77,11 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let name = self.db_name.clone();
-        // Best effort: leftover databases are only disk space on a test machine.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
+/// A running `likerate run` and an HTTP client for it.
 struct Proc {
-    child: Child,
+    _likerate: Likerate,
     base: String,
     http: reqwest::Client,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Proc {
@@ -620,7 +517,7 @@ async fn stats_daily_export_and_training_data_match_the_table() {
     assert_eq!(math.lines().count() as i64, want_math);
 
     // likerate export writes the same bytes as the API, and a summary.
-    let dir = std::env::temp_dir().join(format!("likerate-api-{}", env.db_name));
+    let dir = std::env::temp_dir().join(format!("likerate-api-{}", env.db.name));
     std::fs::create_dir_all(&dir).unwrap();
     for (format, http_body) in [("openai", &openai_http), ("dpo", &dpo_http)] {
         let file = dir.join(format!("{format}.jsonl"));

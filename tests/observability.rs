@@ -15,23 +15,19 @@
 //! Every child process is killed and every temporary directory removed on drop, also when an
 //! assertion fails. Run with `--nocapture` to see the measured detection and resolution times.
 
+mod common;
+
 use chrono::{DateTime, Utc};
-use likerate::config::KafkaConfig;
-use likerate::produce::{Generator, ProduceArgs};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use common::{send, Database, Likerate, MockBroker, Records};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
 const ALERT: &str = "FeedbackLikeRateLow";
@@ -73,10 +69,6 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
     fn assert_alive(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("{} exited: {status}", self.name);
@@ -149,196 +141,29 @@ async fn get_ok(url: &str) -> Result<String, String> {
     }
 }
 
-/// One test's database, dropped (with its connections) on drop.
-struct Database {
-    name: String,
-}
-
-impl Database {
-    async fn create() -> Database {
-        let name = format!(
-            "likerate_obs_{}",
-            &Uuid::new_v4().simple().to_string()[..12]
-        );
-        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        Database { name }
-    }
-
-    fn url(&self) -> String {
-        format!("{PG_BASE}/{}", self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Best effort, from a thread of its own: drop may run inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
-/// The mock broker with the test's topics already created (the mock cluster hangs on
-/// CreateTopics).
-struct Broker {
-    _cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    kafka: KafkaConfig,
-}
-
-impl Broker {
-    fn new() -> Broker {
-        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        let kafka = KafkaConfig {
-            brokers: cluster.bootstrap_servers(),
-            topic: format!("fe-{id}"),
-            group: format!("g-{id}"),
-            dlq_topic: format!("fe-{id}-dlq"),
-            topic_partitions: 3,
-            options: BTreeMap::new(),
-        };
-        cluster.create_topic(&kafka.topic, 3, 1).unwrap();
-        cluster.create_topic(&kafka.dlq_topic, 3, 1).unwrap();
-        Broker {
-            _cluster: cluster,
-            kafka,
-        }
-    }
-
-    /// Sends records and waits for every acknowledgement.
-    async fn send(&self, records: &[(String, Vec<u8>)]) {
-        let producer: FutureProducer = likerate::kafka::producer_config(&self.kafka)
-            .create()
-            .unwrap();
-        for part in records.chunks(1000) {
-            let sends = part.iter().map(|(k, v)| {
-                producer.send(
-                    FutureRecord::to(&self.kafka.topic)
-                        .key(k.as_bytes())
-                        .payload(v),
-                    Duration::from_secs(30),
-                )
-            });
-            for r in futures::future::join_all(sends).await {
-                r.map_err(|(e, _)| e).expect("delivered");
-            }
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
-    }
-}
-
 /// Synthetic records from `likerate produce`'s generator, with its command-line flags.
-fn traffic(n: u64, seed: u64, flags: &[&str]) -> Vec<(String, Vec<u8>)> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ProduceArgs,
-    }
-    let mut argv = vec!["x".to_owned(), "--seed".into(), seed.to_string()];
-    argv.extend(flags.iter().map(|s| s.to_string()));
-    let mut g = Generator::new(&Cli::parse_from(argv).args).unwrap();
-    (0..n).map(|_| g.next_record()).collect()
+fn records(n: u64, seed: u64, flags: &[&str]) -> Records {
+    common::traffic(n, seed, flags).0
 }
 
-/// `likerate run` on a free port.
-struct Likerate {
-    daemon: Daemon,
-    http: SocketAddr,
-}
-
-impl Likerate {
-    fn spawn(tag: &'static str, kafka: &KafkaConfig, db: &Database, am_url: &str) -> Likerate {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
-        cmd.arg("run")
-            .env("LIKERATE_KAFKA_BROKERS", &kafka.brokers)
-            .env("LIKERATE_KAFKA_TOPIC", &kafka.topic)
-            .env("LIKERATE_KAFKA_GROUP", &kafka.group)
-            .env("LIKERATE_DLQ_TOPIC", &kafka.dlq_topic)
-            .env("LIKERATE_DATABASE_URL", db.url())
-            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
-            .env("LIKERATE_ALERTMANAGER_URL", am_url)
-            .env("LIKERATE_ALERT_MIN_SAMPLES", "50")
-            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
-            .env_remove("LIKERATE_LIKE_RATE_THRESHOLD")
-            .env_remove("LIKERATE_ALERT_WINDOW")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn likerate");
-        let stderr = child.stderr.take().unwrap();
-        let addr = Arc::new(Mutex::new(None));
-        let seen = addr.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("likerate running") {
-                    if let Some(rest) = line.split("http=").nth(1) {
-                        let a = rest.split_whitespace().next().unwrap_or_default();
-                        *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
-                    }
-                }
-                eprintln!("[likerate {tag}] {line}");
-            }
-        });
-        let mut daemon = Daemon {
-            name: "likerate",
-            child,
-            log: None,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(http) = *addr.lock().unwrap() {
-                return Likerate { daemon, http };
-            }
-            daemon.assert_alive();
-            assert!(Instant::now() < deadline, "likerate did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    async fn metrics(&self) -> Result<String, String> {
-        get_ok(&format!("http://{}/metrics", self.http)).await
-    }
-
-    /// The value of one series (exact name and labels as rendered), if present.
-    async fn metric(&self, series: &str) -> Result<Option<f64>, String> {
-        Ok(series_value(&self.metrics().await?, series))
-    }
-}
-
-fn series_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// `likerate run` pushing to `alertmanager_url`, with the contract's alert defaults.
+fn spawn_likerate(
+    tag: &str,
+    broker: &MockBroker,
+    db: &Database,
+    alertmanager_url: &str,
+) -> Likerate {
+    Likerate::spawn(
+        tag,
+        &broker.kafka,
+        &db.url(),
+        &[
+            ("LIKERATE_ALERTMANAGER_URL", Some(alertmanager_url)),
+            ("LIKERATE_ALERT_MIN_SAMPLES", Some("50")),
+            ("LIKERATE_LIKE_RATE_THRESHOLD", None),
+            ("LIKERATE_ALERT_WINDOW", None),
+        ],
+    )
 }
 
 /// Alertmanager with a copy of `deploy/alertmanager/alertmanager.yml`.
@@ -526,8 +351,8 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
     // Declaration order is drop order in reverse: processes die before their directories
     // and the database go.
     let dir = TempDir::new("stack");
-    let db = Database::create().await;
-    let broker = Broker::new();
+    let db = Database::create("likerate_obs").await;
+    let broker = MockBroker::new();
 
     let (mut am, am_url) = alertmanager(&dir);
     check_tool(
@@ -536,7 +361,7 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
         &dir.path().join("alertmanager.yml"),
     );
     wait_ready(&mut am, &am_url).await;
-    let mut likerate = Likerate::spawn("page", &broker.kafka, &db, &am_url);
+    let mut likerate = spawn_likerate(" page", &broker, &db, &am_url);
     let prom_config = prometheus_config(&dir, likerate.http, &am_url);
     check_tool("promtool", &["check", "config"], &prom_config);
     let (mut prom, prom_url) = prometheus(&dir, &prom_config);
@@ -557,8 +382,8 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
 
     // 1. Healthy: every subject at ~95%, created over the last 10 minutes so the 15m window
     //    is full at once.
-    let healthy = traffic(2400, 1, &["--like-ratio", "0.95", "--spread", "10m"]);
-    broker.send(&healthy).await;
+    let healthy = records(2400, 1, &["--like-ratio", "0.95", "--spread", "10m"]);
+    send(&broker.kafka, &healthy).await;
     eventually(
         "Prometheus sees the healthy votes",
         Duration::from_secs(60),
@@ -606,7 +431,7 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
     eprintln!("healthy traffic: no page, after {:?}", started.elapsed());
 
     // 2. Math drops to ~60%.
-    let low = traffic(
+    let low = records(
         400,
         2,
         &[
@@ -619,13 +444,13 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
         ],
     );
     let dropped = Instant::now();
-    broker.send(&low).await;
+    send(&broker.kafka, &low).await;
     let (ours, theirs) = eventually(
         "FeedbackLikeRateLow{subject=\"Math\"} from likerate and from Prometheus",
         Duration::from_secs(180),
         Duration::from_secs(2),
         async || {
-            likerate.daemon.assert_alive();
+            likerate.assert_alive();
             let alerts = am_alerts(&am_url).await?;
             // Only Math is low: no other subject (nor the whole stream, at ~90%) pages.
             let stray: Vec<Value> = alerts
@@ -758,7 +583,7 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
     );
 
     // 3. Recovery: enough likes for Math that the 15m like rate is back above 85%.
-    let good = traffic(
+    let good = records(
         3000,
         3,
         &[
@@ -771,13 +596,13 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
         ],
     );
     let recovered = Instant::now();
-    broker.send(&good).await;
+    send(&broker.kafka, &good).await;
     eventually(
         "both FeedbackLikeRateLow alerts resolved",
         Duration::from_secs(120),
         Duration::from_secs(2),
         async || {
-            likerate.daemon.assert_alive();
+            likerate.assert_alive();
             let alerts = am_alerts(&am_url).await?;
             let firing = likerate
                 .metric("likerate_alert_firing{subject=\"Math\"}")
@@ -832,7 +657,7 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
     eprintln!("{report}");
     assert!(out.status.success(), "check-dashboard-live.py:\n{report}");
 
-    likerate.daemon.assert_alive();
+    likerate.assert_alive();
     am.assert_alive();
     prom.assert_alive();
     eprintln!("whole test: {:?}", started.elapsed());
@@ -840,13 +665,13 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn alertmanager_down_costs_no_crash() {
-    let db = Database::create().await;
-    let broker = Broker::new();
+    let db = Database::create("likerate_obs").await;
+    let broker = MockBroker::new();
     // Nothing listens there.
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let mut likerate = Likerate::spawn("am-down", &broker.kafka, &db, &closed);
+    let mut likerate = spawn_likerate(" am-down", &broker, &db, &closed);
 
-    let low = traffic(
+    let low = records(
         300,
         4,
         &[
@@ -858,13 +683,13 @@ async fn alertmanager_down_costs_no_crash() {
             "5m",
         ],
     );
-    broker.send(&low).await;
+    send(&broker.kafka, &low).await;
     eventually(
         "likerate_alert_firing{subject=\"Math\"} 1",
         Duration::from_secs(150),
         Duration::from_secs(1),
         async || {
-            likerate.daemon.assert_alive();
+            likerate.assert_alive();
             let v = likerate
                 .metric("likerate_alert_firing{subject=\"Math\"}")
                 .await?;
@@ -891,7 +716,7 @@ async fn alertmanager_down_costs_no_crash() {
         Duration::from_secs(60),
         Duration::from_secs(1),
         async || {
-            likerate.daemon.assert_alive();
+            likerate.assert_alive();
             let v = likerate.metric(errors).await?.unwrap_or(0.0);
             (v >= first + 3.0)
                 .then_some(())
@@ -904,7 +729,7 @@ async fn alertmanager_down_costs_no_crash() {
         likerate.metric(errors).await.unwrap().unwrap_or(0.0),
         since.elapsed()
     );
-    assert!(likerate.daemon.alive(), "likerate crashed");
+    likerate.assert_alive();
     get_ok(&format!("http://{}/healthz", likerate.http))
         .await
         .expect("healthz");

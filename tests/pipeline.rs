@@ -6,25 +6,18 @@
 //! Every test ends with the same two checks: the stored rows are exactly the distinct valid
 //! events that were produced, and the rollups equal a recomputation from the `feedback` table.
 
-use chrono::Utc;
+mod common;
+
+use common::{send, traffic, Database, Likerate, MockBroker, Records};
 use likerate::config::KafkaConfig;
-use likerate::decode::{decode, Origin};
-use likerate::produce::{Generator, ProduceArgs};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use std::collections::{BTreeMap, HashSet};
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::process::{Command, Stdio};
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
 use uuid::Uuid;
-
-const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// Tests that restart PostgreSQL take this exclusively; every other test shares it.
 fn pg_lock() -> &'static RwLock<()> {
@@ -33,17 +26,8 @@ fn pg_lock() -> &'static RwLock<()> {
 }
 
 enum Broker {
-    Mock(MockCluster<'static, rdkafka::producer::DefaultProducerContext>),
-    Tansu(String),
-}
-
-impl Broker {
-    fn bootstrap(&self) -> String {
-        match self {
-            Broker::Mock(m) => m.bootstrap_servers(),
-            Broker::Tansu(addr) => addr.clone(),
-        }
-    }
+    Mock(MockBroker),
+    Tansu,
 }
 
 /// tansu, started once per test binary on a free port (memory storage), if installed.
@@ -92,7 +76,7 @@ fn tansu() -> Option<String> {
 /// One test's world: a database, a topic pair, a group.
 struct Env {
     broker: Broker,
-    db_name: String,
+    db: Database,
     kafka: KafkaConfig,
     _guard: Box<dyn std::any::Any>,
 }
@@ -108,170 +92,69 @@ impl Env {
         } else {
             Box::new(pg_lock().read().unwrap_or_else(|e| e.into_inner()))
         };
-        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let broker = if use_tansu {
-            Broker::Tansu(tansu().expect(
-                "tansu is not installed: run deploy/local/install.sh (cargo install tansu)",
-            ))
-        } else {
-            Broker::Mock(MockCluster::new(1).expect("mock cluster"))
-        };
-        let mut options = BTreeMap::new();
-        if use_tansu {
+        let (broker, kafka) = if use_tansu {
+            let addr = tansu().expect(
+                "tansu is not installed: run deploy/local/tansu.sh install (cargo install tansu)",
+            );
+            let mut kafka = common::kafka_config(addr);
             // tansu 0.6 answers a fetch from the middle of a record batch with the next batch,
             // skipping the rest of the one asked for; any consumer resuming from a committed
             // offset then loses records. One record per batch keeps every offset a batch start.
-            options.insert("batch.num.messages".to_owned(), "1".to_owned());
-        }
-        let kafka = KafkaConfig {
-            brokers: broker.bootstrap(),
-            topic: format!("fe-{id}"),
-            group: format!("g-{id}"),
-            dlq_topic: format!("fe-{id}-dlq"),
-            topic_partitions: 3,
-            options,
-        };
-        if let Broker::Mock(m) = &broker {
-            m.create_topic(&kafka.topic, 3, 1).unwrap();
-            m.create_topic(&kafka.dlq_topic, 3, 1).unwrap();
-        } else {
+            kafka
+                .options
+                .insert("batch.num.messages".to_owned(), "1".to_owned());
             likerate::kafka::ensure_topics(&kafka).await.unwrap();
-        }
-        let db_name = format!("likerate_test_{id}");
-        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("CREATE DATABASE {db_name}"))
-            .await
-            .unwrap();
+            (Broker::Tansu, kafka)
+        } else {
+            let mock = MockBroker::new();
+            let kafka = mock.kafka.clone();
+            (Broker::Mock(mock), kafka)
+        };
         Env {
             broker,
-            db_name,
+            db: Database::create("likerate_test").await,
             kafka,
             _guard: guard,
         }
     }
 
     fn db_url(&self) -> String {
-        format!("{PG_BASE}/{}", self.db_name)
+        self.db.url()
     }
 
     async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.db_url(), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
+        self.db.client().await
     }
 
-    /// `likerate run` with this env's settings.
-    fn spawn(&self, group: Option<&str>, extra: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
-        cmd.arg("run")
-            .env("LIKERATE_KAFKA_BROKERS", &self.kafka.brokers)
-            .env("LIKERATE_KAFKA_TOPIC", &self.kafka.topic)
-            .env("LIKERATE_KAFKA_GROUP", group.unwrap_or(&self.kafka.group))
-            .env("LIKERATE_DLQ_TOPIC", &self.kafka.dlq_topic)
-            .env("LIKERATE_DATABASE_URL", self.db_url())
-            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
-            .env("LIKERATE_DATABASE_TIMEOUT", "5s")
-            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in extra {
-            cmd.env(k, v);
+    async fn count(&self) -> i64 {
+        self.db.count().await
+    }
+
+    /// `likerate run` with this env's settings, in another group if given.
+    fn spawn(&self, group: Option<&str>, extra: &[(&str, &str)]) -> Likerate {
+        let mut kafka = self.kafka.clone();
+        if let Some(g) = group {
+            kafka.group = g.to_owned();
         }
-        let mut child = cmd.spawn().expect("spawn likerate");
-        let stderr = child.stderr.take().unwrap();
-        let addr = Arc::new(Mutex::new(None));
-        let seen = addr.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("http=").nth(1) {
-                    let a = rest.split_whitespace().next().unwrap_or_default();
-                    *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
-                }
-                eprintln!("[likerate] {line}");
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(http) = *addr.lock().unwrap() {
-                return Proc { child, http };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("likerate exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "likerate did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let extra: Vec<(&str, Option<&str>)> = extra.iter().map(|(k, v)| (*k, Some(*v))).collect();
+        Likerate::spawn("", &kafka, &self.db_url(), &extra)
     }
 
-    fn producer(&self) -> FutureProducer {
-        likerate::kafka::producer_config(&self.kafka)
-            .create()
-            .unwrap()
-    }
-
-    /// Sends records in order and waits for every acknowledgement.
     async fn send(&self, records: &[(String, Vec<u8>)]) {
-        let producer = self.producer();
-        let mut pending = futures::stream::FuturesOrdered::new();
-        for (key, payload) in records {
-            let producer = producer.clone();
-            let topic = self.kafka.topic.clone();
-            pending.push_back(async move {
-                producer
-                    .send(
-                        FutureRecord::to(&topic)
-                            .key(key.as_bytes())
-                            .payload(payload),
-                        Duration::from_secs(30),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .expect("delivered")
-            });
-            if pending.len() >= 2000 {
-                use futures::StreamExt;
-                pending.next().await;
-            }
-        }
-        use futures::StreamExt;
-        while pending.next().await.is_some() {}
-        producer.flush(Duration::from_secs(10)).unwrap();
+        send(&self.kafka, records).await;
     }
 
     /// Sends the records from a task, in chunks with a pause between them (a live stream).
     fn send_in_background(
         &self,
-        records: Vec<(String, Vec<u8>)>,
+        records: Records,
         chunk: usize,
         pause: Duration,
     ) -> tokio::task::JoinHandle<()> {
         let kafka = self.kafka.clone();
         tokio::spawn(async move {
-            let producer: FutureProducer =
-                likerate::kafka::producer_config(&kafka).create().unwrap();
             for part in records.chunks(chunk) {
-                let sends = part.iter().map(|(k, v)| {
-                    producer.send(
-                        FutureRecord::to(&kafka.topic).key(k.as_bytes()).payload(v),
-                        Duration::from_secs(30),
-                    )
-                });
-                for r in futures::future::join_all(sends).await {
-                    r.map_err(|(e, _)| e).expect("delivered");
-                }
+                send(&kafka, part).await;
                 tokio::time::sleep(pause).await;
             }
         })
@@ -287,15 +170,6 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    async fn count(&self) -> i64 {
-        self.client()
-            .await
-            .query_one("SELECT count(*) FROM feedback", &[])
-            .await
-            .unwrap()
-            .get(0)
     }
 
     /// Waits until `feedback` holds `n` rows (and stays there for a moment).
@@ -444,122 +318,6 @@ impl Env {
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let name = self.db_name.clone();
-        // Best effort: leftover databases are only disk space on a test machine.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
-struct Proc {
-    child: Child,
-    http: SocketAddr,
-}
-
-impl Drop for Proc {
-    /// A failing test must not leave its process running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn kill9(self) {
-        drop(self);
-    }
-
-    /// SIGTERM; returns the exit status and how long the process took to exit.
-    fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
-        let started = Instant::now();
-        unsafe_sigterm(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, started.elapsed());
-            }
-            assert!(Instant::now() < deadline, "likerate ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-fn unsafe_sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// Synthetic records and the distinct valid event ids among them.
-/// Keyed records, as sent to the topic.
-type Records = Vec<(String, Vec<u8>)>;
-
-fn traffic(n: u64, seed: u64, extra: &[&str]) -> (Records, HashSet<Uuid>, usize) {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ProduceArgs,
-    }
-    let mut argv = vec!["x".to_owned(), "--seed".into(), seed.to_string()];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let cli = Cli::parse_from(argv);
-    let mut g = Generator::new(&cli.args).unwrap();
-    let mut records = Vec::new();
-    let mut ids = HashSet::new();
-    let mut invalid = 0;
-    for _ in 0..n {
-        let (key, payload) = g.next_record();
-        let origin = Origin {
-            topic: "t",
-            partition: 0,
-            offset: 0,
-            received_at: Utc::now(),
-        };
-        match decode(&payload, origin) {
-            Ok(e) => {
-                ids.insert(e.event_id);
-            }
-            Err(_) => invalid += 1,
-        }
-        records.push((key, payload));
-    }
-    (records, ids, invalid)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn stores_each_event_once_and_replay_changes_nothing() {
     let env = Env::new(false).await;
@@ -583,9 +341,11 @@ async fn stores_each_event_once_and_replay_changes_nothing() {
     assert_eq!(env.dead_letters(invalid).len(), invalid);
     // Metrics settle after the last batch's acknowledgement.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let stored = p.metric(r#"likerate_events_total{outcome="stored"}"#).await;
+    let stored = p
+        .metric_or_zero(r#"likerate_events_total{outcome="stored"}"#)
+        .await;
     let dups = p
-        .metric(r#"likerate_events_total{outcome="duplicate"}"#)
+        .metric_or_zero(r#"likerate_events_total{outcome="duplicate"}"#)
         .await;
     assert_eq!(stored as usize, ids.len());
     assert_eq!(dups as usize, records.len() - invalid - ids.len());
@@ -597,7 +357,7 @@ async fn stores_each_event_once_and_replay_changes_nothing() {
     let p = env.spawn(Some("replay-group"), &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while p
-        .metric(r#"likerate_events_total{outcome="duplicate"}"#)
+        .metric_or_zero(r#"likerate_events_total{outcome="duplicate"}"#)
         .await
         < (records.len() - invalid) as f64
     {
@@ -605,7 +365,8 @@ async fn stores_each_event_once_and_replay_changes_nothing() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(
-        p.metric(r#"likerate_events_total{outcome="stored"}"#).await,
+        p.metric_or_zero(r#"likerate_events_total{outcome="stored"}"#)
+            .await,
         0.0
     );
     assert_eq!(env.count().await, ids.len() as i64);
@@ -716,9 +477,9 @@ async fn database_sessions_killed_and_server_restarted_lose_nothing() {
     env.wait_for_rows(ids.len() as i64, Duration::from_secs(120))
         .await;
     env.assert_rollups_exact().await;
-    assert!(p.metric("likerate_db_retries_total").await > 0.0);
+    assert!(p.metric_or_zero("likerate_db_retries_total").await > 0.0);
     assert_eq!(
-        p.metric(r#"likerate_events_total{outcome="dead_lettered"}"#)
+        p.metric_or_zero(r#"likerate_events_total{outcome="dead_lettered"}"#)
             .await,
         0.0
     );
@@ -736,22 +497,22 @@ async fn broker_down_and_back_resumes_and_sigterm_exits_while_it_is_down() {
     let Broker::Mock(mock) = &env.broker else {
         unreachable!()
     };
-    mock.broker_down(1).unwrap();
+    mock.cluster.broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    mock.broker_up(1).unwrap();
+    mock.cluster.broker_up(1).unwrap();
     env.send(&records[3000..]).await;
     env.wait_for_rows(ids.len() as i64, Duration::from_secs(90))
         .await;
     env.assert_rollups_exact().await;
 
-    mock.broker_down(1).unwrap();
+    mock.cluster.broker_down(1).unwrap();
     let (status, took) = p.terminate();
     assert!(status.success(), "exit status {status}");
     assert!(
         took < Duration::from_secs(20),
         "shutdown with the broker down took {took:?}"
     );
-    mock.broker_up(1).unwrap();
+    mock.cluster.broker_up(1).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -851,7 +612,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_text_is_stored_byte_exac
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        p.metric(r#"likerate_dead_letters_total{reason="invalid_json"}"#)
+        p.metric_or_zero(r#"likerate_dead_letters_total{reason="invalid_json"}"#)
             .await,
         4.0
     );
@@ -877,7 +638,7 @@ async fn a_row_the_database_refuses_is_isolated_from_its_batch() {
     let event = |answer: &str| {
         serde_json::json!({
             "event_id": Uuid::new_v4(), "subject_id": "Math", "assistant_message": answer,
-            "rating": -1, "created_at": Utc::now().to_rfc3339()
+            "rating": -1, "created_at": chrono::Utc::now().to_rfc3339()
         })
         .to_string()
         .into_bytes()

@@ -1,0 +1,312 @@
+//! The harness every integration test binary shares: a fresh PostgreSQL database, a mock
+//! broker with the test's topics, synthetic traffic, and `likerate run` as a child process with
+//! HTTP on port 0. Each binary uses part of it.
+#![allow(dead_code)]
+
+use likerate::config::KafkaConfig;
+use likerate::decode::{decode, Origin};
+use likerate::produce::{Generator, ProduceArgs};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use std::collections::{BTreeMap, HashSet};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A short random id for names of databases, topics and groups.
+pub fn short_id() -> String {
+    Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// One test's database, dropped (with its connections) on drop.
+pub struct Database {
+    pub name: String,
+}
+
+impl Database {
+    pub async fn create(prefix: &str) -> Database {
+        let name = format!("{prefix}_{}", short_id());
+        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        Database { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{PG_BASE}/{}", self.name)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
+    pub async fn count(&self) -> i64 {
+        self.client()
+            .await
+            .query_one("SELECT count(*) FROM feedback", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Best effort, from a thread of its own: drop may run inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// Topic, dead-letter topic and group names for one test on `brokers`.
+pub fn kafka_config(brokers: String) -> KafkaConfig {
+    let id = short_id();
+    KafkaConfig {
+        brokers,
+        topic: format!("fe-{id}"),
+        group: format!("g-{id}"),
+        dlq_topic: format!("fe-{id}-dlq"),
+        topic_partitions: 3,
+        options: BTreeMap::new(),
+    }
+}
+
+/// librdkafka's mock cluster with the test's topics already created (it hangs on
+/// CreateTopics, so likerate finds them present).
+pub struct MockBroker {
+    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub kafka: KafkaConfig,
+}
+
+impl MockBroker {
+    pub fn new() -> MockBroker {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        let kafka = kafka_config(cluster.bootstrap_servers());
+        cluster.create_topic(&kafka.topic, 3, 1).unwrap();
+        cluster.create_topic(&kafka.dlq_topic, 3, 1).unwrap();
+        MockBroker { cluster, kafka }
+    }
+}
+
+/// Keyed records, as sent to the topic.
+pub type Records = Vec<(String, Vec<u8>)>;
+
+/// Sends records in order and waits for every acknowledgement.
+pub async fn send(kafka: &KafkaConfig, records: &[(String, Vec<u8>)]) {
+    let producer: FutureProducer = likerate::kafka::producer_config(kafka).create().unwrap();
+    for part in records.chunks(1000) {
+        let sends = part.iter().map(|(k, v)| {
+            producer.send(
+                FutureRecord::to(&kafka.topic).key(k.as_bytes()).payload(v),
+                Duration::from_secs(30),
+            )
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).expect("delivered");
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// Synthetic records from `likerate produce`'s generator with its command-line flags, the
+/// distinct valid event ids among them, and how many are invalid.
+pub fn traffic(n: u64, seed: u64, flags: &[&str]) -> (Records, HashSet<Uuid>, usize) {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProduceArgs,
+    }
+    let mut argv = vec!["x".to_owned(), "--seed".into(), seed.to_string()];
+    argv.extend(flags.iter().map(|s| s.to_string()));
+    let mut g = Generator::new(&Cli::parse_from(argv).args).unwrap();
+    let mut records = Vec::new();
+    let mut ids = HashSet::new();
+    let mut invalid = 0;
+    for _ in 0..n {
+        let (key, payload) = g.next_record();
+        let origin = Origin {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            received_at: chrono::Utc::now(),
+        };
+        match decode(&payload, origin) {
+            Ok(e) => {
+                ids.insert(e.event_id);
+            }
+            Err(_) => invalid += 1,
+        }
+        records.push((key, payload));
+    }
+    (records, ids, invalid)
+}
+
+/// `likerate run` as a child process; killed when dropped, so a failing test leaves nothing.
+pub struct Likerate {
+    pub child: Child,
+    pub http: SocketAddr,
+}
+
+impl Likerate {
+    /// Starts `likerate run` for this Kafka config and database, with `extra` variables on
+    /// top (`None` removes a variable), and waits for its HTTP address.
+    pub fn spawn(
+        tag: &str,
+        kafka: &KafkaConfig,
+        db_url: &str,
+        extra: &[(&str, Option<&str>)],
+    ) -> Likerate {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
+        cmd.arg("run")
+            .env("LIKERATE_KAFKA_BROKERS", &kafka.brokers)
+            .env("LIKERATE_KAFKA_TOPIC", &kafka.topic)
+            .env("LIKERATE_KAFKA_GROUP", &kafka.group)
+            .env("LIKERATE_DLQ_TOPIC", &kafka.dlq_topic)
+            .env("LIKERATE_DATABASE_URL", db_url)
+            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
+            .env("LIKERATE_DATABASE_TIMEOUT", "5s")
+            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in &kafka.options {
+            let name = format!(
+                "LIKERATE_KAFKA_OPTION_{}",
+                key.replace('.', "_").to_uppercase()
+            );
+            cmd.env(name, value);
+        }
+        for (name, value) in extra {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
+        let mut child = cmd.spawn().expect("spawn likerate");
+        let stderr = child.stderr.take().unwrap();
+        let addr = Arc::new(Mutex::new(None));
+        let seen = addr.clone();
+        let tag = tag.to_owned();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("likerate running") {
+                    if let Some(rest) = line.split("http=").nth(1) {
+                        let a = rest.split_whitespace().next().unwrap_or_default();
+                        *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
+                    }
+                }
+                eprintln!("[likerate{tag}] {line}");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(http) = *addr.lock().unwrap() {
+                return Likerate { child, http };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("likerate exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "likerate did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn kill9(self) {
+        drop(self);
+    }
+
+    /// SIGTERM; returns the exit status and how long the process took to exit.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(Instant::now() < deadline, "likerate ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn metrics(&self) -> Result<String, String> {
+        let r = reqwest::get(format!("{}/metrics", self.base_url()))
+            .await
+            .map_err(|e| e.to_string())?;
+        r.text().await.map_err(|e| e.to_string())
+    }
+
+    /// The value of one series (exact name and labels as rendered), if present.
+    pub async fn metric(&self, series: &str) -> Result<Option<f64>, String> {
+        Ok(series_value(&self.metrics().await?, series))
+    }
+
+    /// A counter's value; 0 while the series does not exist yet (nothing counted).
+    pub async fn metric_or_zero(&self, series: &str) -> f64 {
+        self.metric(series).await.unwrap().unwrap_or(0.0)
+    }
+
+    pub fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("likerate exited: {status}");
+        }
+    }
+}
+
+impl Drop for Likerate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
