@@ -254,7 +254,7 @@ async fn fill(url: &str) -> DateTime<Utc> {
         println!("reusing the filled database: {events} events up to {end}");
         return end;
     }
-    let end = likerate::sink::truncate(Utc::now(), 86_400);
+    let end = likerate::rollup::truncate(Utc::now(), 86_400);
     let start = end - ChronoDuration::days(DAYS);
     println!("filling the rollups of ~10M events over {DAYS} days (once; a few minutes)...");
     let t = Instant::now();

@@ -17,6 +17,7 @@
 //! | [`event`] | the domain `FeedbackEvent` and its valid-by-construction parts |
 //! | [`decode`] | bytes -> `FeedbackEvent` or a dead-letter reason code |
 //! | [`source`] | the Kafka consumer thread: batching, back-pressure, rebalance drain, offset acks |
+//! | [`rollup`] | the minute/hour/day like-rate counts and the one way they change |
 //! | [`sink`] | the PostgreSQL transaction per batch: idempotent rows, votes, rollups |
 //! | [`dead_letter`] | publishing refused records to the dead-letter topic |
 //! | [`aggregate`] | the 5m/15m/1h/24h windows read from the rollups |
@@ -45,6 +46,7 @@ pub mod http;
 pub mod kafka;
 pub mod ops;
 pub mod produce;
+pub mod rollup;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

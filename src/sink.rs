@@ -22,6 +22,7 @@ use crate::db::{DbError, Target};
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::decode::{DecodeError, Reason};
 use crate::event::{Coordinates, FeedbackEvent, Rating};
+use crate::rollup::{RollupDeltas, UPSERT_ROLLUP};
 use crate::source::{Acker, Batch, Payload, Rejected};
 use crate::telemetry::Metrics;
 use chrono::{DateTime, Utc};
@@ -70,15 +71,6 @@ SET event_id = u.event_id, created_at = u.created_at, subject_id = u.subject_id,
 FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::int2[])
        AS u(vote_id, event_id, created_at, subject_id, model, rating)
 WHERE v.vote_id = u.vote_id";
-
-const UPSERT_ROLLUP: &str = "
-INSERT INTO feedback_rollup (grain, bucket, subject_id, model, likes, dislikes, neutral)
-SELECT * FROM unnest($1::\"char\"[], $2::timestamptz[], $3::text[], $4::text[],
-                     $5::int8[], $6::int8[], $7::int8[])
-ON CONFLICT (grain, bucket, subject_id, model) DO UPDATE
-SET likes = feedback_rollup.likes + excluded.likes,
-    dislikes = feedback_rollup.dislikes + excluded.dislikes,
-    neutral = feedback_rollup.neutral + excluded.neutral";
 
 /// A connection with its statements prepared.
 struct Conn {
@@ -393,11 +385,11 @@ async fn write(conn: &mut Conn, topic: &str, rows: &[Row<'_>]) -> Result<HashSet
         .filter(|e| inserted.contains(&e.event_id))
         .collect();
 
-    let mut deltas = Deltas::default();
+    let mut deltas = RollupDeltas::default();
     let mut latest: BTreeMap<&str, Vote> = BTreeMap::new();
     for e in &new {
         match &e.vote_id {
-            None => deltas.add(&Vote::of(e), 1),
+            None => Vote::of(e).count(&mut deltas, 1),
             Some(v) => {
                 let vote = Vote::of(e);
                 latest
@@ -414,23 +406,7 @@ async fn write(conn: &mut Conn, topic: &str, rows: &[Row<'_>]) -> Result<HashSet
     if !latest.is_empty() {
         apply_votes(&tx, st, &latest, &mut deltas).await?;
     }
-    if !deltas.0.is_empty() {
-        let d = deltas.expand();
-        let grains: Vec<i8> = d.iter().map(|(k, _)| k.0 as i8).collect();
-        let buckets: Vec<DateTime<Utc>> = d.iter().map(|(k, _)| k.1).collect();
-        let subjects: Vec<&str> = d.iter().map(|(k, _)| k.2.as_str()).collect();
-        let models: Vec<&str> = d.iter().map(|(k, _)| k.3.as_str()).collect();
-        let likes: Vec<i64> = d.iter().map(|(_, c)| c[0]).collect();
-        let dislikes: Vec<i64> = d.iter().map(|(_, c)| c[1]).collect();
-        let neutral: Vec<i64> = d.iter().map(|(_, c)| c[2]).collect();
-        tx.execute(
-            &st.upsert_rollup,
-            &[
-                &grains, &buckets, &subjects, &models, &likes, &dislikes, &neutral,
-            ],
-        )
-        .await?;
-    }
+    deltas.apply(&tx, &st.upsert_rollup).await?;
     tx.commit().await?;
     Ok(inserted)
 }
@@ -460,6 +436,17 @@ impl Vote {
         }
     }
 
+    /// Adds (`sign` 1) or takes out (-1) this vote's count.
+    fn count(&self, deltas: &mut RollupDeltas, sign: i64) {
+        deltas.add(
+            self.created_at,
+            &self.subject,
+            &self.model,
+            self.rating.as_i16(),
+            sign,
+        );
+    }
+
     /// Later `created_at` wins; the event id breaks ties so every replay decides alike.
     fn newer_than(&self, other: &Vote) -> bool {
         (self.created_at, self.event_id) > (other.created_at, other.event_id)
@@ -472,7 +459,7 @@ async fn apply_votes(
     tx: &tokio_postgres::Transaction<'_>,
     conn: &Statements,
     latest: &BTreeMap<&str, Vote>,
-    deltas: &mut Deltas,
+    deltas: &mut RollupDeltas,
 ) -> Result<(), DbError> {
     let columns = |votes: &[(&str, &Vote)]| {
         (
@@ -504,7 +491,7 @@ async fn apply_votes(
     let mut existing = Vec::new();
     for (key, vote) in &all {
         if created.contains(*key) {
-            deltas.add(vote, 1);
+            vote.count(deltas, 1);
         } else {
             existing.push(*key);
         }
@@ -527,8 +514,8 @@ async fn apply_votes(
             continue;
         };
         if new.newer_than(&old) {
-            deltas.add(&old, -1);
-            deltas.add(new, 1);
+            old.count(deltas, -1);
+            new.count(deltas, 1);
             replaced.push((k, new));
         }
     }
@@ -538,71 +525,4 @@ async fn apply_votes(
             .await?;
     }
     Ok(())
-}
-
-/// A rollup row's key: (grain, bucket, subject, model).
-type RollupKey = (char, DateTime<Utc>, String, String);
-
-/// Rollup changes keyed by (minute, subject, model): [likes, dislikes, neutral].
-#[derive(Default)]
-struct Deltas(BTreeMap<(DateTime<Utc>, String, String), [i64; 3]>);
-
-impl Deltas {
-    fn add(&mut self, vote: &Vote, sign: i64) {
-        let minute = truncate(vote.created_at, 60);
-        let counts = self
-            .0
-            .entry((minute, vote.subject.clone(), vote.model.clone()))
-            .or_default();
-        let i = match vote.rating {
-            Rating::Like => 0,
-            Rating::Dislike => 1,
-            Rating::Neutral => 2,
-        };
-        counts[i] += sign;
-    }
-
-    /// The deltas at minute, hour and day grain, sorted by key (the lock order), zeros dropped.
-    fn expand(&self) -> Vec<(RollupKey, [i64; 3])> {
-        let mut out: BTreeMap<RollupKey, [i64; 3]> = BTreeMap::new();
-        for ((minute, subject, model), counts) in &self.0 {
-            for (grain, bucket) in [
-                ('d', truncate(*minute, 86_400)),
-                ('h', truncate(*minute, 3_600)),
-                ('m', *minute),
-            ] {
-                let e = out
-                    .entry((grain, bucket, subject.clone(), model.clone()))
-                    .or_default();
-                for i in 0..3 {
-                    e[i] += counts[i];
-                }
-            }
-        }
-        out.into_iter().filter(|(_, c)| *c != [0, 0, 0]).collect()
-    }
-}
-
-/// The start of the UTC bucket of `seconds` length that holds `t`.
-pub fn truncate(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
-    let s = t.timestamp().div_euclid(seconds) * seconds;
-    DateTime::from_timestamp(s, 0).expect("in range")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_truncate_in_utc() {
-        let t: DateTime<Utc> = "2026-02-05T10:30:59.9Z".parse().unwrap();
-        assert_eq!(truncate(t, 60).to_rfc3339(), "2026-02-05T10:30:00+00:00");
-        assert_eq!(truncate(t, 3600).to_rfc3339(), "2026-02-05T10:00:00+00:00");
-        assert_eq!(truncate(t, 86400).to_rfc3339(), "2026-02-05T00:00:00+00:00");
-        let before_epoch: DateTime<Utc> = "1969-12-31T23:59:30Z".parse().unwrap();
-        assert_eq!(
-            truncate(before_epoch, 60).to_rfc3339(),
-            "1969-12-31T23:59:00+00:00"
-        );
-    }
 }

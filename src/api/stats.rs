@@ -34,7 +34,7 @@ pub struct Segment {
 const GRAINS: [(char, i64); 3] = [('d', 86_400), ('h', 3_600), ('m', 60)];
 
 fn floor(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
-    crate::sink::truncate(t, seconds)
+    crate::rollup::truncate(t, seconds)
 }
 
 fn ceil(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {

@@ -116,7 +116,7 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
         ..Erased::default()
     };
     out.event_ids.sort_unstable();
-    let mut deltas = super::RollupDeltas::default();
+    let mut deltas = crate::rollup::RollupDeltas::default();
     for g in gone.iter().filter(|g| g.vote_id.is_none()) {
         deltas.add(g.created_at, &g.subject, &g.model, g.rating, -1);
         out.uncounted += 1;
@@ -190,7 +190,8 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
             }
         }
     }
-    out.rollup_cells = deltas.apply(&tx).await?;
+    out.rollup_cells = deltas.apply(&tx, crate::rollup::UPSERT_ROLLUP).await?;
+    deltas.remove_empty(&tx).await?;
     tx.commit().await?;
     Ok(out)
 }

@@ -12,7 +12,7 @@
 //! `--min-samples` votes, the condition `FeedbackLikeRateLow` evaluates on its own window.
 
 use crate::config::DatabaseConfig;
-use crate::sink::truncate;
+use crate::rollup::truncate;
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Duration as CDuration, NaiveDate, Utc};
 use clap::{Args, ValueEnum};

@@ -1,0 +1,146 @@
+//! Rollups: the like/dislike/neutral counts of `feedback_rollup`, per minute, hour and day
+//! (UTC) bucket, subject and model (`''` when absent).
+//!
+//! Guarantee: every change to the counts, by the sink (new rows, superseded votes) or by
+//! erasure, goes through [`RollupDeltas`], which applies them in key order, the one lock order
+//! all writers share.
+
+use crate::event::Rating;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+/// A rollup row's key: (grain, bucket, subject, model).
+type RollupKey = (char, DateTime<Utc>, String, String);
+
+/// The start of the UTC bucket of `seconds` length that holds `t`.
+pub fn truncate(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    let s = t.timestamp().div_euclid(seconds) * seconds;
+    DateTime::from_timestamp(s, 0).expect("in range")
+}
+
+/// Rollup changes per (grain, bucket, subject, model): [likes, dislikes, neutral]. The same
+/// cells the sink maintains: minute, hour and day buckets in UTC, model `''` when absent.
+#[derive(Default, Debug)]
+pub struct RollupDeltas(BTreeMap<RollupKey, [i64; 3]>);
+
+pub const UPSERT_ROLLUP: &str = "
+INSERT INTO feedback_rollup (grain, bucket, subject_id, model, likes, dislikes, neutral)
+SELECT * FROM unnest($1::\"char\"[], $2::timestamptz[], $3::text[], $4::text[],
+                     $5::int8[], $6::int8[], $7::int8[])
+ON CONFLICT (grain, bucket, subject_id, model) DO UPDATE
+SET likes = feedback_rollup.likes + excluded.likes,
+    dislikes = feedback_rollup.dislikes + excluded.dislikes,
+    neutral = feedback_rollup.neutral + excluded.neutral";
+
+impl RollupDeltas {
+    pub fn add(
+        &mut self,
+        created_at: DateTime<Utc>,
+        subject: &str,
+        model: &str,
+        rating: i16,
+        sign: i64,
+    ) {
+        let i = match Rating::from_i64(rating.into()) {
+            Some(Rating::Like) => 0,
+            Some(Rating::Dislike) => 1,
+            _ => 2,
+        };
+        for (grain, seconds) in [('d', 86_400), ('h', 3_600), ('m', 60)] {
+            let key = (
+                grain,
+                truncate(created_at, seconds),
+                subject.to_owned(),
+                model.to_owned(),
+            );
+            self.0.entry(key).or_default()[i] += sign;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(|c| *c == [0, 0, 0])
+    }
+
+    /// Applies the changes in key order (the lock order every writer shares) with `upsert`
+    /// ([`UPSERT_ROLLUP`], prepared or not). Returns how many cells changed.
+    pub async fn apply<T>(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        upsert: &T,
+    ) -> Result<u64, tokio_postgres::Error>
+    where
+        T: tokio_postgres::ToStatement + ?Sized,
+    {
+        let d: Vec<_> = self.0.iter().filter(|(_, c)| **c != [0, 0, 0]).collect();
+        if d.is_empty() {
+            return Ok(0);
+        }
+        let grains: Vec<i8> = d.iter().map(|(k, _)| k.0 as i8).collect();
+        let buckets: Vec<DateTime<Utc>> = d.iter().map(|(k, _)| k.1).collect();
+        let subjects: Vec<&str> = d.iter().map(|(k, _)| k.2.as_str()).collect();
+        let models: Vec<&str> = d.iter().map(|(k, _)| k.3.as_str()).collect();
+        let likes: Vec<i64> = d.iter().map(|(_, c)| c[0]).collect();
+        let dislikes: Vec<i64> = d.iter().map(|(_, c)| c[1]).collect();
+        let neutral: Vec<i64> = d.iter().map(|(_, c)| c[2]).collect();
+        tx.execute(
+            upsert,
+            &[
+                &grains, &buckets, &subjects, &models, &likes, &dislikes, &neutral,
+            ],
+        )
+        .await?;
+        Ok(d.len() as u64)
+    }
+
+    /// Deletes the cells these changes left at zero (erasure: nothing of a removed vote may
+    /// linger as an empty bucket).
+    pub async fn remove_empty(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let keys: Vec<&RollupKey> = self.0.keys().collect();
+        let grains: Vec<i8> = keys.iter().map(|k| k.0 as i8).collect();
+        let buckets: Vec<DateTime<Utc>> = keys.iter().map(|k| k.1).collect();
+        let subjects: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+        let models: Vec<&str> = keys.iter().map(|k| k.3.as_str()).collect();
+        tx.execute(
+            "DELETE FROM feedback_rollup r
+             USING unnest($1::\"char\"[], $2::timestamptz[], $3::text[], $4::text[])
+                   AS k(grain, bucket, subject_id, model)
+             WHERE (r.grain, r.bucket, r.subject_id, r.model)
+                   = (k.grain, k.bucket, k.subject_id, k.model)
+               AND (r.likes, r.dislikes, r.neutral) = (0, 0, 0)",
+            &[&grains, &buckets, &subjects, &models],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_truncate_in_utc() {
+        let t: DateTime<Utc> = "2026-02-05T10:30:59.9Z".parse().unwrap();
+        assert_eq!(truncate(t, 60).to_rfc3339(), "2026-02-05T10:30:00+00:00");
+        assert_eq!(truncate(t, 3600).to_rfc3339(), "2026-02-05T10:00:00+00:00");
+        assert_eq!(truncate(t, 86400).to_rfc3339(), "2026-02-05T00:00:00+00:00");
+        let before_epoch: DateTime<Utc> = "1969-12-31T23:59:30Z".parse().unwrap();
+        assert_eq!(
+            truncate(before_epoch, 60).to_rfc3339(),
+            "1969-12-31T23:59:00+00:00"
+        );
+    }
+
+    #[test]
+    fn deltas_cover_three_grains() {
+        let mut d = RollupDeltas::default();
+        let t: DateTime<Utc> = "2026-02-05T10:30:59Z".parse().unwrap();
+        d.add(t, "Math", "", 1, -1);
+        d.add(t, "Math", "", -1, 1);
+        assert_eq!(d.0.len(), 3);
+        assert!(d.0.values().all(|c| *c == [-1, 1, 0]));
+    }
+}
