@@ -2,100 +2,50 @@
 //! binary (the harness of tests/pipeline.rs, trimmed): dead-letter replay, erasure on request,
 //! retention and redaction.
 
+mod common;
+
 use chrono::{DateTime, Duration as CDuration, Utc};
+use common::{dead_letters, likerate_command, send, Database, Likerate, MockBroker};
 use likerate::config::KafkaConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
-use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
-
-/// One test's world: a mock cluster, a database, a topic pair, a group.
+/// One test's world: a mock cluster, a migrated database, a topic pair, a group.
 struct Env {
-    _broker: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    db_name: String,
+    _broker: MockBroker,
+    db: Database,
     kafka: KafkaConfig,
 }
 
 impl Env {
     async fn new() -> Env {
-        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let broker = MockCluster::new(1).expect("mock cluster");
-        let kafka = KafkaConfig {
-            brokers: broker.bootstrap_servers(),
-            topic: format!("fe-{id}"),
-            group: format!("g-{id}"),
-            dlq_topic: format!("fe-{id}-dlq"),
-            topic_partitions: 3,
-            options: BTreeMap::new(),
-        };
-        broker.create_topic(&kafka.topic, 3, 1).unwrap();
-        broker.create_topic(&kafka.dlq_topic, 3, 1).unwrap();
-        let db_name = format!("likerate_test_{id}");
-        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("CREATE DATABASE {db_name}"))
-            .await
-            .unwrap();
+        let broker = MockBroker::new();
         let env = Env {
+            kafka: broker.kafka.clone(),
             _broker: broker,
-            db_name,
-            kafka,
+            db: Database::create("likerate_test").await,
         };
         let out = env.likerate(&["migrate"], &[]);
         assert!(out.status.success(), "migrate: {out:?}");
         env
     }
 
-    fn db_url(&self) -> String {
-        format!("{PG_BASE}/{}", self.db_name)
-    }
-
     async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.db_url(), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
+        self.db.client().await
     }
 
-    fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
-        cmd.args(args)
-            .env("LIKERATE_KAFKA_BROKERS", &self.kafka.brokers)
-            .env("LIKERATE_KAFKA_TOPIC", &self.kafka.topic)
-            .env("LIKERATE_KAFKA_GROUP", &self.kafka.group)
-            .env("LIKERATE_DLQ_TOPIC", &self.kafka.dlq_topic)
-            .env("LIKERATE_DATABASE_URL", self.db_url())
-            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
-            .env("LIKERATE_DATABASE_TIMEOUT", "5s")
-            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
-            );
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        cmd
+    async fn count(&self) -> i64 {
+        self.db.count().await
     }
 
     /// A one-shot command; its output.
     fn likerate(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
-        self.command(args, extra).output().expect("run likerate")
+        let mut cmd = likerate_command(args, &self.kafka, &self.db.url());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run likerate")
     }
 
     /// A one-shot command that must succeed; its stdout.
@@ -111,151 +61,21 @@ impl Env {
     }
 
     /// `likerate run` with this env's settings.
-    fn spawn(&self, extra: &[(&str, &str)]) -> Proc {
-        let mut cmd = self.command(&["run"], extra);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn likerate");
-        let stderr = child.stderr.take().unwrap();
-        let addr = Arc::new(Mutex::new(None));
-        let seen = addr.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split("http=").nth(1) {
-                    let a = rest.split_whitespace().next().unwrap_or_default();
-                    *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
-                }
-                eprintln!("[likerate] {line}");
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(http) = *addr.lock().unwrap() {
-                return Proc { child, http };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("likerate exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "likerate did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn spawn(&self, extra: &[(&str, &str)]) -> Likerate {
+        let extra: Vec<(&str, Option<&str>)> = extra.iter().map(|(k, v)| (*k, Some(*v))).collect();
+        Likerate::spawn("", &self.kafka, &self.db.url(), &extra)
     }
 
-    /// Sends records in order and waits for every acknowledgement.
     async fn send(&self, records: &[(String, Vec<u8>)]) {
-        let producer: FutureProducer = likerate::kafka::producer_config(&self.kafka)
-            .create()
-            .unwrap();
-        for (key, payload) in records {
-            producer
-                .send(
-                    FutureRecord::to(&self.kafka.topic)
-                        .key(key.as_bytes())
-                        .payload(payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .expect("delivered");
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
+        send(&self.kafka, records).await;
     }
 
-    async fn count(&self) -> i64 {
-        self.client()
-            .await
-            .query_one("SELECT count(*) FROM feedback", &[])
-            .await
-            .unwrap()
-            .get(0)
-    }
-
-    /// Waits until `feedback` holds `n` rows (and stays there for a moment).
     async fn wait_for_rows(&self, n: i64, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let c = self.count().await;
-            assert!(c <= n, "more rows than expected: {c} > {n}");
-            if c == n {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                assert_eq!(self.count().await, n, "rows kept arriving past {n}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {c} of {n} rows after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.db.wait_for_rows(n, within).await;
     }
 
-    /// The rollups equal a recomputation from the stored rows (current votes only), at every
-    /// grain, for the minute buckets starting at or after `from` (all when `None`); and every
-    /// vote's bookkeeping names its newest stored event. (From tests/pipeline.rs.)
     async fn assert_rollups_exact(&self, from: Option<DateTime<Utc>>) {
-        let client = self.client().await;
-        let from = from.unwrap_or_else(|| "1900-01-01T00:00:00Z".parse().unwrap());
-        let diff: i64 = client
-            .query_one(
-                "WITH cur AS (
-                   SELECT DISTINCT ON (coalesce(vote_id, event_id::text))
-                          subject_id, coalesce(model, '') AS model, rating,
-                          date_trunc('minute', created_at) AS bucket
-                   FROM feedback
-                   ORDER BY coalesce(vote_id, event_id::text), created_at DESC, event_id DESC),
-                 expected AS (
-                   SELECT bucket, subject_id::text, model::text,
-                          count(*) FILTER (WHERE rating = 1) AS l,
-                          count(*) FILTER (WHERE rating = -1) AS d,
-                          count(*) FILTER (WHERE rating = 0) AS n
-                   FROM cur WHERE bucket >= $1 GROUP BY 1, 2, 3),
-                 actual AS (
-                   SELECT bucket, subject_id::text, model::text, likes, dislikes, neutral
-                   FROM feedback_rollup
-                   WHERE grain = 'm' AND (likes, dislikes, neutral) <> (0, 0, 0)
-                     AND bucket >= $1)
-                 SELECT count(*) FROM (
-                   (SELECT * FROM expected EXCEPT SELECT * FROM actual)
-                   UNION ALL
-                   (SELECT * FROM actual EXCEPT SELECT * FROM expected)) x",
-                &[&from],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(diff, 0, "rollup cells differ from the recomputation");
-        let grains: Vec<(i64, i64, i64)> = client
-            .query(
-                "SELECT sum(likes)::int8, sum(dislikes)::int8, sum(neutral)::int8
-                 FROM feedback_rollup GROUP BY grain",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        assert!(
-            grains.windows(2).all(|w| w[0] == w[1]),
-            "grains disagree: {grains:?}"
-        );
-        let stale: i64 = client
-            .query_one(
-                "SELECT count(*) FROM (
-                   SELECT DISTINCT ON (vote_id) vote_id, event_id FROM feedback
-                   WHERE vote_id IS NOT NULL AND created_at >= $1
-                   ORDER BY vote_id, created_at DESC, event_id DESC) newest
-                 FULL JOIN (SELECT * FROM feedback_vote WHERE created_at >= $1) v
-                   USING (vote_id)
-                 WHERE newest.event_id IS DISTINCT FROM v.event_id",
-                &[&from],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(stale, 0, "feedback_vote does not name the newest event");
+        self.db.assert_rollups_exact(from).await;
     }
 
     /// The rollup totals per grain.
@@ -274,92 +94,15 @@ impl Env {
             .collect()
     }
 
-    /// Waits for `expected` records on the dead-letter topic; their reason headers.
+    /// Waits for `expected` records on the dead-letter topic; their reason headers, sorted.
     fn dead_letter_reasons(&self, expected: usize) -> Vec<String> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .set("group.id", format!("dlq-reader-{}", Uuid::new_v4()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[&self.kafka.dlq_topic]).unwrap();
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while out.len() < expected && Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let reason = m
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == "likerate-error"))
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
-                out.push(reason);
-            }
-        }
+        let mut out: Vec<String> = dead_letters(&self.kafka, expected)
+            .into_iter()
+            .map(|(headers, _)| headers.get("likerate-error").cloned().unwrap_or_default())
+            .collect();
         assert_eq!(out.len(), expected, "dead letters: {out:?}");
         out.sort();
         out
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let name = self.db_name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
-struct Proc {
-    child: Child,
-    http: SocketAddr,
-}
-
-impl Proc {
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait: the consumer commits its positions on the way out.
-    fn terminate(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "exit status {status}");
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
     }
 }
 
@@ -652,7 +395,8 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     let p = env.spawn(&[]);
     env.wait_for_rows(total, Duration::from_secs(60)).await;
     // Positions committed: deleted rows are not consumed again (see the retention docs).
-    p.terminate();
+    let (status, _) = p.terminate();
+    assert!(status.success(), "exit status {status}");
     env.assert_rollups_exact(None).await;
     let rollups = env.rollup_totals().await;
 
@@ -663,7 +407,7 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     ]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while p
-        .metric(r#"likerate_retention_rows_total{action="deleted"}"#)
+        .metric_or_zero(r#"likerate_retention_rows_total{action="deleted"}"#)
         .await
         < 20.0
     {
@@ -671,7 +415,7 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        p.metric(r#"likerate_retention_rows_total{action="text_erased"}"#)
+        p.metric_or_zero(r#"likerate_retention_rows_total{action="text_erased"}"#)
             .await,
         30.0
     );
@@ -771,11 +515,13 @@ async fn redaction_replaces_emails_and_phones_before_the_write() {
     assert_eq!(text(e3.id).await.0, e3.answer);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        p.metric(r#"likerate_redactions_total{kind="email"}"#).await,
+        p.metric_or_zero(r#"likerate_redactions_total{kind="email"}"#)
+            .await,
         2.0
     );
     assert_eq!(
-        p.metric(r#"likerate_redactions_total{kind="phone"}"#).await,
+        p.metric_or_zero(r#"likerate_redactions_total{kind="phone"}"#)
+            .await,
         2.0
     );
     env.assert_rollups_exact(None).await;

@@ -10,9 +10,6 @@ mod common;
 
 use common::{send, traffic, Database, Likerate, MockBroker, Records};
 use likerate::config::KafkaConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::ClientConfig;
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, Stdio};
 use std::sync::{OnceLock, RwLock};
@@ -172,149 +169,16 @@ impl Env {
         }
     }
 
-    /// Waits until `feedback` holds `n` rows (and stays there for a moment).
     async fn wait_for_rows(&self, n: i64, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let c = self.count().await;
-            assert!(c <= n, "more rows than distinct events: {c} > {n}");
-            if c == n {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                assert_eq!(self.count().await, n, "rows kept arriving past {n}");
-                return;
-            }
-            if Instant::now() >= deadline {
-                let per_partition: Vec<(i32, i64, i64, i64)> = self
-                    .client()
-                    .await
-                    .query(
-                        "SELECT kafka_partition, count(*), min(kafka_offset), max(kafka_offset)
-                         FROM feedback GROUP BY 1 ORDER BY 1",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                    .collect();
-                let stored: HashSet<(i32, i64)> = self
-                    .client()
-                    .await
-                    .query("SELECT kafka_partition, kafka_offset FROM feedback", &[])
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| (r.get(0), r.get(1)))
-                    .collect();
-                let mut missing: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-                for p in 0..3 {
-                    let maxo = stored
-                        .iter()
-                        .filter(|(q, _)| *q == p)
-                        .map(|(_, o)| *o)
-                        .max()
-                        .unwrap_or(0);
-                    for o in 0..maxo {
-                        if !stored.contains(&(p, o)) {
-                            missing.entry(p).or_default().push(o);
-                        }
-                    }
-                }
-                let summary: Vec<(i32, usize, Vec<i64>)> = missing
-                    .iter()
-                    .map(|(p, v)| (*p, v.len(), v.iter().take(30).copied().collect()))
-                    .collect();
-                panic!("only {c} of {n} rows after {within:?}; per partition (rows, min offset, max offset): {per_partition:?}; missing offsets: {summary:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.db.wait_for_rows(n, within).await;
     }
 
-    /// The rollups equal a recomputation from the stored rows (current votes only), at every
-    /// grain.
     async fn assert_rollups_exact(&self) {
-        let client = self.client().await;
-        let diff: i64 = client
-            .query_one(
-                "WITH cur AS (
-                   SELECT DISTINCT ON (coalesce(vote_id, event_id::text))
-                          subject_id, coalesce(model, '') AS model, rating,
-                          date_trunc('minute', created_at) AS bucket
-                   FROM feedback
-                   ORDER BY coalesce(vote_id, event_id::text), created_at DESC, event_id DESC),
-                 expected AS (
-                   SELECT bucket, subject_id::text, model::text,
-                          count(*) FILTER (WHERE rating = 1) AS l,
-                          count(*) FILTER (WHERE rating = -1) AS d,
-                          count(*) FILTER (WHERE rating = 0) AS n
-                   FROM cur GROUP BY 1, 2, 3),
-                 actual AS (
-                   SELECT bucket, subject_id::text, model::text, likes, dislikes, neutral
-                   FROM feedback_rollup
-                   WHERE grain = 'm' AND (likes, dislikes, neutral) <> (0, 0, 0))
-                 SELECT count(*) FROM (
-                   (SELECT * FROM expected EXCEPT SELECT * FROM actual)
-                   UNION ALL
-                   (SELECT * FROM actual EXCEPT SELECT * FROM expected)) x",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(diff, 0, "rollup cells differ from the recomputation");
-        let grains: Vec<(i64, i64, i64)> = client
-            .query(
-                "SELECT sum(likes)::int8, sum(dislikes)::int8, sum(neutral)::int8
-                 FROM feedback_rollup GROUP BY grain",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        assert_eq!(grains.len(), 3, "minute, hour and day grains");
-        assert!(
-            grains.windows(2).all(|w| w[0] == w[1]),
-            "grains disagree: {grains:?}"
-        );
+        self.db.assert_rollups_exact(None).await;
     }
 
-    /// Every record of the dead-letter topic: (headers, payload).
     fn dead_letters(&self, expected: usize) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.kafka.brokers)
-            .set("group.id", format!("dlq-reader-{}", Uuid::new_v4()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[&self.kafka.dlq_topic]).unwrap();
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while out.len() < expected && Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let mut headers = BTreeMap::new();
-                if let Some(h) = m.headers() {
-                    for i in 0..h.count() {
-                        let header = h.get(i);
-                        headers.insert(
-                            header.key.to_owned(),
-                            String::from_utf8_lossy(header.value.unwrap_or_default()).into(),
-                        );
-                    }
-                }
-                out.push((headers, m.payload().unwrap_or_default().to_vec()));
-            }
-        }
-        // Nothing more than expected arrives.
-        let until = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < until {
-            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-                panic!("more dead letters than expected");
-            }
-        }
-        out
+        common::dead_letters(&self.kafka, expected)
     }
 }
 

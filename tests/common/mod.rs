@@ -3,11 +3,15 @@
 //! HTTP on port 0. Each binary uses part of it.
 #![allow(dead_code)]
 
+use chrono::{DateTime, Utc};
 use likerate::config::KafkaConfig;
 use likerate::decode::{decode, Origin};
 use likerate::produce::{Generator, ProduceArgs};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -60,6 +64,135 @@ impl Database {
             .await
             .unwrap()
             .get(0)
+    }
+
+    /// Waits until `feedback` holds `n` rows (and stays there for a moment).
+    pub async fn wait_for_rows(&self, n: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.count().await;
+            assert!(c <= n, "more rows than distinct events: {c} > {n}");
+            if c == n {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert_eq!(self.count().await, n, "rows kept arriving past {n}");
+                return;
+            }
+            if Instant::now() >= deadline {
+                let per_partition: Vec<(i32, i64, i64, i64)> = self
+                    .client()
+                    .await
+                    .query(
+                        "SELECT kafka_partition, count(*), min(kafka_offset), max(kafka_offset)
+                         FROM feedback GROUP BY 1 ORDER BY 1",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .collect();
+                let stored: HashSet<(i32, i64)> = self
+                    .client()
+                    .await
+                    .query("SELECT kafka_partition, kafka_offset FROM feedback", &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect();
+                let mut missing: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+                for p in 0..3 {
+                    let maxo = stored
+                        .iter()
+                        .filter(|(q, _)| *q == p)
+                        .map(|(_, o)| *o)
+                        .max()
+                        .unwrap_or(0);
+                    for o in 0..maxo {
+                        if !stored.contains(&(p, o)) {
+                            missing.entry(p).or_default().push(o);
+                        }
+                    }
+                }
+                let summary: Vec<(i32, usize, Vec<i64>)> = missing
+                    .iter()
+                    .map(|(p, v)| (*p, v.len(), v.iter().take(30).copied().collect()))
+                    .collect();
+                panic!("only {c} of {n} rows after {within:?}; per partition (rows, min offset, max offset): {per_partition:?}; missing offsets: {summary:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The rollups equal a recomputation from the stored rows (current votes only), at every
+    /// grain, for the minute buckets starting at or after `from` (all when `None`); and every
+    /// vote's bookkeeping names its newest stored event.
+    pub async fn assert_rollups_exact(&self, from: Option<DateTime<Utc>>) {
+        let client = self.client().await;
+        let from = from.unwrap_or_else(|| "1900-01-01T00:00:00Z".parse().unwrap());
+        let diff: i64 = client
+            .query_one(
+                "WITH cur AS (
+                   SELECT DISTINCT ON (coalesce(vote_id, event_id::text))
+                          subject_id, coalesce(model, '') AS model, rating,
+                          date_trunc('minute', created_at) AS bucket
+                   FROM feedback
+                   ORDER BY coalesce(vote_id, event_id::text), created_at DESC, event_id DESC),
+                 expected AS (
+                   SELECT bucket, subject_id::text, model::text,
+                          count(*) FILTER (WHERE rating = 1) AS l,
+                          count(*) FILTER (WHERE rating = -1) AS d,
+                          count(*) FILTER (WHERE rating = 0) AS n
+                   FROM cur WHERE bucket >= $1 GROUP BY 1, 2, 3),
+                 actual AS (
+                   SELECT bucket, subject_id::text, model::text, likes, dislikes, neutral
+                   FROM feedback_rollup
+                   WHERE grain = 'm' AND (likes, dislikes, neutral) <> (0, 0, 0)
+                     AND bucket >= $1)
+                 SELECT count(*) FROM (
+                   (SELECT * FROM expected EXCEPT SELECT * FROM actual)
+                   UNION ALL
+                   (SELECT * FROM actual EXCEPT SELECT * FROM expected)) x",
+                &[&from],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(diff, 0, "rollup cells differ from the recomputation");
+        let grains: Vec<(i64, i64, i64)> = client
+            .query(
+                "SELECT sum(likes)::int8, sum(dislikes)::int8, sum(neutral)::int8
+                 FROM feedback_rollup GROUP BY grain",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert!(
+            grains.len() == 3 || grains.is_empty(),
+            "minute, hour and day grains"
+        );
+        assert!(
+            grains.windows(2).all(|w| w[0] == w[1]),
+            "grains disagree: {grains:?}"
+        );
+        let stale: i64 = client
+            .query_one(
+                "SELECT count(*) FROM (
+                   SELECT DISTINCT ON (vote_id) vote_id, event_id FROM feedback
+                   WHERE vote_id IS NOT NULL AND created_at >= $1
+                   ORDER BY vote_id, created_at DESC, event_id DESC) newest
+                 FULL JOIN (SELECT * FROM feedback_vote WHERE created_at >= $1) v
+                   USING (vote_id)
+                 WHERE newest.event_id IS DISTINCT FROM v.event_id",
+                &[&from],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stale, 0, "feedback_vote does not name the newest event");
     }
 }
 
@@ -171,6 +304,33 @@ pub fn traffic(n: u64, seed: u64, flags: &[&str]) -> (Records, HashSet<Uuid>, us
     (records, ids, invalid)
 }
 
+/// A `likerate` command line with this test's Kafka and database settings (librdkafka
+/// pass-through options included).
+pub fn likerate_command(args: &[&str], kafka: &KafkaConfig, db_url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
+    cmd.args(args)
+        .env("LIKERATE_KAFKA_BROKERS", &kafka.brokers)
+        .env("LIKERATE_KAFKA_TOPIC", &kafka.topic)
+        .env("LIKERATE_KAFKA_GROUP", &kafka.group)
+        .env("LIKERATE_DLQ_TOPIC", &kafka.dlq_topic)
+        .env("LIKERATE_DATABASE_URL", db_url)
+        .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
+        .env("LIKERATE_DATABASE_TIMEOUT", "5s")
+        .env("LIKERATE_DRAIN_TIMEOUT", "5s")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
+        );
+    for (key, value) in &kafka.options {
+        let name = format!(
+            "LIKERATE_KAFKA_OPTION_{}",
+            key.replace('.', "_").to_uppercase()
+        );
+        cmd.env(name, value);
+    }
+    cmd
+}
+
 /// `likerate run` as a child process; killed when dropped, so a failing test leaves nothing.
 pub struct Likerate {
     pub child: Child,
@@ -186,29 +346,8 @@ impl Likerate {
         db_url: &str,
         extra: &[(&str, Option<&str>)],
     ) -> Likerate {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_likerate"));
-        cmd.arg("run")
-            .env("LIKERATE_KAFKA_BROKERS", &kafka.brokers)
-            .env("LIKERATE_KAFKA_TOPIC", &kafka.topic)
-            .env("LIKERATE_KAFKA_GROUP", &kafka.group)
-            .env("LIKERATE_DLQ_TOPIC", &kafka.dlq_topic)
-            .env("LIKERATE_DATABASE_URL", db_url)
-            .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
-            .env("LIKERATE_DATABASE_TIMEOUT", "5s")
-            .env("LIKERATE_DRAIN_TIMEOUT", "5s")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or("likerate=info,warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, value) in &kafka.options {
-            let name = format!(
-                "LIKERATE_KAFKA_OPTION_{}",
-                key.replace('.', "_").to_uppercase()
-            );
-            cmd.env(name, value);
-        }
+        let mut cmd = likerate_command(&["run"], kafka, db_url);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         for (name, value) in extra {
             match value {
                 Some(v) => cmd.env(name, v),
@@ -309,4 +448,44 @@ pub fn series_value(text: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// Every record of the dead-letter topic: (headers, payload).
+pub fn dead_letters(
+    kafka: &KafkaConfig,
+    expected: usize,
+) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", format!("dlq-reader-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&kafka.dlq_topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let mut headers = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for i in 0..h.count() {
+                    let header = h.get(i);
+                    headers.insert(
+                        header.key.to_owned(),
+                        String::from_utf8_lossy(header.value.unwrap_or_default()).into(),
+                    );
+                }
+            }
+            out.push((headers, m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    // Nothing more than expected arrives.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            panic!("more dead letters than expected");
+        }
+    }
+    out
 }
