@@ -11,6 +11,7 @@
 //! lists the hours in which the like rate over the hour was below `--threshold` with at least
 //! `--min-samples` votes, the condition `FeedbackLikeRateLow` evaluates on its own window.
 
+use crate::aggregate::Counts;
 use crate::config::DatabaseConfig;
 use crate::rollup::truncate;
 use anyhow::{anyhow, bail, Context};
@@ -56,24 +57,6 @@ pub struct ReportArgs {
     pub samples: i64,
 }
 
-/// Likes, dislikes, neutral.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub likes: i64,
-    pub dislikes: i64,
-    pub neutral: i64,
-}
-
-impl Counts {
-    pub fn total(&self) -> i64 {
-        self.likes + self.dislikes + self.neutral
-    }
-
-    pub fn like_rate(&self) -> Option<f64> {
-        (self.total() > 0).then(|| self.likes as f64 / self.total() as f64)
-    }
-}
-
 /// One subject or model in both periods.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
@@ -85,7 +68,7 @@ pub struct Line {
 impl Line {
     /// Change of the like rate in percentage points.
     pub fn change_pp(&self) -> Option<f64> {
-        Some((self.now.like_rate()? - self.before.like_rate()?) * 100.0)
+        Some((self.now.like_ratio()? - self.before.like_ratio()?) * 100.0)
     }
 }
 
@@ -514,7 +497,7 @@ fn chart_series(
     let rates = std::iter::once(ALL.to_owned())
         .chain(r.subjects.iter().take(7).map(|s| s.name.clone()))
         .map(|name| {
-            let v = per_day(&name, &|c: &Counts| c.like_rate());
+            let v = per_day(&name, &|c: &Counts| c.like_ratio());
             (name, v)
         })
         .collect();
@@ -557,8 +540,8 @@ fn html_table(out: &mut String, first: &str, lines: &[Line]) {
             l.now.likes,
             l.now.dislikes,
             l.now.neutral,
-            pct(l.now.like_rate()),
-            pct(l.before.like_rate()),
+            pct(l.now.like_ratio()),
+            pct(l.before.like_ratio()),
             change_class(c),
             pp(c)
         );
@@ -595,8 +578,8 @@ pub fn render_html(r: &Report) -> anyhow::Result<String> {
         t.now.total(),
         t.before.total(),
         votes_change(t),
-        pct(t.now.like_rate()),
-        pct(t.before.like_rate()),
+        pct(t.now.like_ratio()),
+        pct(t.before.like_ratio()),
         change_class(t.change_pp()),
         pp(t.change_pp())
     );
@@ -701,8 +684,8 @@ fn md_table(out: &mut String, first: &str, lines: &[Line]) {
             l.now.likes,
             l.now.dislikes,
             l.now.neutral,
-            pct(l.now.like_rate()),
-            pct(l.before.like_rate()),
+            pct(l.now.like_ratio()),
+            pct(l.before.like_ratio()),
             pp(l.change_pp())
         );
     }
@@ -723,8 +706,8 @@ pub fn render_markdown(r: &Report) -> String {
         t.now.total(),
         t.before.total(),
         votes_change(t),
-        pct(t.now.like_rate()),
-        pct(t.before.like_rate()),
+        pct(t.now.like_ratio()),
+        pct(t.before.like_ratio()),
         pp(t.change_pp())
     );
     o.push_str("## Per day\n\n| day | votes | like rate |\n|---|---:|---:|\n");
@@ -735,7 +718,7 @@ pub fn render_markdown(r: &Report) -> String {
             .and_then(|m| m.get(d))
             .copied()
             .unwrap_or_default();
-        let _ = writeln!(o, "| {d} | {} | {} |", c.total(), pct(c.like_rate()));
+        let _ = writeln!(o, "| {d} | {} | {} |", c.total(), pct(c.like_ratio()));
     }
     o.push_str("\n## Subjects\n\n");
     md_table(&mut o, "subject", &r.subjects);
