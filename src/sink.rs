@@ -255,7 +255,7 @@ impl Sink {
                 }
                 let conn = self.conn.as_mut().expect("connected above");
                 let started = Instant::now();
-                let inserted = write(conn, &self.topic, rows).await?;
+                let inserted = write(conn, &self.topic, rows, Aggregates::Maintain).await?;
                 self.metrics
                     .batch_write_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -322,7 +322,12 @@ fn refused_letter(event: &FeedbackEvent, detail: String) -> Rejected {
 
 /// The write of one chunk: feedback rows, votes and rollups in one transaction. Returns the
 /// ids of the rows it created (the others were already stored).
-async fn write(conn: &mut Conn, topic: &str, rows: &[Row<'_>]) -> Result<HashSet<Uuid>, DbError> {
+async fn write(
+    conn: &mut Conn,
+    topic: &str,
+    rows: &[Row<'_>],
+    aggregates: Aggregates,
+) -> Result<HashSet<Uuid>, DbError> {
     let mut sorted: Vec<Row<'_>> = rows.to_vec();
     // A fixed order of unique-index insertions keeps concurrent writers from deadlocking.
     sorted.sort_unstable_by_key(|r| r.event.event_id);
@@ -379,6 +384,10 @@ async fn write(conn: &mut Conn, topic: &str, rows: &[Row<'_>]) -> Result<HashSet
         .iter()
         .map(|r| r.get(0))
         .collect();
+    if aggregates == Aggregates::Skip {
+        tx.commit().await?;
+        return Ok(inserted);
+    }
     let new: Vec<&FeedbackEvent> = sorted
         .iter()
         .map(|r| r.event)
@@ -409,6 +418,48 @@ async fn write(conn: &mut Conn, topic: &str, rows: &[Row<'_>]) -> Result<HashSet
     deltas.apply(&tx, &st.upsert_rollup).await?;
     tx.commit().await?;
     Ok(inserted)
+}
+
+/// Whether a write maintains the votes and rollups. The pipeline always does; skipping them
+/// exists only so that `benches/aggregates.rs` can measure what they cost in the same run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregates {
+    Maintain,
+    Skip,
+}
+
+/// The sink's write path without the Kafka side, for benchmarks: each call is one
+/// transaction, exactly as the sink writes a batch.
+pub struct BenchWriter {
+    conn: Conn,
+    topic: String,
+}
+
+impl BenchWriter {
+    pub async fn connect(target: &Target, topic: &str) -> Result<BenchWriter, DbError> {
+        Ok(BenchWriter {
+            conn: Conn::open(target).await?,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Writes events (with the coordinates they came from); returns how many were new.
+    pub async fn write(
+        &mut self,
+        events: &[(FeedbackEvent, Coordinates)],
+        aggregates: Aggregates,
+    ) -> Result<usize, DbError> {
+        let rows: Vec<Row<'_>> = events
+            .iter()
+            .map(|(event, coords)| Row {
+                event,
+                coords: *coords,
+            })
+            .collect();
+        Ok(write(&mut self.conn, &self.topic, &rows, aggregates)
+            .await?
+            .len())
+    }
 }
 
 /// What a vote contributes to the rollups.
