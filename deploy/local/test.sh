@@ -20,4 +20,11 @@ cargo clippy --all-targets --quiet -- -D warnings
 say "configuration checks (promtool, amtool, compose, Kubernetes, Grafana)"
 bash deploy/check-deploy.sh
 say "cargo test (PostgreSQL, librdkafka mock cluster, tansu, Prometheus, Alertmanager)"
-cargo test --all-targets -- --test-threads 2
+out="$STATE_DIR/test-output.log"
+set +e
+cargo test --all-targets -- --test-threads 2 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (the bench binaries run last and print no count).
+awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$out"
+exit "$status"
