@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Quick start, the whole test suite: installs what the tests need (Debian packages for the
 # build, PostgreSQL, Prometheus and Alertmanager; the tansu broker with cargo install), starts
-# PostgreSQL, then runs formatting and lint checks, every Rust test against the real services,
-# and the configuration checks of deploy/ and grafana/.
+# PostgreSQL, then runs formatting and lint checks, the configuration checks of deploy/ and
+# grafana/, a smoke run of the pipeline benchmark, and every Rust test against the real services.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
@@ -19,6 +19,9 @@ say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 say "configuration checks (promtool, amtool, compose, Kubernetes, Grafana)"
 bash deploy/check-deploy.sh
+say "benchmark smoke run (small N, so the benchmark cannot rot; figures are not checked)"
+LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_BACKLOG=50000 LIKERATE_BENCH_LATENCY_SECS=5 \
+  LIKERATE_BENCH_BACKLOG_SECS=5 bash deploy/local/bench.sh
 say "cargo test (PostgreSQL, librdkafka mock cluster, tansu, Prometheus, Alertmanager)"
 out="$STATE_DIR/test-output.log"
 set +e
