@@ -522,31 +522,206 @@ fn change_class(c: Option<f64>) -> &'static str {
     }
 }
 
-fn html_table(out: &mut String, first: &str, lines: &[Line]) {
-    let _ = writeln!(
-        out,
-        "<table><tr><th>{first}</th><th>votes</th><th>votes change</th><th>likes</th>\
-         <th>dislikes</th><th>neutral</th><th>like rate</th><th>previous</th><th>change</th></tr>"
-    );
-    for l in lines {
-        let c = l.change_pp();
+/// One table cell: its text (escaped) and, in HTML, a CSS class.
+struct Cell {
+    text: String,
+    class: &'static str,
+}
+
+impl Cell {
+    fn plain(text: impl ToString) -> Cell {
+        Cell {
+            text: text.to_string(),
+            class: "",
+        }
+    }
+}
+
+/// What HTML and Markdown write differently. The sections both formats share are written
+/// once, by [`sections`], through this.
+trait Markup {
+    fn escape(&self, text: &str) -> String;
+    fn heading(&mut self, level: usize, title: &str);
+    /// A paragraph of likerate's own words (no user text, not escaped).
+    fn note(&mut self, text: &str);
+    /// `left` leading columns are text, the rest numbers.
+    fn table(&mut self, header: &[&str], left: usize, rows: &[Vec<Cell>]);
+    fn sample(&mut self, meta: &str, question: &str, answer: &str);
+}
+
+struct Html(String);
+
+impl Markup for Html {
+    fn escape(&self, text: &str) -> String {
+        escape_html(text)
+    }
+    fn heading(&mut self, level: usize, title: &str) {
+        let _ = writeln!(self.0, "<h{level}>{title}</h{level}>");
+    }
+    fn note(&mut self, text: &str) {
+        let _ = writeln!(self.0, "<p>{text}</p>");
+    }
+    fn table(&mut self, header: &[&str], _left: usize, rows: &[Vec<Cell>]) {
+        self.0.push_str("<table><tr>");
+        for h in header {
+            let _ = write!(self.0, "<th>{h}</th>");
+        }
+        self.0.push_str("</tr>\n");
+        for row in rows {
+            self.0.push_str("<tr>");
+            for c in row {
+                match c.class {
+                    "" => {
+                        let _ = write!(self.0, "<td>{}</td>", c.text);
+                    }
+                    class => {
+                        let _ = write!(self.0, "<td class=\"{class}\">{}</td>", c.text);
+                    }
+                }
+            }
+            self.0.push_str("</tr>\n");
+        }
+        self.0.push_str("</table>\n");
+    }
+    fn sample(&mut self, meta: &str, question: &str, answer: &str) {
         let _ = writeln!(
-            out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td class=\"{}\">{}</td></tr>",
-            escape_html(&l.name),
-            l.now.total(),
-            votes_change(l),
-            l.now.likes,
-            l.now.dislikes,
-            l.now.neutral,
-            pct(l.now.like_ratio()),
-            pct(l.before.like_ratio()),
-            change_class(c),
-            pp(c)
+            self.0,
+            "<div class=\"sample\"><p class=\"muted\">{meta}</p><p><b>Q:</b> {question}</p><p><b>A:</b> {answer}</p></div>"
         );
     }
-    out.push_str("</table>\n");
+}
+
+struct Markdown(String);
+
+impl Markup for Markdown {
+    fn escape(&self, text: &str) -> String {
+        escape_md(text)
+    }
+    fn heading(&mut self, level: usize, title: &str) {
+        let _ = writeln!(self.0, "{} {title}\n", "#".repeat(level));
+    }
+    fn note(&mut self, text: &str) {
+        let _ = writeln!(self.0, "{text}\n");
+    }
+    fn table(&mut self, header: &[&str], left: usize, rows: &[Vec<Cell>]) {
+        let _ = writeln!(self.0, "| {} |", header.join(" | "));
+        let align: Vec<&str> = (0..header.len())
+            .map(|i| if i < left { "---" } else { "---:" })
+            .collect();
+        let _ = writeln!(self.0, "|{}|", align.join("|"));
+        for row in rows {
+            let cells: Vec<&str> = row.iter().map(|c| c.text.as_str()).collect();
+            let _ = writeln!(self.0, "| {} |", cells.join(" | "));
+        }
+        self.0.push('\n');
+    }
+    fn sample(&mut self, meta: &str, question: &str, answer: &str) {
+        let _ = writeln!(self.0, "- {meta}\n  - Q: {question}\n  - A: {answer}");
+    }
+}
+
+/// Subjects or models in both periods, as a table.
+fn lines_table(m: &mut impl Markup, first: &str, lines: &[Line]) {
+    let rows: Vec<Vec<Cell>> = lines
+        .iter()
+        .map(|l| {
+            let c = l.change_pp();
+            vec![
+                Cell::plain(m.escape(&l.name)),
+                Cell::plain(l.now.total()),
+                Cell::plain(votes_change(l)),
+                Cell::plain(l.now.likes),
+                Cell::plain(l.now.dislikes),
+                Cell::plain(l.now.neutral),
+                Cell::plain(pct(l.now.like_ratio())),
+                Cell::plain(pct(l.before.like_ratio())),
+                Cell {
+                    text: pp(c),
+                    class: change_class(c),
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        first,
+        "votes",
+        "votes change",
+        "likes",
+        "dislikes",
+        "neutral",
+        "like rate",
+        "previous",
+        "change",
+    ];
+    m.table(&header, 1, &rows);
+}
+
+/// The sections both formats share: subjects, models, most dislikes, biggest drops, alert
+/// hours and sample disliked answers.
+fn sections(m: &mut impl Markup, r: &Report) {
+    m.heading(2, "Subjects");
+    lines_table(m, "subject", &r.subjects);
+    m.heading(2, "Models");
+    lines_table(m, "model", &r.models);
+    m.heading(2, "Most dislikes");
+    if r.most_dislikes.is_empty() {
+        m.note("No dislikes in the period.");
+    } else {
+        lines_table(m, "subject", &r.most_dislikes);
+    }
+    m.heading(2, "Biggest drops");
+    if r.biggest_drops.is_empty() {
+        m.note(
+            "No subject's like rate dropped (among subjects with enough votes in both periods).",
+        );
+    } else {
+        lines_table(m, "subject", &r.biggest_drops);
+    }
+    m.heading(2, "Alerts");
+    m.note(&format!(
+        "likerate keeps no alert history (Alertmanager does). Hours in which the like rate was \
+         below {} with at least {} votes:",
+        pct(Some(r.threshold)),
+        r.min_samples
+    ));
+    if r.alert_hours.is_empty() {
+        m.note("None.");
+    } else {
+        let rows: Vec<Vec<Cell>> = r
+            .alert_hours
+            .iter()
+            .map(|(hour, subject, rate, votes)| {
+                vec![
+                    Cell::plain(hour.format("%Y-%m-%d %H:00")),
+                    Cell::plain(m.escape(subject)),
+                    Cell::plain(pct(Some(*rate))),
+                    Cell::plain(votes),
+                ]
+            })
+            .collect();
+        m.table(&["hour", "subject", "like rate", "votes"], 2, &rows);
+    }
+    m.heading(2, "Recent disliked answers");
+    if r.samples.is_empty() {
+        m.note("None with text in the period.");
+    }
+    let mut current = None;
+    for s in &r.samples {
+        if current != Some(&s.subject) {
+            let subject = m.escape(&s.subject);
+            m.heading(3, &subject);
+            current = Some(&s.subject);
+        }
+        let model = if s.model.is_empty() {
+            String::new()
+        } else {
+            format!(" · {}", m.escape(&s.model))
+        };
+        let meta = format!("{}{model}", s.created_at.format("%Y-%m-%d %H:%M UTC"));
+        let question = m.escape(&truncate_text(&s.question, 300));
+        let answer = m.escape(&truncate_text(&s.answer, 500));
+        m.sample(&meta, &question, &answer);
+    }
 }
 
 pub fn render_html(r: &Report) -> anyhow::Result<String> {
@@ -601,95 +776,12 @@ pub fn render_html(r: &Report) -> anyhow::Result<String> {
         max_votes,
         false,
     )?);
-    o.push_str("\n<h2>Subjects</h2>\n");
-    html_table(&mut o, "subject", &r.subjects);
-    o.push_str("<h2>Models</h2>\n");
-    html_table(&mut o, "model", &r.models);
-    o.push_str("<h2>Most dislikes</h2>\n");
-    if r.most_dislikes.is_empty() {
-        o.push_str("<p>No dislikes in the period.</p>\n");
-    } else {
-        html_table(&mut o, "subject", &r.most_dislikes);
-    }
-    o.push_str("<h2>Biggest drops</h2>\n");
-    if r.biggest_drops.is_empty() {
-        o.push_str("<p>No subject's like rate dropped (among subjects with enough votes in both periods).</p>\n");
-    } else {
-        html_table(&mut o, "subject", &r.biggest_drops);
-    }
-    let _ = writeln!(
-        o,
-        "<h2>Alerts</h2><p class=\"muted\">likerate keeps no alert history (Alertmanager does). \
-         Hours in which the like rate was below {} with at least {} votes:</p>",
-        pct(Some(r.threshold)),
-        r.min_samples
-    );
-    if r.alert_hours.is_empty() {
-        o.push_str("<p>None.</p>\n");
-    } else {
-        o.push_str(
-            "<table><tr><th>hour</th><th>subject</th><th>like rate</th><th>votes</th></tr>\n",
-        );
-        for (hour, subject, rate, votes) in &r.alert_hours {
-            let _ = writeln!(
-                o,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{votes}</td></tr>",
-                hour.format("%Y-%m-%d %H:00"),
-                escape_html(subject),
-                pct(Some(*rate))
-            );
-        }
-        o.push_str("</table>\n");
-    }
-    o.push_str("<h2>Recent disliked answers</h2>\n");
-    if r.samples.is_empty() {
-        o.push_str("<p>None with text in the period.</p>\n");
-    }
-    let mut current = None;
-    for s in &r.samples {
-        if current != Some(&s.subject) {
-            let _ = writeln!(o, "<h3>{}</h3>", escape_html(&s.subject));
-            current = Some(&s.subject);
-        }
-        let _ = writeln!(
-            o,
-            "<div class=\"sample\"><p class=\"muted\">{}{}</p><p><b>Q:</b> {}</p><p><b>A:</b> {}</p></div>",
-            s.created_at.format("%Y-%m-%d %H:%M UTC"),
-            if s.model.is_empty() {
-                String::new()
-            } else {
-                format!(" · {}", escape_html(&s.model))
-            },
-            escape_html(&truncate_text(&s.question, 300)),
-            escape_html(&truncate_text(&s.answer, 500))
-        );
-    }
+    o.push('\n');
+    let mut m = Html(o);
+    sections(&mut m, r);
+    let mut o = m.0;
     o.push_str("</body></html>\n");
     Ok(o)
-}
-
-fn md_table(out: &mut String, first: &str, lines: &[Line]) {
-    let _ = writeln!(
-        out,
-        "| {first} | votes | votes change | likes | dislikes | neutral | like rate | previous | change |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    for l in lines {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            escape_md(&l.name),
-            l.now.total(),
-            votes_change(l),
-            l.now.likes,
-            l.now.dislikes,
-            l.now.neutral,
-            pct(l.now.like_ratio()),
-            pct(l.before.like_ratio()),
-            pp(l.change_pp())
-        );
-    }
-    out.push('\n');
 }
 
 pub fn render_markdown(r: &Report) -> String {
@@ -720,68 +812,10 @@ pub fn render_markdown(r: &Report) -> String {
             .unwrap_or_default();
         let _ = writeln!(o, "| {d} | {} | {} |", c.total(), pct(c.like_ratio()));
     }
-    o.push_str("\n## Subjects\n\n");
-    md_table(&mut o, "subject", &r.subjects);
-    o.push_str("## Models\n\n");
-    md_table(&mut o, "model", &r.models);
-    o.push_str("## Most dislikes\n\n");
-    if r.most_dislikes.is_empty() {
-        o.push_str("No dislikes in the period.\n\n");
-    } else {
-        md_table(&mut o, "subject", &r.most_dislikes);
-    }
-    o.push_str("## Biggest drops\n\n");
-    if r.biggest_drops.is_empty() {
-        o.push_str("No subject's like rate dropped (among subjects with enough votes in both periods).\n\n");
-    } else {
-        md_table(&mut o, "subject", &r.biggest_drops);
-    }
-    let _ = writeln!(
-        o,
-        "## Alerts\n\nlikerate keeps no alert history (Alertmanager does). Hours in which the like \
-         rate was below {} with at least {} votes:\n",
-        pct(Some(r.threshold)),
-        r.min_samples
-    );
-    if r.alert_hours.is_empty() {
-        o.push_str("None.\n\n");
-    } else {
-        o.push_str("| hour | subject | like rate | votes |\n|---|---|---:|---:|\n");
-        for (hour, subject, rate, votes) in &r.alert_hours {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {votes} |",
-                hour.format("%Y-%m-%d %H:00"),
-                escape_md(subject),
-                pct(Some(*rate))
-            );
-        }
-        o.push('\n');
-    }
-    o.push_str("## Recent disliked answers\n\n");
-    if r.samples.is_empty() {
-        o.push_str("None with text in the period.\n");
-    }
-    let mut current = None;
-    for s in &r.samples {
-        if current != Some(&s.subject) {
-            let _ = writeln!(o, "### {}\n", escape_md(&s.subject));
-            current = Some(&s.subject);
-        }
-        let _ = writeln!(
-            o,
-            "- {}{}\n  - Q: {}\n  - A: {}",
-            s.created_at.format("%Y-%m-%d %H:%M UTC"),
-            if s.model.is_empty() {
-                String::new()
-            } else {
-                format!(" · {}", escape_md(&s.model))
-            },
-            escape_md(&truncate_text(&s.question, 300)),
-            escape_md(&truncate_text(&s.answer, 500))
-        );
-    }
-    o
+    o.push('\n');
+    let mut m = Markdown(o);
+    sections(&mut m, r);
+    m.0
 }
 
 #[cfg(test)]
