@@ -99,17 +99,22 @@ impl Proc {
         r.json().await.unwrap()
     }
 
+    /// POSTs a JSON body to /api/feedback.
+    async fn post(&self, body: String) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/feedback", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// POSTs events in arrays of 100; returns the ids answered, in order.
     async fn post_events(&self, events: &[Value]) -> Vec<Uuid> {
         let mut ids = Vec::new();
         for chunk in events.chunks(100) {
-            let r = self
-                .http
-                .post(format!("{}/api/feedback", self.base))
-                .json(&chunk)
-                .send()
-                .await
-                .unwrap();
+            let r = self.post(serde_json::to_string(chunk).unwrap()).await;
             assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
             let body: Value = r.json().await.unwrap();
             ids.extend(
@@ -769,13 +774,7 @@ async fn tokens_parameters_bodies_and_the_openapi_document() {
     // POST: 413 over 256 KiB, 400 listing every invalid event (and nothing published).
     let big = json!({"subject_id": "Math", "assistant_message": "x".repeat(300 * 1024),
                      "rating": 1, "created_at": rfc3339(Utc::now())});
-    let r = p
-        .http
-        .post(format!("{}/api/feedback", p.base))
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
+    let r = p.post(big.to_string()).await;
     assert_eq!(r.status(), 413);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_body");
@@ -785,13 +784,7 @@ async fn tokens_parameters_bodies_and_the_openapi_document() {
     };
     let batch = json!([ok("a"), {"subject_id": "Probe"}, ok("b"), {"subject_id": "Probe",
         "assistant_message": "c", "rating": 7, "created_at": rfc3339(Utc::now())}]);
-    let r = p
-        .http
-        .post(format!("{}/api/feedback", p.base))
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
+    let r = p.post(batch.to_string()).await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_event");
@@ -803,26 +796,14 @@ async fn tokens_parameters_bodies_and_the_openapi_document() {
         .collect();
     assert_eq!(errors, vec![(1, "missing_field"), (3, "out_of_range")]);
     for bad in ["not json", "[]", "[1,", ""] {
-        let r = p
-            .http
-            .post(format!("{}/api/feedback", p.base))
-            .body(bad)
-            .send()
-            .await
-            .unwrap();
+        let r = p.post(bad.to_owned()).await;
         assert_eq!(r.status(), 400, "{bad:?}");
         let body: Value = r.json().await.unwrap();
         assert!(body["detail"].is_string());
     }
     // One event (not an array), same conversation, so the same partition: once it is stored,
     // anything published before it would be too.
-    let r = p
-        .http
-        .post(format!("{}/api/feedback", p.base))
-        .json(&ok("last"))
-        .send()
-        .await
-        .unwrap();
+    let r = p.post(ok("last").to_string()).await;
     assert_eq!(r.status(), 202);
     let id: Value = r.json().await.unwrap();
     let id: Uuid = id["event_ids"][0].as_str().unwrap().parse().unwrap();

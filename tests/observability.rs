@@ -166,32 +166,38 @@ fn spawn_likerate(
     )
 }
 
-/// Alertmanager with a copy of `deploy/alertmanager/alertmanager.yml`.
-fn alertmanager(dir: &TempDir) -> (Daemon, String) {
-    let config = dir.path().join("alertmanager.yml");
-    std::fs::copy(repo().join("deploy/alertmanager/alertmanager.yml"), &config).unwrap();
+/// A Prometheus-family daemon (`binary`) serving on a free port, with `args` plus its listen
+/// address, its log in `dir`; its base URL.
+fn daemon(dir: &TempDir, name: &'static str, binary: &str, args: &[String]) -> (Daemon, String) {
     let port = free_port();
-    let log = dir.path().join("alertmanager.log");
-    let child = Command::new(ALERTMANAGER)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.path={}",
-            dir.path().join("data").display()
-        ))
+    let log = dir.path().join(format!("{name}.log"));
+    let child = Command::new(binary)
+        .args(args)
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
-        .expect("prometheus-alertmanager (run deploy/local/observability.sh)");
+        .unwrap_or_else(|e| panic!("{binary}: {e} (run deploy/local/observability.sh)"));
     (
         Daemon {
-            name: "alertmanager",
+            name,
             child,
             log: Some(log),
         },
         format!("http://127.0.0.1:{port}"),
     )
+}
+
+/// Alertmanager with a copy of `deploy/alertmanager/alertmanager.yml`.
+fn alertmanager(dir: &TempDir) -> (Daemon, String) {
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::copy(repo().join("deploy/alertmanager/alertmanager.yml"), &config).unwrap();
+    let args = [
+        format!("--config.file={}", config.display()),
+        format!("--storage.path={}", dir.path().join("data").display()),
+        "--cluster.listen-address=".to_owned(),
+    ];
+    daemon(dir, "alertmanager", ALERTMANAGER, &args)
 }
 
 /// Writes the Prometheus config and the rules copy (only `for:` shortened) into `dir`.
@@ -240,27 +246,11 @@ scrape_configs:
 }
 
 fn prometheus(dir: &TempDir, config: &Path) -> (Daemon, String) {
-    let port = free_port();
-    let log = dir.path().join("prometheus.log");
-    let child = Command::new(PROMETHEUS)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("prometheus (run deploy/local/observability.sh)");
-    (
-        Daemon {
-            name: "prometheus",
-            child,
-            log: Some(log),
-        },
-        format!("http://127.0.0.1:{port}"),
-    )
+    let args = [
+        format!("--config.file={}", config.display()),
+        format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+    ];
+    daemon(dir, "prometheus", PROMETHEUS, &args)
 }
 
 async fn wait_ready(daemon: &mut Daemon, base: &str) {
