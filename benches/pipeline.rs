@@ -315,6 +315,62 @@ fn generator_args(seed: u64, subjects: &str, like_ratio: f64, duplicates: f64) -
     }
 }
 
+/// The `feedback` columns the storage-limit COPY and the naive INSERT write, in order.
+const COLUMNS: &str = "event_id, subject_id, message_content, user_question, rating, \
+                       message_index, created_at, model, conversation_id, vote_id, kafka_topic, \
+                       kafka_partition, kafka_offset";
+
+/// One event's values for [`COLUMNS`].
+struct Columns<'a> {
+    event: &'a FeedbackEvent,
+    question: Option<&'a str>,
+    rating: i16,
+    model: Option<&'a str>,
+    conversation: Option<&'a str>,
+    vote: Option<&'a str>,
+    subject: &'a str,
+    answer: &'a str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+impl<'a> Columns<'a> {
+    fn of(e: &'a FeedbackEvent, topic: &'a str, partition: i32, offset: i64) -> Columns<'a> {
+        Columns {
+            event: e,
+            question: e.user_question.as_ref().map(|q| q.as_str()),
+            rating: e.rating.as_i16(),
+            model: e.model.as_ref().map(|m| m.as_str()),
+            conversation: e.conversation_id.as_ref().map(|m| m.as_str()),
+            vote: e.vote_id.as_ref().map(|m| m.as_str()),
+            subject: e.subject_id.as_str(),
+            answer: e.assistant_message.as_str(),
+            topic,
+            partition,
+            offset,
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        [
+            &self.event.event_id,
+            &self.subject,
+            &self.answer,
+            &self.question,
+            &self.rating,
+            &self.event.message_index,
+            &self.event.created_at,
+            &self.model,
+            &self.conversation,
+            &self.vote,
+            &self.topic,
+            &self.partition,
+            &self.offset,
+        ]
+    }
+}
+
 fn origin(topic: &str) -> Origin<'_> {
     Origin {
         topic,
@@ -763,11 +819,7 @@ impl<'r> Bench<'r> {
             let client = self.fresh_database(&db).await?;
             let t = Instant::now();
             let sink = client
-                .copy_in(
-                    "COPY feedback (event_id, subject_id, message_content, user_question, rating,
-                     message_index, created_at, model, conversation_id, vote_id, kafka_topic,
-                     kafka_partition, kafka_offset) FROM STDIN BINARY",
-                )
+                .copy_in(&format!("COPY feedback ({COLUMNS}) FROM STDIN BINARY"))
                 .await?;
             let types = [
                 Type::UUID,
@@ -789,22 +841,8 @@ impl<'r> Bench<'r> {
             for &i in first {
                 let e = &events[i];
                 let (partition, offset) = coords[i];
-                let row: [&(dyn ToSql + Sync); 13] = [
-                    &e.event_id,
-                    &e.subject_id.as_str(),
-                    &e.assistant_message.as_str(),
-                    &e.user_question.as_ref().map(|q| q.as_str()),
-                    &e.rating.as_i16(),
-                    &e.message_index,
-                    &e.created_at,
-                    &e.model.as_ref().map(|m| m.as_str()),
-                    &e.conversation_id.as_ref().map(|m| m.as_str()),
-                    &e.vote_id.as_ref().map(|m| m.as_str()),
-                    &topic,
-                    &partition,
-                    &offset,
-                ];
-                writer.as_mut().write(&row).await?;
+                let row = Columns::of(e, topic, partition, offset);
+                writer.as_mut().write(&row.params()).await?;
             }
             let rows = writer.finish().await?;
             let seconds = t.elapsed().as_secs_f64();
@@ -1088,37 +1126,18 @@ impl<'r> Bench<'r> {
         let seconds = self.rt.block_on(async {
             let client = self.fresh_database(&db).await?;
             let insert = client
-                .prepare(
-                    "INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
-                     message_index, created_at, model, conversation_id, vote_id, kafka_topic,
-                     kafka_partition, kafka_offset)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                     ON CONFLICT (event_id) DO NOTHING",
-                )
+                .prepare(&format!(
+                    "INSERT INTO feedback ({COLUMNS})
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                         ON CONFLICT (event_id) DO NOTHING"
+                ))
                 .await?;
             let t = Instant::now();
             for &i in &first[..subset] {
                 let e = &events[i];
                 let (partition, offset) = coords[i];
                 client
-                    .execute(
-                        &insert,
-                        &[
-                            &e.event_id,
-                            &e.subject_id.as_str(),
-                            &e.assistant_message.as_str(),
-                            &e.user_question.as_ref().map(|q| q.as_str()),
-                            &e.rating.as_i16(),
-                            &e.message_index,
-                            &e.created_at,
-                            &e.model.as_ref().map(|m| m.as_str()),
-                            &e.conversation_id.as_ref().map(|m| m.as_str()),
-                            &e.vote_id.as_ref().map(|m| m.as_str()),
-                            &topic,
-                            &partition,
-                            &offset,
-                        ],
-                    )
+                    .execute(&insert, &Columns::of(e, topic, partition, offset).params())
                     .await?;
             }
             Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64())
