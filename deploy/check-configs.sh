@@ -25,21 +25,7 @@ if ((${#missing[@]})); then
   exit 1
 fi
 
-failures=()
-
-# run NAME COMMAND...: runs the command, records NAME if it fails.
-run() {
-  local name="$1"
-  shift
-  echo "==> $name"
-  if "$@"; then
-    echo
-  else
-    echo "FAILED: $name" >&2
-    echo
-    failures+=("$name")
-  fi
-}
+. "$(dirname "${BASH_SOURCE[0]}")/checks-lib.sh"
 
 shopt -s nullglob
 rule_files=("$prom_dir"/rules/*.yml)

@@ -112,23 +112,10 @@ if [[ "${1:-}" == "--update" ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-failures=()
+. "$(dirname "${BASH_SOURCE[0]}")/checks-lib.sh"
 skipped=()
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-
-run() {
-  local name="$1"
-  shift
-  echo "==> $name"
-  if "$@"; then
-    echo
-  else
-    echo "FAILED: $name" >&2
-    echo
-    failures+=("$name")
-  fi
-}
 
 # --- Dockerfile -------------------------------------------------------------------------------
 dockerfile_facts() {
