@@ -405,20 +405,16 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
         ("LIKERATE_RETENTION_TEXT", "2d"),
         ("LIKERATE_RETENTION_ROWS", "7d"),
     ]);
+    // A pass deletes rows first, then erases text: wait for the second step to be counted.
+    let deleted = r#"likerate_retention_rows_total{action="deleted"}"#;
+    let erased = r#"likerate_retention_rows_total{action="text_erased"}"#;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while p
-        .metric_or_zero(r#"likerate_retention_rows_total{action="deleted"}"#)
-        .await
-        < 20.0
-    {
+    while p.metric_or_zero(erased).await < 30.0 {
         assert!(Instant::now() < deadline, "retention did not run");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(
-        p.metric_or_zero(r#"likerate_retention_rows_total{action="text_erased"}"#)
-            .await,
-        30.0
-    );
+    assert_eq!(p.metric_or_zero(deleted).await, 20.0);
+    assert_eq!(p.metric_or_zero(erased).await, 30.0);
     assert_eq!(env.count().await, total - 20);
     let client = env.client().await;
     let (erased, kept): (i64, i64) = {
