@@ -1,8 +1,15 @@
-//! What maintaining the exact aggregates costs: the sink's write path (one transaction per
-//! batch of 5000) with and without the vote bookkeeping and rollup upserts, on the same events,
-//! in one run, each into a fresh database. Run with `cargo bench --bench aggregates`
-//! (`LIKERATE_BENCH_EVENTS`, default 200,000). The issue's bound: at most 10% of the write
-//! throughput. Without `--bench` (as `cargo test --all-targets` runs it) it prints one line.
+//! The sink's write path against the storage limit, without Kafka: on the same events, in one
+//! run, each into a fresh database, in batches of 5000 (one transaction each):
+//! - raw: a binary `COPY` straight into `feedback` (no idempotency, no aggregates);
+//! - without aggregates: the sink's idempotent write alone;
+//! - with aggregates: the sink's write with the vote bookkeeping and rollup upserts, as
+//!   `likerate run` writes.
+//!
+//! Run with `cargo bench --bench aggregates` (`LIKERATE_BENCH_EVENTS`, default 200,000). The
+//! issue's bound: maintaining the aggregates costs at most 10% of the write throughput. Without
+//! `--bench` (as `cargo test --all-targets` runs it) it prints one line.
+
+mod common;
 
 use likerate::config::DatabaseConfig;
 use likerate::db::{migrate, Target};
@@ -85,14 +92,48 @@ async fn fresh_target(name: &str) -> Target {
     target
 }
 
-async fn run(events: &[(FeedbackEvent, Coordinates)], aggregates: Aggregates) -> (f64, usize) {
-    let name = format!("likerate_bench_aggregates_{aggregates:?}").to_lowercase();
+/// How a run writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Raw,
+    Sink(Aggregates),
+}
+
+const MODES: [Mode; 3] = [
+    Mode::Raw,
+    Mode::Sink(Aggregates::Skip),
+    Mode::Sink(Aggregates::Maintain),
+];
+
+async fn run(events: &[(FeedbackEvent, Coordinates)], mode: Mode) -> (f64, usize) {
+    let name = format!("likerate_bench_aggregates_{}", mode_index(mode));
     let target = fresh_target(&name).await;
-    let mut writer = BenchWriter::connect(&target, "bench").await.unwrap();
-    let started = Instant::now();
     let mut stored = 0;
-    for batch in events.chunks(BATCH) {
-        stored += writer.write(batch, aggregates).await.unwrap();
+    let started;
+    match mode {
+        Mode::Raw => {
+            // The raw COPY cannot take the same event twice: give it each event once.
+            let mut seen = std::collections::HashSet::new();
+            let distinct: Vec<_> = events
+                .iter()
+                .filter(|(e, _)| seen.insert(e.event_id))
+                .collect();
+            let client = target.connect().await.unwrap();
+            started = Instant::now();
+            for batch in distinct.chunks(BATCH) {
+                let rows = batch
+                    .iter()
+                    .map(|(e, c)| common::Columns::of(e, "bench", c.partition, c.offset));
+                stored += common::copy_rows(&client, rows).await.unwrap() as usize;
+            }
+        }
+        Mode::Sink(aggregates) => {
+            let mut writer = BenchWriter::connect(&target, "bench").await.unwrap();
+            started = Instant::now();
+            for batch in events.chunks(BATCH) {
+                stored += writer.write(batch, aggregates).await.unwrap();
+            }
+        }
     }
     (
         events.len() as f64 / started.elapsed().as_secs_f64(),
@@ -112,34 +153,38 @@ async fn main() {
         .unwrap_or(200_000);
     let with_vote_ids = std::env::var("LIKERATE_BENCH_VOTE_IDS").as_deref() != Ok("0");
     let events = events(n, with_vote_ids);
-    let mut with = Vec::new();
-    let mut without = Vec::new();
+    let mut rates: [Vec<f64>; 3] = Default::default();
     let mut stored = Vec::new();
     for round in 0..4 {
-        // Alternate which goes first, so neither always inherits the other's checkpoint.
-        let order = if round % 2 == 0 {
-            [Aggregates::Maintain, Aggregates::Skip]
-        } else {
-            [Aggregates::Skip, Aggregates::Maintain]
-        };
-        for aggregates in order {
-            let (rate, n) = run(&events, aggregates).await;
+        // Rotate which goes first, so none always inherits another's checkpoint.
+        for k in 0..MODES.len() {
+            let mode = MODES[(round + k) % MODES.len()];
+            let (rate, n) = run(&events, mode).await;
             stored.push(n);
-            match aggregates {
-                Aggregates::Maintain => with.push(rate),
-                Aggregates::Skip => without.push(rate),
-            }
+            rates[mode_index(mode)].push(rate);
         }
     }
     assert!(
         stored.windows(2).all(|w| w[0] == w[1]),
-        "both store the same rows"
+        "every mode stores the same rows: {stored:?}"
     );
     let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
-    let (w, wo) = (best(&with), best(&without));
+    let [raw, without, with] = rates.each_ref().map(|v| best(v));
     println!(
-        "{n} events (vote ids: {with_vote_ids}) in batches of {BATCH}: with aggregates {w:.0} events/s, without {wo:.0} events/s; \
-         maintaining them costs {:.1}% of the write throughput (runs: with {with:.0?}, without {without:.0?})",
-        (1.0 - w / wo) * 100.0
+        "{n} events (vote ids: {with_vote_ids}) in batches of {BATCH}, best of 4 runs each:\n\
+         raw COPY {raw:.0} events/s; sink without aggregates {without:.0} events/s ({:.2} of raw); \
+         sink with aggregates {with:.0} events/s ({:.2} of raw)\n\
+         maintaining the aggregates costs {:.1}% of the sink's write throughput \
+         (runs: raw {:.0?}, without {:.0?}, with {:.0?})",
+        without / raw,
+        with / raw,
+        (1.0 - with / without) * 100.0,
+        rates[0],
+        rates[1],
+        rates[2],
     );
+}
+
+fn mode_index(mode: Mode) -> usize {
+    MODES.iter().position(|m| *m == mode).expect("listed")
 }

@@ -36,6 +36,9 @@
 //! once.
 
 use chrono::{DateTime, Utc};
+mod common;
+
+use common::{Columns, COLUMNS};
 use likerate::config::KafkaConfig;
 use likerate::decode::{decode, Origin};
 use likerate::event::FeedbackEvent;
@@ -51,7 +54,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 const SUBJECTS: &str =
@@ -312,62 +314,6 @@ fn generator_args(seed: u64, subjects: &str, like_ratio: f64, duplicates: f64) -
         no_event_id: false,
         seed: Some(seed),
         file: None,
-    }
-}
-
-/// The `feedback` columns the storage-limit COPY and the naive INSERT write, in order.
-const COLUMNS: &str = "event_id, subject_id, message_content, user_question, rating, \
-                       message_index, created_at, model, conversation_id, vote_id, kafka_topic, \
-                       kafka_partition, kafka_offset";
-
-/// One event's values for [`COLUMNS`].
-struct Columns<'a> {
-    event: &'a FeedbackEvent,
-    question: Option<&'a str>,
-    rating: i16,
-    model: Option<&'a str>,
-    conversation: Option<&'a str>,
-    vote: Option<&'a str>,
-    subject: &'a str,
-    answer: &'a str,
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-}
-
-impl<'a> Columns<'a> {
-    fn of(e: &'a FeedbackEvent, topic: &'a str, partition: i32, offset: i64) -> Columns<'a> {
-        Columns {
-            event: e,
-            question: e.user_question.as_ref().map(|q| q.as_str()),
-            rating: e.rating.as_i16(),
-            model: e.model.as_ref().map(|m| m.as_str()),
-            conversation: e.conversation_id.as_ref().map(|m| m.as_str()),
-            vote: e.vote_id.as_ref().map(|m| m.as_str()),
-            subject: e.subject_id.as_str(),
-            answer: e.assistant_message.as_str(),
-            topic,
-            partition,
-            offset,
-        }
-    }
-
-    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
-        [
-            &self.event.event_id,
-            &self.subject,
-            &self.answer,
-            &self.question,
-            &self.rating,
-            &self.event.message_index,
-            &self.event.created_at,
-            &self.model,
-            &self.conversation,
-            &self.vote,
-            &self.topic,
-            &self.partition,
-            &self.offset,
-        ]
     }
 }
 
@@ -818,33 +764,14 @@ impl<'r> Bench<'r> {
         let seconds = self.rt.block_on(async {
             let client = self.fresh_database(&db).await?;
             let t = Instant::now();
-            let sink = client
-                .copy_in(&format!("COPY feedback ({COLUMNS}) FROM STDIN BINARY"))
-                .await?;
-            let types = [
-                Type::UUID,
-                Type::VARCHAR,
-                Type::TEXT,
-                Type::TEXT,
-                Type::INT2,
-                Type::INT4,
-                Type::TIMESTAMPTZ,
-                Type::VARCHAR,
-                Type::VARCHAR,
-                Type::VARCHAR,
-                Type::TEXT,
-                Type::INT4,
-                Type::INT8,
-            ];
-            let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
-            futures::pin_mut!(writer);
-            for &i in first {
-                let e = &events[i];
-                let (partition, offset) = coords[i];
-                let row = Columns::of(e, topic, partition, offset);
-                writer.as_mut().write(&row.params()).await?;
-            }
-            let rows = writer.finish().await?;
+            let rows = common::copy_rows(
+                &client,
+                first.iter().map(|&i| {
+                    let (partition, offset) = coords[i];
+                    Columns::of(&events[i], topic, partition, offset)
+                }),
+            )
+            .await?;
             let seconds = t.elapsed().as_secs_f64();
             anyhow::ensure!(rows == first.len() as u64, "COPY wrote {rows} rows");
             Ok::<_, anyhow::Error>(seconds)

@@ -90,7 +90,9 @@ impl App {
             linger: self.run.batch_linger,
             drain_timeout: self.run.drain_timeout,
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        // One batch ready while the lanes write theirs: enough to keep them busy, and every
+        // batch held costs memory.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
         let source_stop = CancellationToken::new();
         let source = source::start(
             &self.kafka,
@@ -108,6 +110,7 @@ impl App {
             source.acker,
             self.metrics.clone(),
             self.db_timeout,
+            self.run.sink_connections,
         );
         let mut sink_task = tokio::spawn(sink.run(rx));
         let aggregates = tokio::spawn(aggregate::run(

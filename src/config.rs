@@ -291,6 +291,9 @@ pub struct RunArgs {
     /// Longest an event waits for its batch to fill [default: 100ms]
     #[arg(long, env = "LIKERATE_BATCH_LINGER")]
     pub batch_linger: Option<String>,
+    /// Database connections writing batches in parallel [default: 2]
+    #[arg(long, env = "LIKERATE_SINK_CONNECTIONS")]
+    pub sink_connections: Option<usize>,
     /// Longest a shutdown or partition revocation waits for in-flight batches [default: 20s]
     #[arg(long, env = "LIKERATE_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
@@ -384,6 +387,7 @@ pub struct RunConfig {
     pub max_subject_labels: usize,
     pub batch_max_events: usize,
     pub batch_linger: Duration,
+    pub sink_connections: usize,
     pub drain_timeout: Duration,
     pub redact: RedactConfig,
     pub retention: RetentionConfig,
@@ -398,6 +402,7 @@ impl std::fmt::Debug for RunConfig {
             .field("max_subject_labels", &self.max_subject_labels)
             .field("batch_max_events", &self.batch_max_events)
             .field("batch_linger", &self.batch_linger)
+            .field("sink_connections", &self.sink_connections)
             .field("drain_timeout", &self.drain_timeout)
             .field("redact", &self.redact)
             .field("retention", &self.retention)
@@ -469,6 +474,13 @@ impl RunArgs {
                 "must be between 1 and 100000",
             ));
         }
+        let sink_connections = s.sink_connections.unwrap_or(2);
+        if !(1..=16).contains(&sink_connections) {
+            return Err(invalid(
+                "LIKERATE_SINK_CONNECTIONS",
+                "must be between 1 and 16",
+            ));
+        }
         Ok(RunConfig {
             http_addr,
             alert: AlertConfig {
@@ -490,6 +502,7 @@ impl RunArgs {
             max_subject_labels,
             batch_max_events,
             batch_linger: duration("LIKERATE_BATCH_LINGER", s.batch_linger, "100ms")?,
+            sink_connections,
             drain_timeout: duration("LIKERATE_DRAIN_TIMEOUT", s.drain_timeout, "20s")?,
             redact: RedactConfig::parse(s.redact.as_deref())?,
             retention: s.retention.resolve(file)?,

@@ -23,12 +23,15 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::decode::{DecodeError, Reason};
 use crate::event::{Coordinates, FeedbackEvent, Rating};
 use crate::rollup::{RollupDeltas, UPSERT_ROLLUP};
-use crate::source::{Acker, Batch, Payload, Rejected};
+use crate::source::{Ack, Acker, Batch, Payload, Rejected};
 use crate::telemetry::Metrics;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
@@ -39,18 +42,43 @@ pub enum SinkError {
     Fatal(String),
 }
 
+/// The batch's rows are copied into this per-connection staging table, then inserted from it
+/// in one statement. Binary `COPY` is the cheapest way into PostgreSQL; a temporary table
+/// writes no WAL, and `ON COMMIT DELETE ROWS` empties it with the transaction that used it.
+const CREATE_STAGE: &str = "
+CREATE TEMPORARY TABLE IF NOT EXISTS feedback_stage (
+    event_id uuid, subject_id text, message_content text, user_question text, rating int2,
+    message_index int4, created_at timestamptz, model text, conversation_id text, vote_id text,
+    kafka_partition int4, kafka_offset int8
+) ON COMMIT DELETE ROWS";
+
+const COPY_STAGE: &str = "COPY feedback_stage FROM STDIN (FORMAT binary)";
+
+/// Types of the staging table's columns, in order, for the binary `COPY`.
+const STAGE_TYPES: [Type; 12] = [
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT2,
+    Type::INT4,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+];
+
+/// Staged rows in `event_id` order: a fixed order of unique-index insertions keeps concurrent
+/// writers from deadlocking.
 const INSERT_FEEDBACK: &str = "
 INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
                       message_index, created_at, model, conversation_id, vote_id,
                       kafka_topic, kafka_partition, kafka_offset)
-SELECT e.event_id, e.subject_id, e.message_content, e.user_question, e.rating,
-       e.message_index, e.created_at, e.model, e.conversation_id, e.vote_id,
-       $11::text, p.partition, p.offset_
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
-            $7::timestamptz[], $8::text[], $9::text[], $10::text[]) WITH ORDINALITY
-       AS e(event_id, subject_id, message_content, user_question, rating, message_index,
-            created_at, model, conversation_id, vote_id, n)
-JOIN unnest($12::int4[], $13::int8[]) WITH ORDINALITY AS p(partition, offset_, n) USING (n)
+SELECT event_id, subject_id, message_content, user_question, rating, message_index,
+       created_at, model, conversation_id, vote_id, $1::text, kafka_partition, kafka_offset
+FROM feedback_stage ORDER BY event_id
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id";
 
@@ -79,6 +107,7 @@ struct Conn {
 }
 
 struct Statements {
+    copy_stage: Statement,
     insert_feedback: Statement,
     insert_votes: Statement,
     lock_votes: Statement,
@@ -89,7 +118,9 @@ struct Statements {
 impl Conn {
     async fn open(target: &Target) -> Result<Conn, DbError> {
         let client = target.connect().await?;
+        client.batch_execute(CREATE_STAGE).await?;
         let statements = Statements {
+            copy_stage: client.prepare(COPY_STAGE).await?,
             insert_feedback: client.prepare(INSERT_FEEDBACK).await?,
             insert_votes: client.prepare(INSERT_VOTES).await?,
             lock_votes: client.prepare(LOCK_VOTES).await?,
@@ -121,17 +152,30 @@ impl std::ops::AddAssign for Written {
     }
 }
 
+/// The sink: batches from the source, written by up to `connections` lanes at once (each a
+/// connection of its own, so PostgreSQL works on several batches in parallel), acknowledged in
+/// the order the source cut them.
 pub struct Sink {
+    lanes: Vec<Lane>,
+    acker: Acker,
+}
+
+/// One connection's worth of the sink: writes one batch at a time.
+struct Lane {
     target: Target,
     conn: Option<Conn>,
     topic: String,
     dead_letters: DeadLetters,
-    acker: Acker,
     metrics: Metrics,
     timeout: Duration,
 }
 
+/// Most batches written or waiting for their acknowledgement per lane: bounds the
+/// acknowledgements held while an older batch is still being retried.
+const OUTSTANDING_PER_LANE: usize = 4;
+
 impl Sink {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         target: Target,
         topic: String,
@@ -139,30 +183,94 @@ impl Sink {
         acker: Acker,
         metrics: Metrics,
         timeout: Duration,
+        connections: usize,
     ) -> Sink {
-        Sink {
-            target,
-            conn: None,
-            topic,
-            dead_letters,
-            acker,
-            metrics,
-            timeout,
-        }
+        let lanes = (0..connections.max(1))
+            .map(|_| Lane {
+                target: target.clone(),
+                conn: None,
+                topic: topic.clone(),
+                dead_letters: dead_letters.clone(),
+                metrics: metrics.clone(),
+                timeout,
+            })
+            .collect();
+        Sink { lanes, acker }
     }
 
-    /// Stores batches until the source closes the channel.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Batch>) -> Result<(), SinkError> {
-        while let Some(batch) = rx.recv().await {
-            if !batch.is_empty() {
-                self.process(&batch).await?;
-                self.acker.ack(&batch);
+    /// Stores batches until the source closes the channel. Each batch is split by partition
+    /// across the lanes ([`Batch::split`]); a lane writes its parts in order; a batch is
+    /// acknowledged when all its parts are durable and every older batch is acknowledged.
+    pub async fn run(self, mut rx: mpsc::Receiver<Batch>) -> Result<(), SinkError> {
+        let lanes = self.lanes.len();
+        let most = lanes * OUTSTANDING_PER_LANE;
+        let mut idle: Vec<Option<Lane>> = self.lanes.into_iter().map(Some).collect();
+        let mut queued: Vec<VecDeque<(u64, Batch)>> = (0..lanes).map(|_| VecDeque::new()).collect();
+        let mut writing = FuturesUnordered::new();
+        // Per batch number: parts still being written, and the acknowledgements of those done.
+        let mut outstanding: BTreeMap<u64, (usize, Vec<Ack>)> = BTreeMap::new();
+        let mut next_seq = 0u64;
+        let mut open = true;
+        loop {
+            for (i, slot) in idle.iter_mut().enumerate() {
+                if slot.is_some() {
+                    if let Some((seq, part)) = queued[i].pop_front() {
+                        let lane = slot.take().expect("checked");
+                        writing.push(lane.write_batch(i, seq, part));
+                    }
+                }
             }
-            if let Some(done) = &batch.flushed {
-                let _ = done.send(());
+            if !open && writing.is_empty() {
+                return Ok(());
+            }
+            // Take a batch only when every lane has at most one part queued.
+            let room = outstanding.len() < most && queued.iter().all(|q| q.len() < 2);
+            tokio::select! {
+                batch = rx.recv(), if open && room => match batch {
+                    Some(batch) => {
+                        let parts = batch.split(lanes);
+                        outstanding.insert(next_seq, (parts.len(), Vec::new()));
+                        for (lane, part) in parts {
+                            queued[lane].push_back((next_seq, part));
+                        }
+                        next_seq += 1;
+                    }
+                    None => open = false,
+                },
+                Some((i, lane, seq, ack)) = writing.next() => {
+                    idle[i] = Some(lane);
+                    let entry = outstanding.get_mut(&seq).expect("outstanding batch");
+                    entry.0 -= 1;
+                    entry.1.push(ack?);
+                    while let Some(first) = outstanding.first_entry() {
+                        if first.get().0 > 0 {
+                            break;
+                        }
+                        for ack in first.remove().1 {
+                            self.acker.ack(ack);
+                        }
+                    }
+                }
             }
         }
-        Ok(())
+    }
+}
+
+impl Lane {
+    /// Writes one part; gives the lane (number `i`) back with the part's batch number and
+    /// acknowledgement.
+    async fn write_batch(
+        mut self,
+        i: usize,
+        seq: u64,
+        mut part: Batch,
+    ) -> (usize, Lane, u64, Result<Ack, SinkError>) {
+        let result = if part.is_empty() {
+            Ok(())
+        } else {
+            self.process(&part).await
+        };
+        (i, self, seq, result.map(|()| part.ack()))
     }
 
     async fn process(&mut self, batch: &Batch) -> Result<(), SinkError> {
@@ -328,58 +436,34 @@ async fn write(
     rows: &[Row<'_>],
     aggregates: Aggregates,
 ) -> Result<HashSet<Uuid>, DbError> {
-    let mut sorted: Vec<Row<'_>> = rows.to_vec();
-    // A fixed order of unique-index insertions keeps concurrent writers from deadlocking.
-    sorted.sort_unstable_by_key(|r| r.event.event_id);
-    let ids: Vec<Uuid> = sorted.iter().map(|r| r.event.event_id).collect();
-    let subjects: Vec<&str> = sorted.iter().map(|r| r.event.subject_id.as_str()).collect();
-    let messages: Vec<&str> = sorted
-        .iter()
-        .map(|r| r.event.assistant_message.as_str())
-        .collect();
-    let questions = sorted
-        .iter()
-        .map(|r| r.event.user_question.as_ref().map(|t| t.as_str()))
-        .collect::<Vec<_>>();
-    let ratings: Vec<i16> = sorted.iter().map(|r| r.event.rating.as_i16()).collect();
-    let indexes: Vec<Option<i32>> = sorted.iter().map(|r| r.event.message_index).collect();
-    let created: Vec<DateTime<Utc>> = sorted.iter().map(|r| r.event.created_at).collect();
-    let models = sorted
-        .iter()
-        .map(|r| r.event.model.as_ref().map(|l| l.as_str()))
-        .collect::<Vec<_>>();
-    let conversations = sorted
-        .iter()
-        .map(|r| r.event.conversation_id.as_ref().map(|l| l.as_str()))
-        .collect::<Vec<_>>();
-    let vote_ids = sorted
-        .iter()
-        .map(|r| r.event.vote_id.as_ref().map(|l| l.as_str()))
-        .collect::<Vec<_>>();
-    let partitions: Vec<i32> = sorted.iter().map(|r| r.coords.partition).collect();
-    let offsets: Vec<i64> = sorted.iter().map(|r| r.coords.offset).collect();
-
     let st = &conn.statements;
     let tx = conn.client.transaction().await?;
+    let sink = tx.copy_in(&st.copy_stage).await?;
+    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+    futures::pin_mut!(writer);
+    for r in rows {
+        let e = r.event;
+        writer
+            .as_mut()
+            .write(&[
+                &e.event_id,
+                &e.subject_id.as_str(),
+                &e.assistant_message.as_str(),
+                &e.user_question.as_ref().map(|t| t.as_str()),
+                &e.rating.as_i16(),
+                &e.message_index,
+                &e.created_at,
+                &e.model.as_ref().map(|l| l.as_str()),
+                &e.conversation_id.as_ref().map(|l| l.as_str()),
+                &e.vote_id.as_ref().map(|l| l.as_str()),
+                &r.coords.partition,
+                &r.coords.offset,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
     let inserted: HashSet<Uuid> = tx
-        .query(
-            &st.insert_feedback,
-            &[
-                &ids,
-                &subjects,
-                &messages,
-                &questions,
-                &ratings,
-                &indexes,
-                &created,
-                &models,
-                &conversations,
-                &vote_ids,
-                &topic,
-                &partitions,
-                &offsets,
-            ],
-        )
+        .query(&st.insert_feedback, &[&topic])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -388,7 +472,7 @@ async fn write(
         tx.commit().await?;
         return Ok(inserted);
     }
-    let new: Vec<&FeedbackEvent> = sorted
+    let new: Vec<&FeedbackEvent> = rows
         .iter()
         .map(|r| r.event)
         .filter(|e| inserted.contains(&e.event_id))

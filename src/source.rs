@@ -4,8 +4,9 @@
 //! - Offsets are acknowledgements. Auto offset *store* is off: an offset is stored (and then
 //!   committed by librdkafka's auto-commit, or synchronously at revocation and shutdown) only
 //!   by [`Acker::ack`], which the sink calls after the transaction holding the batch committed
-//!   and its dead letters were acknowledged by the broker. Batches are written one after the
-//!   other in poll order, so a stored offset always covers a contiguous prefix of its partition.
+//!   and its dead letters were acknowledged by the broker. The sink may write several batches
+//!   at once, but acknowledges them in poll order, so a stored offset always covers a
+//!   contiguous prefix of its partition.
 //! - Stale acknowledgements are ignored: every assignment of a partition gets a new epoch, and
 //!   a batch consumed under an older epoch cannot move the position of a newer one.
 //! - The consumer keeps polling whatever happens downstream, so it is never evicted from the
@@ -19,7 +20,7 @@
 //!   open batch, hand every waiting batch to the sink, wait (bounded) until the sink has
 //!   acknowledged all of them, then commit the stored offsets synchronously.
 //! - Memory is bounded: batches are cut by count and by bytes, the channel to the sink holds
-//!   two, and librdkafka's prefetch queue is capped (its defaults buffer 100,000 messages per
+//!   one, and librdkafka's prefetch queue is capped (its defaults buffer 100,000 messages per
 //!   partition).
 
 use crate::config::KafkaConfig;
@@ -79,7 +80,7 @@ pub struct Batch {
     bytes: usize,
     started: Option<Instant>,
     /// Set on the marker a drain sends: answered once everything before it is acknowledged.
-    pub flushed: Option<std::sync::mpsc::SyncSender<()>>,
+    flushed: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl Batch {
@@ -102,19 +103,64 @@ pub struct Acker {
     topic: String,
 }
 
+/// What acknowledging a batch does, taken from the batch once it is durable so that its
+/// records can be freed while it waits for its turn (acknowledgements go in poll order).
+#[derive(Debug)]
+pub struct Ack {
+    /// Per partition: the offset after the batch's last record, and the assignment epoch the
+    /// batch was consumed under.
+    positions: HashMap<i32, (i64, u64)>,
+    flushed: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Batch {
+    /// Splits the batch by partition into parts for `lanes` writers (`partition % lanes`),
+    /// keeping each partition's records in order. A partition's producer duplicates and
+    /// re-sends then never sit in two transactions at once, where one would wait for the other.
+    /// Every batch gives at least one part (a drain marker gives itself, to lane 0).
+    pub fn split(mut self, lanes: usize) -> Vec<(usize, Batch)> {
+        let lanes = lanes.max(1);
+        if lanes == 1 || self.records.is_empty() {
+            return vec![(0, self)];
+        }
+        let mut parts: BTreeMap<usize, Batch> = BTreeMap::new();
+        for record in std::mem::take(&mut self.records) {
+            let partition = record.coords.partition;
+            let part = parts
+                .entry(partition.rem_euclid(lanes as i32) as usize)
+                .or_default();
+            if let Some(epoch) = self.epochs.get(&partition) {
+                part.epochs.insert(partition, *epoch);
+            }
+            part.records.push(record);
+        }
+        parts.into_iter().collect()
+    }
+
+    /// The acknowledgement of this batch (call once it is durable).
+    pub fn ack(&mut self) -> Ack {
+        let mut positions: HashMap<i32, (i64, u64)> = HashMap::new();
+        for r in &self.records {
+            let epoch = self.epochs.get(&r.coords.partition).copied().unwrap_or(0);
+            let e = positions.entry(r.coords.partition).or_insert((0, epoch));
+            e.0 = e.0.max(r.coords.offset + 1);
+        }
+        Ack {
+            positions,
+            flushed: self.flushed.take(),
+        }
+    }
+}
+
 impl Acker {
     /// Stores, per partition, the offset after the batch's last record, if the partition is
-    /// still assigned under the epoch the batch was consumed in.
-    pub fn ack(&self, batch: &Batch) {
-        let mut next: HashMap<i32, i64> = HashMap::new();
-        for r in &batch.records {
-            let e = next.entry(r.coords.partition).or_insert(0);
-            *e = (*e).max(r.coords.offset + 1);
-        }
+    /// still assigned under the epoch the batch was consumed in; then answers a drain marker.
+    /// Must be called in poll order, so that a stored offset covers a contiguous prefix.
+    pub fn ack(&self, ack: Ack) {
         let assignment = self.consumer.context().assignment.lock().expect("lock");
         let mut positions = TopicPartitionList::new();
-        for (partition, offset) in next {
-            if assignment.epochs.get(&partition) != batch.epochs.get(&partition) {
+        for (partition, (offset, epoch)) in ack.positions {
+            if assignment.epochs.get(&partition) != Some(&epoch) {
                 tracing::debug!(partition, "acknowledgement of a revoked partition ignored");
                 continue;
             }
@@ -125,10 +171,14 @@ impl Acker {
                 .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
                 .expect("valid offset");
         }
+        drop(assignment);
         if positions.count() > 0 {
             if let Err(e) = self.consumer.store_offsets(&positions) {
                 tracing::warn!(error = %e, "could not store offsets");
             }
+        }
+        if let Some(done) = ack.flushed {
+            let _ = done.send(());
         }
     }
 }
@@ -495,4 +545,59 @@ fn poll_loop(
     consumer.unsubscribe();
     metrics.assigned_partitions.set(0);
     tracing::info!("source stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Reason;
+
+    fn record(partition: i32, offset: i64) -> Record {
+        Record {
+            coords: Coordinates { partition, offset },
+            payload: Payload::Rejected(Rejected {
+                error: DecodeError::new(Reason::Empty, "test"),
+                payload: Vec::new(),
+                key: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn split_keeps_each_partition_in_one_lane_in_order() {
+        let mut batch = Batch::default();
+        for (p, o) in [(0, 10), (1, 20), (2, 30), (0, 11), (3, 40), (1, 21), (2, 31)] {
+            batch.records.push(record(p, o));
+            batch.epochs.insert(p, 7 + p as u64);
+        }
+        let parts = batch.split(2);
+        let lanes: Vec<usize> = parts.iter().map(|(lane, _)| *lane).collect();
+        assert_eq!(lanes, vec![0, 1]);
+        let coords = |b: &Batch| -> Vec<(i32, i64)> {
+            b.records
+                .iter()
+                .map(|r| (r.coords.partition, r.coords.offset))
+                .collect()
+        };
+        assert_eq!(coords(&parts[0].1), vec![(0, 10), (2, 30), (0, 11), (2, 31)]);
+        assert_eq!(coords(&parts[1].1), vec![(1, 20), (3, 40), (1, 21)]);
+        // Each part acknowledges only its own partitions, under the epochs they were read in.
+        let mut even = parts.into_iter().next().unwrap().1;
+        let ack = even.ack();
+        assert_eq!(ack.positions.len(), 2);
+        assert_eq!(ack.positions[&0], (12, 7));
+        assert_eq!(ack.positions[&2], (32, 9));
+    }
+
+    #[test]
+    fn a_drain_marker_stays_whole() {
+        let (done, _rx) = std::sync::mpsc::sync_channel(1);
+        let marker = Batch {
+            flushed: Some(done),
+            ..Batch::default()
+        };
+        let mut parts = marker.split(4);
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].1.ack().flushed.is_some());
+    }
 }

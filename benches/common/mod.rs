@@ -1,0 +1,96 @@
+//! What the benchmarks share: the raw `COPY` that measures the storage limit.
+
+use likerate::event::FeedbackEvent;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+/// The `feedback` columns the storage-limit COPY and the naive INSERT write, in order.
+pub const COLUMNS: &str = "event_id, subject_id, message_content, user_question, rating, \
+                       message_index, created_at, model, conversation_id, vote_id, kafka_topic, \
+                       kafka_partition, kafka_offset";
+
+/// One event's values for [`COLUMNS`].
+pub struct Columns<'a> {
+    event: &'a FeedbackEvent,
+    question: Option<&'a str>,
+    rating: i16,
+    model: Option<&'a str>,
+    conversation: Option<&'a str>,
+    vote: Option<&'a str>,
+    subject: &'a str,
+    answer: &'a str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+impl<'a> Columns<'a> {
+    pub fn of(e: &'a FeedbackEvent, topic: &'a str, partition: i32, offset: i64) -> Columns<'a> {
+        Columns {
+            event: e,
+            question: e.user_question.as_ref().map(|q| q.as_str()),
+            rating: e.rating.as_i16(),
+            model: e.model.as_ref().map(|m| m.as_str()),
+            conversation: e.conversation_id.as_ref().map(|m| m.as_str()),
+            vote: e.vote_id.as_ref().map(|m| m.as_str()),
+            subject: e.subject_id.as_str(),
+            answer: e.assistant_message.as_str(),
+            topic,
+            partition,
+            offset,
+        }
+    }
+
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+        [
+            &self.event.event_id,
+            &self.subject,
+            &self.answer,
+            &self.question,
+            &self.rating,
+            &self.event.message_index,
+            &self.event.created_at,
+            &self.model,
+            &self.conversation,
+            &self.vote,
+            &self.topic,
+            &self.partition,
+            &self.offset,
+        ]
+    }
+}
+
+/// Types of [`COLUMNS`], for the binary `COPY`.
+const TYPES: [Type; 13] = [
+    Type::UUID,
+    Type::VARCHAR,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT2,
+    Type::INT4,
+    Type::TIMESTAMPTZ,
+    Type::VARCHAR,
+    Type::VARCHAR,
+    Type::VARCHAR,
+    Type::TEXT,
+    Type::INT4,
+    Type::INT8,
+];
+
+/// Writes the rows into `feedback` with one binary `COPY` (one transaction); returns how many
+/// it wrote.
+pub async fn copy_rows<'a>(
+    client: &Client,
+    rows: impl Iterator<Item = Columns<'a>>,
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = client
+        .copy_in(&format!("COPY feedback ({COLUMNS}) FROM STDIN BINARY"))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &TYPES);
+    futures::pin_mut!(writer);
+    for row in rows {
+        writer.as_mut().write(&row.params()).await?;
+    }
+    writer.finish().await
+}
