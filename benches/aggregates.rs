@@ -19,7 +19,13 @@ use likerate::produce::{Generator, ProduceArgs};
 use likerate::sink::{Aggregates, BenchWriter};
 use std::time::{Duration, Instant};
 
-const BATCH: usize = 5000;
+/// Events per transaction (`LIKERATE_BENCH_BATCH`), the sink's default batch size.
+fn batch_size() -> usize {
+    std::env::var("LIKERATE_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000)
+}
 /// Live traffic: votes arrive within a minute of being cast, so a batch touches few buckets.
 /// (`LIKERATE_BENCH_SPREAD=24h` measures a backfill, where nearly every event has a bucket
 /// of its own.)
@@ -120,7 +126,7 @@ async fn run(events: &[(FeedbackEvent, Coordinates)], mode: Mode) -> (f64, usize
                 .collect();
             let client = target.connect().await.unwrap();
             started = Instant::now();
-            for batch in distinct.chunks(BATCH) {
+            for batch in distinct.chunks(batch_size()) {
                 let rows = batch
                     .iter()
                     .map(|(e, c)| common::Columns::of(e, "bench", c.partition, c.offset));
@@ -130,7 +136,7 @@ async fn run(events: &[(FeedbackEvent, Coordinates)], mode: Mode) -> (f64, usize
         Mode::Sink(aggregates) => {
             let mut writer = BenchWriter::connect(&target, "bench").await.unwrap();
             started = Instant::now();
-            for batch in events.chunks(BATCH) {
+            for batch in events.chunks(batch_size()) {
                 stored += writer.write(batch, aggregates).await.unwrap();
             }
         }
@@ -171,11 +177,12 @@ async fn main() {
     let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     let [raw, without, with] = rates.each_ref().map(|v| best(v));
     println!(
-        "{n} events (vote ids: {with_vote_ids}) in batches of {BATCH}, best of 4 runs each:\n\
+        "{n} events (vote ids: {with_vote_ids}) in batches of {}, best of 4 runs each:\n\
          raw COPY {raw:.0} events/s; sink without aggregates {without:.0} events/s ({:.2} of raw); \
          sink with aggregates {with:.0} events/s ({:.2} of raw)\n\
          maintaining the aggregates costs {:.1}% of the sink's write throughput \
          (runs: raw {:.0?}, without {:.0?}, with {:.0?})",
+        batch_size(),
         without / raw,
         with / raw,
         (1.0 - with / without) * 100.0,

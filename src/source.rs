@@ -566,7 +566,15 @@ mod tests {
     #[test]
     fn split_keeps_each_partition_in_one_lane_in_order() {
         let mut batch = Batch::default();
-        for (p, o) in [(0, 10), (1, 20), (2, 30), (0, 11), (3, 40), (1, 21), (2, 31)] {
+        for (p, o) in [
+            (0, 10),
+            (1, 20),
+            (2, 30),
+            (0, 11),
+            (3, 40),
+            (1, 21),
+            (2, 31),
+        ] {
             batch.records.push(record(p, o));
             batch.epochs.insert(p, 7 + p as u64);
         }
@@ -579,7 +587,10 @@ mod tests {
                 .map(|r| (r.coords.partition, r.coords.offset))
                 .collect()
         };
-        assert_eq!(coords(&parts[0].1), vec![(0, 10), (2, 30), (0, 11), (2, 31)]);
+        assert_eq!(
+            coords(&parts[0].1),
+            vec![(0, 10), (2, 30), (0, 11), (2, 31)]
+        );
         assert_eq!(coords(&parts[1].1), vec![(1, 20), (3, 40), (1, 21)]);
         // Each part acknowledges only its own partitions, under the epochs they were read in.
         let mut even = parts.into_iter().next().unwrap().1;
