@@ -1496,7 +1496,7 @@ impl<'r> Bench<'r> {
         ));
         line(format!("| a. storage limit: raw binary COPY | {} | {} distinct rows, same schema and indexes, {:.1} s |", thousands(r.copy_rate), thousands(r.distinct as f64), r.copy_s));
         line(format!("| b. broker limit: plain consumer, discarding | {} | librdkafka defaults, after the first record ({:.1} s with the group join) |", thousands(r.consume_rate), r.consume_wall_s));
-        line(format!("| b2. plain consumer with likerate's client settings | {} | bounded prefetch (queued.min.messages=2000, 8 MiB) |", thousands(r.consume_likerate_settings_rate)));
+        line(format!("| b2. plain consumer with likerate's client settings | {} | bounded prefetch (queued.min.messages=2000, 4 MiB) |", thousands(r.consume_likerate_settings_rate)));
         line(format!("| c. likerate end to end | {} | after the first commit ({:.1} s from process start); {} |", thousands(r.likerate_rate), r.likerate_wall_s, r.likerate_rows_ok));
         line(format!(
             "| d. naive: INSERT + commit per event | {} | {} events |",

@@ -288,7 +288,7 @@ pub struct RunArgs {
     /// Most events in one database transaction [default: 5000]
     #[arg(long, env = "LIKERATE_BATCH_MAX_EVENTS")]
     pub batch_max_events: Option<usize>,
-    /// Longest an event waits for its batch to fill [default: 100ms]
+    /// Longest an event waits for its batch to fill [default: 50ms]
     #[arg(long, env = "LIKERATE_BATCH_LINGER")]
     pub batch_linger: Option<String>,
     /// Database connections writing batches in parallel [default: 2]
@@ -501,7 +501,7 @@ impl RunArgs {
             export_token,
             max_subject_labels,
             batch_max_events,
-            batch_linger: duration("LIKERATE_BATCH_LINGER", s.batch_linger, "100ms")?,
+            batch_linger: duration("LIKERATE_BATCH_LINGER", s.batch_linger, "50ms")?,
             sink_connections,
             drain_timeout: duration("LIKERATE_DRAIN_TIMEOUT", s.drain_timeout, "20s")?,
             redact: RedactConfig::parse(s.redact.as_deref())?,

@@ -43,14 +43,15 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         .set("max.poll.interval.ms", "60000")
         // librdkafka buffers up to 100,000 messages / 64 MiB per partition by default.
         .set("queued.min.messages", "2000")
-        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.max.messages.kbytes", "4096")
         // Once a partition's queue holds queued.min.messages, librdkafka waits this long
         // before fetching it again (default 1 s): with the small queue above, that wait, not
         // the broker, capped consumption at 12 to 16k events/s (benches/pipeline.rs).
         .set("fetch.queue.backoff.ms", "10")
-        // How long the broker may hold an empty fetch; tansu waits half of it on every fetch.
-        .set("fetch.wait.max.ms", "100")
-        .set("fetch.max.bytes", "8388608")
+        // How long the broker may hold an empty fetch; tansu waits half of it on every fetch,
+        // which adds to every event's latency.
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.max.bytes", "4194304")
         .set("statistics.interval.ms", "5000");
     finish(c, config)
 }
