@@ -18,7 +18,7 @@
 //! | [`decode`] | bytes -> `FeedbackEvent` or a dead-letter reason code |
 //! | [`source`] | the Kafka consumer thread: batching, back-pressure, rebalance drain, offset acks |
 //! | [`rollup`] | the minute/hour/day like-rate counts and the one way they change |
-//! | [`sink`] | the PostgreSQL transaction per batch: idempotent rows, votes, rollups |
+//! | [`sink`] | the PostgreSQL transaction per batch, on parallel connections split by partition: idempotent rows, votes, rollups |
 //! | [`dead_letter`] | publishing refused records to the dead-letter topic |
 //! | [`aggregate`] | the 5m/15m/1h/24h windows read from the rollups |
 //! | [`alert`] | the `FeedbackLikeRateLow` rule and the Alertmanager push |

@@ -4,6 +4,9 @@
 //! - One transaction per batch holds the new `feedback` rows, the vote bookkeeping and the
 //!   rollup deltas; the partition positions move (see [`crate::source::Acker`]) only after it
 //!   committed and the batch's dead letters were acknowledged.
+//! - Batches are written on several connections at once ("lanes"), each batch split by
+//!   partition so a partition always goes to the same lane; acknowledgements are released in
+//!   the order the source cut the batches, never past an older batch that is not durable.
 //! - Idempotent on `event_id`: the insert is `ON CONFLICT (event_id) DO NOTHING RETURNING`, and
 //!   rollups are built only from the rows it returned, so replays and producer duplicates
 //!   (also twice in one batch) store one row and count once. They are counted as `duplicate`.
@@ -70,33 +73,32 @@ const STAGE_TYPES: [Type; 12] = [
     Type::INT8,
 ];
 
-/// Staged rows in `event_id` order: a fixed order of unique-index insertions keeps concurrent
-/// writers from deadlocking. Returns the ids of the rows it created.
-const INSERT_FEEDBACK: &str = "
-INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
+/// The insert of the staged rows, in `event_id` order: a fixed order of unique-index insertions
+/// keeps concurrent writers from deadlocking. (A macro, so both statements below share it.)
+macro_rules! insert_staged {
+    () => {
+        "INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
                       message_index, created_at, model, conversation_id, vote_id,
                       kafka_topic, kafka_partition, kafka_offset)
 SELECT event_id, subject_id, message_content, user_question, rating, message_index,
        created_at, model, conversation_id, vote_id, $1::text, kafka_partition, kafka_offset
 FROM feedback_stage ORDER BY event_id
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id";
+ON CONFLICT (event_id) DO NOTHING"
+    };
+}
+
+/// Returns the ids of the rows it created.
+const INSERT_FEEDBACK: &str = concat!(insert_staged!(), " RETURNING event_id");
 
 /// [`INSERT_FEEDBACK`] plus, in the same statement (no second round trip, no second copy of
 /// the votes over the wire), the vote bookkeeping of vote ids seen for the first time: of the
 /// rows created, the newest per `vote_id` (by `created_at`, then `event_id`, as
 /// [`Vote::newer_than`]) becomes the current vote unless one is stored already. Returns one
 /// row per created event (`event_id`, NULL) and per created vote (NULL, `vote_id`).
-const INSERT_FEEDBACK_AND_VOTES: &str = "
-WITH created AS (
-    INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
-                          message_index, created_at, model, conversation_id, vote_id,
-                          kafka_topic, kafka_partition, kafka_offset)
-    SELECT event_id, subject_id, message_content, user_question, rating, message_index,
-           created_at, model, conversation_id, vote_id, $1::text, kafka_partition, kafka_offset
-    FROM feedback_stage ORDER BY event_id
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id, vote_id, created_at, subject_id, model, rating
+const INSERT_FEEDBACK_AND_VOTES: &str = concat!(
+    "WITH created AS (",
+    insert_staged!(),
+    " RETURNING event_id, vote_id, created_at, subject_id, model, rating
 ), votes AS (
     INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
     SELECT DISTINCT ON (vote_id) vote_id, event_id, created_at, subject_id,
@@ -108,7 +110,8 @@ WITH created AS (
 )
 SELECT event_id, NULL::text FROM created
 UNION ALL
-SELECT NULL::uuid, vote_id FROM votes";
+SELECT NULL::uuid, vote_id FROM votes"
+);
 
 const LOCK_VOTES: &str = "
 SELECT vote_id, event_id, created_at, subject_id, model, rating
