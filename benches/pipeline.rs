@@ -6,7 +6,8 @@
 //! 1% producer duplicates) and produced to a fresh 6-partition topic. Then:
 //!
 //! - a. storage limit: the distinct rows, with the Kafka coordinates the broker gave them, are
-//!   written by one binary `COPY` into a fresh database with likerate's schema and indexes;
+//!   written by one binary `COPY` into a fresh database with likerate's schema and indexes; the
+//!   best of `LIKERATE_BENCH_COPY_ROUNDS` (default 2) rounds counts;
 //! - b. broker limit: a plain `BaseConsumer` (new group, librdkafka defaults) drains the topic
 //!   and discards the records; b2 does the same with likerate's own consumer settings
 //!   (`likerate::kafka::consumer_config`: bounded prefetch);
@@ -758,32 +759,39 @@ impl<'r> Bench<'r> {
         first: &[usize],
         coords: &[(i32, i64)],
     ) -> anyhow::Result<()> {
-        let db = format!("likerate_bench_{}_copy", self.id);
-        self.databases.push(db.clone());
-        say("a. storage limit: binary COPY of the distinct rows into a fresh database with the schema and indexes");
-        let seconds = self.rt.block_on(async {
-            let client = self.fresh_database(&db).await?;
-            let t = Instant::now();
-            let rows = common::copy_rows(
-                &client,
-                first.iter().map(|&i| {
-                    let (partition, offset) = coords[i];
-                    Columns::of(&events[i], topic, partition, offset)
-                }),
-            )
-            .await?;
-            let seconds = t.elapsed().as_secs_f64();
-            anyhow::ensure!(rows == first.len() as u64, "COPY wrote {rows} rows");
-            Ok::<_, anyhow::Error>(seconds)
-        })?;
-        self.results.copy_s = seconds;
-        self.results.copy_rate = first.len() as f64 / seconds;
-        say(format!(
-            "   {} rows in {seconds:.1} s: {} rows/s",
-            thousands(first.len() as f64),
-            thousands(self.results.copy_rate)
-        ));
-        self.drop_database(&db);
+        // A single COPY's rate swung from 19k to 37k rows/s between runs (where the
+        // checkpoints fall): the limit is the best of a few rounds, each on a fresh database.
+        let rounds = env_u64("LIKERATE_BENCH_COPY_ROUNDS", 2).max(1);
+        say(format!("a. storage limit: binary COPY of the distinct rows into a fresh database with the schema and indexes, best of {rounds}"));
+        let mut best = f64::INFINITY;
+        for round in 1..=rounds {
+            let db = format!("likerate_bench_{}_copy{round}", self.id);
+            self.databases.push(db.clone());
+            let seconds = self.rt.block_on(async {
+                let client = self.fresh_database(&db).await?;
+                let t = Instant::now();
+                let rows = common::copy_rows(
+                    &client,
+                    first.iter().map(|&i| {
+                        let (partition, offset) = coords[i];
+                        Columns::of(&events[i], topic, partition, offset)
+                    }),
+                )
+                .await?;
+                let seconds = t.elapsed().as_secs_f64();
+                anyhow::ensure!(rows == first.len() as u64, "COPY wrote {rows} rows");
+                Ok::<_, anyhow::Error>(seconds)
+            })?;
+            say(format!(
+                "   round {round}: {} rows in {seconds:.1} s: {} rows/s",
+                thousands(first.len() as f64),
+                thousands(first.len() as f64 / seconds)
+            ));
+            best = best.min(seconds);
+            self.drop_database(&db);
+        }
+        self.results.copy_s = best;
+        self.results.copy_rate = first.len() as f64 / best;
         Ok(())
     }
 
@@ -1494,7 +1502,7 @@ impl<'r> Bench<'r> {
             "| produce (setup, not a target) | {} | one client, linger.ms=20, lz4, acks=all |",
             thousands(r.produce_rate)
         ));
-        line(format!("| a. storage limit: raw binary COPY | {} | {} distinct rows, same schema and indexes, {:.1} s |", thousands(r.copy_rate), thousands(r.distinct as f64), r.copy_s));
+        line(format!("| a. storage limit: raw binary COPY | {} | {} distinct rows, same schema and indexes, {:.1} s (best round) |", thousands(r.copy_rate), thousands(r.distinct as f64), r.copy_s));
         line(format!("| b. broker limit: plain consumer, discarding | {} | librdkafka defaults, after the first record ({:.1} s with the group join) |", thousands(r.consume_rate), r.consume_wall_s));
         line(format!("| b2. plain consumer with likerate's client settings | {} | bounded prefetch (queued.min.messages=2000, 4 MiB) |", thousands(r.consume_likerate_settings_rate)));
         line(format!("| c. likerate end to end | {} | after the first commit ({:.1} s from process start); {} |", thousands(r.likerate_rate), r.likerate_wall_s, r.likerate_rows_ok));

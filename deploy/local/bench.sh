@@ -8,6 +8,7 @@
 #     deploy/local/bench.sh                            # smoke run (CI)
 # Settings (environment): LIKERATE_BENCH_EVENTS, LIKERATE_BENCH_BACKLOG (0 skips that phase),
 # LIKERATE_BENCH_BACKLOG_BUDGET (s), LIKERATE_BENCH_BACKLOG_SECS, LIKERATE_BENCH_LATENCY_SECS,
+# LIKERATE_BENCH_LATENCY_FRACTION (0.5), LIKERATE_BENCH_COPY_ROUNDS (2),
 # LIKERATE_BENCH_BROKERS (use this broker instead), LIKERATE_BENCH_PG, LIKERATE_BENCH_KEEP=1.
 # The output is also written to $STATE_DIR/bench-<time>.log.
 set -euo pipefail
