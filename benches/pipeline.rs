@@ -584,7 +584,8 @@ impl<'r> Bench<'r> {
         ]
     }
 
-    async fn fresh_database(&self, name: &str) -> anyhow::Result<Client> {
+    /// Creates the database `name` anew, empty; returns a connection to `postgres` (admin).
+    async fn empty_database(&self, name: &str) -> anyhow::Result<Client> {
         let admin = connect(&format!("{}/postgres", self.pg_base)).await?;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -592,6 +593,12 @@ impl<'r> Bench<'r> {
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
+        Ok(admin)
+    }
+
+    /// Creates the database `name` anew with likerate's schema; returns a connection to it.
+    async fn fresh_database(&self, name: &str) -> anyhow::Result<Client> {
+        self.empty_database(name).await?;
         let mut client = connect(&format!("{}/{name}", self.pg_base)).await?;
         likerate::db::migrate(&mut client).await?;
         Ok(client)
@@ -893,15 +900,9 @@ impl<'r> Bench<'r> {
             likerate_bin().display()
         ));
         self.rt.block_on(async {
-            let admin = connect(&format!("{}/postgres", self.pg_base)).await?;
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                .await?;
             // Empty: likerate migrates it. LIKERATE_BENCH_PG_LOG=1 logs every statement of this
             // database with its duration in the server log (statement-level profile).
-            admin
-                .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-                .await?;
+            let admin = self.empty_database(&db).await?;
             if std::env::var("LIKERATE_BENCH_PG_LOG").as_deref() == Ok("1") {
                 admin
                     .batch_execute(&format!(
