@@ -124,12 +124,17 @@ async fn run(events: &[(FeedbackEvent, Coordinates)], mode: Mode) -> (f64, usize
                 .iter()
                 .filter(|(e, _)| seen.insert(e.event_id))
                 .collect();
+            let mut slots = common::VoteSlots::default();
+            let distinct: Vec<_> = distinct
+                .into_iter()
+                .map(|(e, c)| (e, c, slots.take(e)))
+                .collect();
             let client = target.connect().await.unwrap();
             started = Instant::now();
             for batch in distinct.chunks(batch_size()) {
-                let rows = batch
-                    .iter()
-                    .map(|(e, c)| common::Columns::of(e, "bench", c.partition, c.offset));
+                let rows = batch.iter().map(|(e, c, slot)| {
+                    common::Columns::of(e, "bench", c.partition, c.offset, *slot)
+                });
                 stored += common::copy_rows(&client, rows).await.unwrap() as usize;
             }
         }

@@ -39,7 +39,7 @@
 use chrono::{DateTime, Utc};
 mod common;
 
-use common::{Columns, COLUMNS};
+use common::{Columns, VoteSlots, COLUMNS};
 use likerate::config::KafkaConfig;
 use likerate::decode::{decode, Origin};
 use likerate::event::FeedbackEvent;
@@ -774,14 +774,16 @@ impl<'r> Bench<'r> {
         for round in 1..=rounds {
             let db = format!("likerate_bench_{}_copy{round}", self.id);
             self.databases.push(db.clone());
+            let mut slots = VoteSlots::default();
+            let slot: Vec<bool> = first.iter().map(|&i| slots.take(&events[i])).collect();
             let seconds = self.rt.block_on(async {
                 let client = self.fresh_database(&db).await?;
                 let t = Instant::now();
                 let rows = common::copy_rows(
                     &client,
-                    first.iter().map(|&i| {
+                    first.iter().zip(&slot).map(|(&i, &slot)| {
                         let (partition, offset) = coords[i];
-                        Columns::of(&events[i], topic, partition, offset)
+                        Columns::of(&events[i], topic, partition, offset, slot)
                     }),
                 )
                 .await?;
@@ -1064,17 +1066,17 @@ impl<'r> Bench<'r> {
             let insert = client
                 .prepare(&format!(
                     "INSERT INTO feedback ({COLUMNS})
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                          ON CONFLICT (event_id) DO NOTHING"
                 ))
                 .await?;
+            let mut slots = VoteSlots::default();
             let t = Instant::now();
             for &i in &first[..subset] {
                 let e = &events[i];
                 let (partition, offset) = coords[i];
-                client
-                    .execute(&insert, &Columns::of(e, topic, partition, offset).params())
-                    .await?;
+                let row = Columns::of(e, topic, partition, offset, slots.take(e));
+                client.execute(&insert, &row.params()).await?;
             }
             Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64())
         })?;

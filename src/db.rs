@@ -247,6 +247,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "operations",
         include_str!("../schemas/migrations/0003_operations.sql"),
     ),
+    (
+        4,
+        "vote_slot",
+        include_str!("../schemas/migrations/0004_vote_slot.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.

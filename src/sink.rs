@@ -7,12 +7,15 @@
 //! - Batches are written on several connections at once ("lanes"), each batch split by
 //!   partition so a partition always goes to the same lane; acknowledgements are released in
 //!   the order the source cut the batches, never past an older batch that is not durable.
-//! - Idempotent on `event_id`: the insert is `ON CONFLICT (event_id) DO NOTHING RETURNING`, and
-//!   rollups are built only from the rows it returned, so replays and producer duplicates
-//!   (also twice in one batch) store one row and count once. They are counted as `duplicate`.
+//! - Idempotent on `event_id`: the insert skips stored ids (`ON CONFLICT DO NOTHING
+//!   RETURNING`), and rollups are built only from the rows it returned, so replays and producer
+//!   duplicates (also twice in one batch) store one row and count once. They are counted as
+//!   `duplicate`.
 //! - Votes: of all events sharing a `vote_id`, the one with the latest `(created_at, event_id)`
-//!   counts. A newer vote moves its count out of the old bucket into the new one; an older event
-//!   arriving late is stored but changes no count.
+//!   counts. The first stored event of a `vote_id` takes its slot (a unique partial index, which
+//!   serialises first votes across writers) and counts; a later event is a re-vote: a newer
+//!   one moves the count out of the current vote's bucket into its own, an older one arriving
+//!   late is stored but changes no count. Only vote ids with re-votes get a `feedback_vote` row.
 //! - Failures are classified: database unavailable, restarting, hanging or deadlocked ->
 //!   reconnect and retry the whole batch with backoff, forever (the source pauses meanwhile);
 //!   a row PostgreSQL refuses as data -> the batch is split until that row stands alone, the
@@ -74,44 +77,54 @@ const STAGE_TYPES: [Type; 12] = [
 ];
 
 /// The insert of the staged rows, in `event_id` order: a fixed order of unique-index insertions
-/// keeps concurrent writers from deadlocking. (A macro, so both statements below share it.)
+/// keeps concurrent writers from deadlocking. Returns the ids of the rows it created. (A macro,
+/// so both inserts below share it: the value of `vote_slot`, the rows, the conflict target.)
 macro_rules! insert_staged {
-    () => {
-        "INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
+    ($slot:literal, $join:literal, $conflict:literal) => {
+        concat!(
+            "INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
                       message_index, created_at, model, conversation_id, vote_id,
-                      kafka_topic, kafka_partition, kafka_offset)
-SELECT event_id, subject_id, message_content, user_question, rating, message_index,
-       created_at, model, conversation_id, vote_id, $1::text, kafka_partition, kafka_offset
-FROM feedback_stage ORDER BY event_id
-ON CONFLICT (event_id) DO NOTHING"
+                      kafka_topic, kafka_partition, kafka_offset, vote_slot)
+SELECT s.event_id, s.subject_id, s.message_content, s.user_question, s.rating,
+       s.message_index, s.created_at, s.model, s.conversation_id, s.vote_id, $1::text,
+       s.kafka_partition, s.kafka_offset, ",
+            $slot,
+            " FROM feedback_stage s",
+            $join,
+            " ORDER BY s.event_id ON CONFLICT ",
+            $conflict,
+            " DO NOTHING RETURNING event_id"
+        )
     };
 }
 
-/// Returns the ids of the rows it created.
-const INSERT_FEEDBACK: &str = concat!(insert_staged!(), " RETURNING event_id");
+/// Every staged row, each event with a `vote_id` taking its vote's slot (see
+/// `schemas/migrations/0004_vote_slot.sql`). Skips a row whose `event_id` is stored (a
+/// duplicate) and one whose vote's slot is taken (a re-vote, inserted by [`INSERT_REVOTES`]).
+/// The unique slot index serialises the first votes of a `vote_id` across writers.
+const INSERT_FEEDBACK: &str = insert_staged!("s.vote_id IS NOT NULL", "", "");
 
-/// [`INSERT_FEEDBACK`] plus, in the same statement (no second round trip, no second copy of
-/// the votes over the wire), the vote bookkeeping of vote ids seen for the first time: of the
-/// rows created, the newest per `vote_id` (by `created_at`, then `event_id`, as
-/// [`Vote::newer_than`]) becomes the current vote unless one is stored already. Returns one
-/// row per created event (`event_id`, NULL) and per created vote (NULL, `vote_id`).
-const INSERT_FEEDBACK_AND_VOTES: &str = concat!(
-    "WITH created AS (",
-    insert_staged!(),
-    " RETURNING event_id, vote_id, created_at, subject_id, model, rating
-), votes AS (
-    INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
-    SELECT DISTINCT ON (vote_id) vote_id, event_id, created_at, subject_id,
-           coalesce(model, ''), rating
-    FROM created WHERE vote_id IS NOT NULL
-    ORDER BY vote_id, created_at DESC, event_id DESC
-    ON CONFLICT (vote_id) DO NOTHING
-    RETURNING vote_id
-)
-SELECT event_id, NULL::text FROM created
-UNION ALL
-SELECT NULL::uuid, vote_id FROM votes"
+/// The staged rows `$2` (skipped by [`INSERT_FEEDBACK`], with a `vote_id`) without the slot:
+/// those created are re-votes, the others duplicates.
+const INSERT_REVOTES: &str = insert_staged!(
+    "false",
+    " JOIN unnest($2::uuid[]) AS u(event_id) ON u.event_id = s.event_id",
+    "(event_id)"
 );
+
+/// The first re-vote of a `vote_id` gives it a `feedback_vote` row: the slot holder, which is
+/// its current vote until then (and already counted).
+const SEED_VOTES: &str = "
+INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
+SELECT vote_id, event_id, created_at, subject_id, coalesce(model, ''), rating
+FROM feedback WHERE vote_id = ANY($1::text[]) AND vote_slot
+ORDER BY vote_id
+ON CONFLICT (vote_id) DO NOTHING";
+
+/// Which of the vote ids `$1` have a `feedback_vote` row. A first vote normally has none, but
+/// retention keeps the row of a vote whose events it deleted: then the new event is weighed
+/// against it like a re-vote.
+const REGISTERED: &str = "SELECT vote_id FROM feedback_vote WHERE vote_id = ANY($1::text[])";
 
 const LOCK_VOTES: &str = "
 SELECT vote_id, event_id, created_at, subject_id, model, rating
@@ -134,7 +147,9 @@ struct Conn {
 struct Statements {
     copy_stage: Statement,
     insert_feedback: Statement,
-    insert_feedback_and_votes: Statement,
+    insert_revotes: Statement,
+    seed_votes: Statement,
+    registered: Statement,
     lock_votes: Statement,
     update_votes: Statement,
     upsert_rollup: Statement,
@@ -147,7 +162,9 @@ impl Conn {
         let statements = Statements {
             copy_stage: client.prepare(COPY_STAGE).await?,
             insert_feedback: client.prepare(INSERT_FEEDBACK).await?,
-            insert_feedback_and_votes: client.prepare(INSERT_FEEDBACK_AND_VOTES).await?,
+            insert_revotes: client.prepare(INSERT_REVOTES).await?,
+            seed_votes: client.prepare(SEED_VOTES).await?,
+            registered: client.prepare(REGISTERED).await?,
             lock_votes: client.prepare(LOCK_VOTES).await?,
             update_votes: client.prepare(UPDATE_VOTES).await?,
             upsert_rollup: client.prepare(UPSERT_ROLLUP).await?,
@@ -489,44 +506,63 @@ async fn write(
     }
     writer.finish().await?;
     let copied = started.elapsed();
-    if aggregates == Aggregates::Skip {
-        let inserted: HashSet<Uuid> = tx
-            .query(&st.insert_feedback, &[&topic])
+    let mut inserted: HashSet<Uuid> = tx
+        .query(&st.insert_feedback, &[&topic])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let skipped: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.event.vote_id.is_some() && !inserted.contains(&r.event.event_id))
+        .map(|r| r.event.event_id)
+        .collect();
+    let revotes: HashSet<Uuid> = if skipped.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(&st.insert_revotes, &[&topic, &skipped])
             .await?
             .iter()
             .map(|r| r.get(0))
-            .collect();
+            .collect()
+    };
+    let stored = started.elapsed();
+    if aggregates == Aggregates::Skip {
         tx.commit().await?;
+        inserted.extend(revotes);
         return Ok(inserted);
     }
-    let mut inserted: HashSet<Uuid> = HashSet::with_capacity(rows.len());
-    let mut new_votes: HashSet<String> = HashSet::new();
-    for row in tx.query(&st.insert_feedback_and_votes, &[&topic]).await? {
-        match row.get::<_, Option<Uuid>>(0) {
-            Some(id) => {
-                inserted.insert(id);
-            }
-            None => {
-                new_votes.insert(row.get(1));
-            }
-        }
-    }
-    let stored = started.elapsed();
-    let new: Vec<&FeedbackEvent> = rows
-        .iter()
-        .map(|r| r.event)
-        .filter(|e| inserted.contains(&e.event_id))
-        .collect();
 
+    // Events without a vote_id and first votes (slot holders) count as they are; the newest
+    // re-vote per vote_id is weighed against the current vote.
+    let firsts: Vec<&str> = rows
+        .iter()
+        .filter(|r| inserted.contains(&r.event.event_id))
+        .filter_map(|r| r.event.vote_id.as_ref().map(|v| v.as_str()))
+        .collect();
+    let registered: HashSet<String> = if firsts.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(&st.registered, &[&firsts])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
     let mut deltas = RollupDeltas::default();
     let mut latest: BTreeMap<&str, Vote> = BTreeMap::new();
-    for e in &new {
-        match &e.vote_id {
-            None => Vote::of(e).count(&mut deltas, 1),
+    for e in rows.iter().map(|r| r.event) {
+        let id = &e.event_id;
+        let weighed = match e.vote_id.as_ref().map(|v| v.as_str()) {
+            Some(v) if inserted.contains(id) && registered.contains(v) => Some(v),
+            Some(v) if revotes.contains(id) => Some(v),
+            _ => None,
+        };
+        match weighed {
             Some(v) => {
                 let vote = Vote::of(e);
                 latest
-                    .entry(v.as_str())
+                    .entry(v)
                     .and_modify(|cur| {
                         if vote.newer_than(cur) {
                             *cur = vote.clone()
@@ -534,11 +570,14 @@ async fn write(
                     })
                     .or_insert(vote);
             }
+            None if inserted.contains(id) => Vote::of(e).count(&mut deltas, 1),
+            None => {}
         }
     }
     if !latest.is_empty() {
-        apply_votes(&tx, st, &latest, &new_votes, &mut deltas).await?;
+        apply_revotes(&tx, st, &latest, &mut deltas).await?;
     }
+    inserted.extend(revotes);
     let voted = started.elapsed();
     deltas.apply(&tx, &st.upsert_rollup).await?;
     let rolled = started.elapsed();
@@ -640,28 +679,19 @@ impl Vote {
     }
 }
 
-/// Moves counts for the batch's newest vote per `vote_id`: new votes (`created`, stored by
-/// [`INSERT_FEEDBACK_AND_VOTES`]) are added; a vote newer than the stored one replaces it (old
-/// bucket -1, new bucket +1); an older one changes nothing.
-async fn apply_votes(
+/// Moves counts for the batch's newest re-vote per `vote_id`: the vote's `feedback_vote` row
+/// is seeded from its slot holder if it has none, then locked; a re-vote newer than the current
+/// vote replaces it (old bucket -1, new bucket +1); an older one changes nothing.
+async fn apply_revotes(
     tx: &tokio_postgres::Transaction<'_>,
     conn: &Statements,
     latest: &BTreeMap<&str, Vote>,
-    created: &HashSet<String>,
     deltas: &mut RollupDeltas,
 ) -> Result<(), DbError> {
-    let mut existing = Vec::new();
-    for (key, vote) in latest {
-        if created.contains(*key) {
-            vote.count(deltas, 1);
-        } else {
-            existing.push(*key);
-        }
-    }
-    if existing.is_empty() {
-        return Ok(());
-    }
-    let stored = tx.query(&conn.lock_votes, &[&existing]).await?;
+    let keys: Vec<&str> = latest.keys().copied().collect();
+    tx.execute(&conn.seed_votes, &[&keys]).await?;
+    let stored = tx.query(&conn.lock_votes, &[&keys]).await?;
+    let mut found: HashSet<String> = HashSet::with_capacity(stored.len());
     let mut replaced: Vec<(&str, &Vote)> = Vec::new();
     for row in stored {
         let key: String = row.get(0);
@@ -672,13 +702,36 @@ async fn apply_votes(
             model: row.get(4),
             rating: Rating::from_i64(row.get::<_, i16>(5).into()).unwrap_or(Rating::Neutral),
         };
-        let Some((&k, new)) = latest.get_key_value(key.as_str()) else {
-            continue;
-        };
-        if new.newer_than(&old) {
-            old.count(deltas, -1);
-            new.count(deltas, 1);
-            replaced.push((k, new));
+        if let Some((&k, new)) = latest.get_key_value(key.as_str()) {
+            if new.newer_than(&old) {
+                old.count(deltas, -1);
+                new.count(deltas, 1);
+                replaced.push((k, new));
+            }
+        }
+        found.insert(key);
+    }
+    // Neither slot holder nor current vote: erasure removed the vote's other events after this
+    // batch's insert met them. The newest event here becomes the vote, holding the slot.
+    let orphans: Vec<&Vote> = latest
+        .iter()
+        .filter(|(k, _)| !found.contains(**k))
+        .map(|(_, v)| v)
+        .collect();
+    if !orphans.is_empty() {
+        let ids: Vec<Uuid> = orphans.iter().map(|v| v.event_id).collect();
+        tx.execute(
+            "UPDATE feedback SET vote_slot = true WHERE event_id = ANY($1::uuid[])",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| match DbError::from(e) {
+            // Another writer promoted an event of the same vote first: retry the batch.
+            DbError::Data(detail) => DbError::Unavailable(detail),
+            other => other,
+        })?;
+        for vote in orphans {
+            vote.count(deltas, 1);
         }
     }
     if !replaced.is_empty() {

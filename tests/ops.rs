@@ -348,6 +348,21 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
         .unwrap()
         .get(0);
     assert_eq!(v2, target[2].id, "the remaining vote counts again");
+    let slots: Vec<Uuid> = client
+        .query(
+            "SELECT event_id FROM feedback WHERE vote_id = 'v2' AND vote_slot",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        slots,
+        vec![target[2].id],
+        "the slot passed to the remaining event"
+    );
     let v1: i64 = client
         .query_one(
             "SELECT count(*) FROM feedback_vote WHERE vote_id = 'v1'",
@@ -468,6 +483,41 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     let out = env.likerate(&["retention"], &[("LIKERATE_RETENTION_ROWS", "soon")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("LIKERATE_RETENTION_ROWS"));
     assert_eq!(env.count().await, total - 12, "the 20 days old rows went");
+    env.assert_rollups_exact(Some(now - CDuration::days(7)))
+        .await;
+
+    // A vote whose only event retention deleted keeps its count and its bookkeeping: a later
+    // re-vote moves the count out of the old bucket instead of adding a second vote.
+    let lone = Ev::new("Math", 1, now - CDuration::days(20)).vote("lone");
+    env.send(&records(std::slice::from_ref(&lone))).await;
+    env.wait_for_rows(total - 11, Duration::from_secs(60)).await;
+    let out = env.ok(&["retention", "--retention-rows", "7d"], &[]);
+    assert_eq!(
+        out.trim(),
+        "retention: text erased from 0 rows, 1 rows deleted"
+    );
+    let before = env.rollup_totals().await;
+    let revote = Ev::new("Math", -1, now).vote("lone");
+    env.send(&records(std::slice::from_ref(&revote))).await;
+    env.wait_for_rows(total - 11, Duration::from_secs(60)).await;
+    let moved: Vec<_> = before
+        .iter()
+        .map(|(g, likes, dislikes, neutral)| (g.clone(), likes - 1, dislikes + 1, *neutral))
+        .collect();
+    assert_eq!(
+        env.rollup_totals().await,
+        moved,
+        "the like moved, not added"
+    );
+    let current: Uuid = client
+        .query_one(
+            "SELECT event_id FROM feedback_vote WHERE vote_id = 'lone'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(current, revote.id);
     env.assert_rollups_exact(Some(now - CDuration::days(7)))
         .await;
     p.kill9();

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 /// The `feedback` columns the storage-limit COPY and the naive INSERT write, in order.
 pub const COLUMNS: &str = "event_id, subject_id, message_content, user_question, rating, \
                        message_index, created_at, model, conversation_id, vote_id, kafka_topic, \
-                       kafka_partition, kafka_offset";
+                       kafka_partition, kafka_offset, vote_slot";
 
 /// One event's values for [`COLUMNS`].
 pub struct Columns<'a> {
@@ -23,10 +23,31 @@ pub struct Columns<'a> {
     topic: &'a str,
     partition: i32,
     offset: i64,
+    slot: bool,
+}
+
+/// Which events hold their vote's slot, as the sink decides: the first stored event of each
+/// `vote_id` (see `schemas/migrations/0004_vote_slot.sql`), so the rows are the sink's rows.
+#[derive(Default)]
+pub struct VoteSlots(std::collections::HashSet<String>);
+
+impl VoteSlots {
+    /// Whether `e`, stored next, takes its vote's slot.
+    pub fn take(&mut self, e: &FeedbackEvent) -> bool {
+        e.vote_id
+            .as_ref()
+            .is_some_and(|v| self.0.insert(v.as_str().to_owned()))
+    }
 }
 
 impl<'a> Columns<'a> {
-    pub fn of(e: &'a FeedbackEvent, topic: &'a str, partition: i32, offset: i64) -> Columns<'a> {
+    pub fn of(
+        e: &'a FeedbackEvent,
+        topic: &'a str,
+        partition: i32,
+        offset: i64,
+        slot: bool,
+    ) -> Columns<'a> {
         Columns {
             event: e,
             question: e.user_question.as_ref().map(|q| q.as_str()),
@@ -39,10 +60,11 @@ impl<'a> Columns<'a> {
             topic,
             partition,
             offset,
+            slot,
         }
     }
 
-    pub fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 14] {
         [
             &self.event.event_id,
             &self.subject,
@@ -57,12 +79,13 @@ impl<'a> Columns<'a> {
             &self.topic,
             &self.partition,
             &self.offset,
+            &self.slot,
         ]
     }
 }
 
 /// Types of [`COLUMNS`], for the binary `COPY`.
-const TYPES: [Type; 13] = [
+const TYPES: [Type; 14] = [
     Type::UUID,
     Type::VARCHAR,
     Type::TEXT,
@@ -76,6 +99,7 @@ const TYPES: [Type; 13] = [
     Type::TEXT,
     Type::INT4,
     Type::INT8,
+    Type::BOOL,
 ];
 
 /// Writes the rows into `feedback` with one binary `COPY` (one transaction); returns how many

@@ -67,6 +67,14 @@ impl std::fmt::Display for Erased {
     }
 }
 
+/// The events left of the vote ids `$1`, through the two partial indexes on `vote_id` that
+/// together cover every event with one (see `schemas/migrations/0004_vote_slot.sql`).
+const REMAINING: &str = "
+(SELECT * FROM feedback WHERE vote_id = ANY($1::text[]) AND vote_slot
+ UNION ALL
+ SELECT * FROM feedback
+ WHERE vote_id = ANY($1::text[]) AND vote_id IS NOT NULL AND NOT vote_slot) f";
+
 struct Gone {
     event_id: Uuid,
     vote_id: Option<String>,
@@ -81,25 +89,37 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
     let mut client = target.connect().await?;
     crate::db::migrate(&mut client).await?;
     let tx = client.transaction().await?;
-    const COLUMNS: &str =
-        "RETURNING event_id, vote_id, subject_id, coalesce(model, ''), rating, created_at";
-    let rows = match (&args.conversation_id, &args.event_id) {
-        (Some(c), None) => {
-            tx.query(
-                &format!("DELETE FROM feedback WHERE conversation_id = $1 {COLUMNS}"),
-                &[c],
-            )
-            .await?
-        }
-        (None, Some(e)) => {
-            tx.query(
-                &format!("DELETE FROM feedback WHERE event_id = $1 {COLUMNS}"),
-                &[e],
-            )
-            .await?
-        }
-        _ => bail!("give exactly one of --conversation-id and --event-id"),
-    };
+    let (filter, key): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) =
+        match (&args.conversation_id, &args.event_id) {
+            (Some(c), None) => ("conversation_id = $1", c),
+            (None, Some(e)) => ("event_id = $1", e),
+            _ => bail!("give exactly one of --conversation-id and --event-id"),
+        };
+    // Every vote touched gets its `feedback_vote` row first (a vote without re-votes has only
+    // its slot holder), so that row is the current vote of each below.
+    tx.execute(
+        &format!(
+            "INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
+             SELECT vote_id, event_id, created_at, subject_id, coalesce(model, ''), rating
+             FROM feedback
+             WHERE vote_slot
+               AND vote_id IN (SELECT vote_id FROM feedback
+                               WHERE {filter} AND vote_id IS NOT NULL)
+             ORDER BY vote_id
+             ON CONFLICT (vote_id) DO NOTHING"
+        ),
+        &[key],
+    )
+    .await?;
+    let rows = tx
+        .query(
+            &format!(
+                "DELETE FROM feedback WHERE {filter}
+                 RETURNING event_id, vote_id, subject_id, coalesce(model, ''), rating, created_at"
+            ),
+            &[key],
+        )
+        .await?;
     let gone: Vec<Gone> = rows
         .iter()
         .map(|r| Gone {
@@ -149,10 +169,12 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
         if !orphaned.is_empty() {
             let newest: BTreeMap<String, tokio_postgres::Row> = tx
                 .query(
-                    "SELECT DISTINCT ON (vote_id) vote_id, event_id, created_at, subject_id,
-                            coalesce(model, ''), rating
-                     FROM feedback WHERE vote_id = ANY($1::text[])
-                     ORDER BY vote_id, created_at DESC, event_id DESC",
+                    &format!(
+                        "SELECT DISTINCT ON (vote_id) vote_id, event_id, created_at, subject_id,
+                                coalesce(model, ''), rating
+                         FROM {REMAINING}
+                         ORDER BY vote_id, created_at DESC, event_id DESC"
+                    ),
                     &[&orphaned],
                 )
                 .await?
@@ -189,6 +211,21 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
                 }
             }
         }
+    }
+    if !vote_ids.is_empty() {
+        // A vote whose slot holder was deleted passes the slot to its newest remaining event.
+        tx.execute(
+            &format!(
+                "UPDATE feedback f SET vote_slot = true
+                 FROM (SELECT DISTINCT ON (vote_id) vote_id, event_id FROM {REMAINING}
+                       ORDER BY vote_id, created_at DESC, event_id DESC) n
+                 WHERE f.event_id = n.event_id
+                   AND NOT EXISTS (SELECT 1 FROM feedback h
+                                   WHERE h.vote_id = n.vote_id AND h.vote_slot)"
+            ),
+            &[&vote_ids],
+        )
+        .await?;
     }
     out.rollup_cells = deltas.apply(&tx, crate::rollup::UPSERT_ROLLUP).await?;
     deltas.remove_empty(&tx).await?;

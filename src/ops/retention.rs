@@ -8,8 +8,9 @@
 //! - `LIKERATE_RETENTION_ROWS` (e.g. `400d`): older rows are deleted. The rollups are *not*
 //!   changed: the aggregates outlive the rows, so like rates over long periods stay available
 //!   after the rows are gone (they hold counts per minute/hour/day, subject and model, no
-//!   text). The vote bookkeeping (`feedback_vote`: vote id, subject, model, rating, time) stays
-//!   too, so a late change of an old vote still moves its count. Erasure on request
+//!   text). The vote bookkeeping stays too (a vote whose events are deleted keeps its
+//!   `feedback_vote` row: vote id, subject, model, rating, time), so a late change of an old
+//!   vote still moves its count. Erasure on request
 //!   (`likerate erase`) is different: it corrects the aggregates.
 //!
 //! Both run in bounded batches, one short transaction per batch of [`BATCH`] rows picked with
@@ -49,10 +50,50 @@ WHERE id IN (SELECT id FROM feedback
              WHERE created_at < $1 AND NOT text_erased
              LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
+/// Deletes a batch of old rows. A vote whose slot holder goes keeps its bookkeeping: the
+/// holder, unless `feedback_vote` already names the current vote, becomes its row there.
+/// Returns the number of rows deleted and the vote ids whose slot holder went.
 const DELETE_ROWS: &str = "
-DELETE FROM feedback
-WHERE id IN (SELECT id FROM feedback WHERE created_at < $1
-             LIMIT $2 FOR UPDATE SKIP LOCKED)";
+WITH gone AS (
+    DELETE FROM feedback
+    WHERE id IN (SELECT id FROM feedback WHERE created_at < $1
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)
+    RETURNING vote_id, event_id, created_at, subject_id, model, rating, vote_slot
+), kept AS (
+    INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
+    SELECT vote_id, event_id, created_at, subject_id, coalesce(model, ''), rating
+    FROM gone WHERE vote_slot ORDER BY vote_id
+    ON CONFLICT (vote_id) DO NOTHING
+)
+SELECT count(*), coalesce(array_agg(vote_id) FILTER (WHERE vote_slot), '{}') FROM gone";
+
+/// The slot of each vote `$1` whose holder was deleted passes to its newest remaining event
+/// (see `schemas/migrations/0004_vote_slot.sql`).
+const PASS_SLOTS: &str = "
+UPDATE feedback f SET vote_slot = true
+FROM (SELECT DISTINCT ON (vote_id) vote_id, event_id FROM feedback
+      WHERE vote_id = ANY($1::text[]) AND vote_id IS NOT NULL AND NOT vote_slot
+      ORDER BY vote_id, created_at DESC, event_id DESC) n
+WHERE f.event_id = n.event_id";
+
+/// One batch of each kind, in its own transaction; returns the rows it changed.
+async fn sweep_batch(
+    client: &mut tokio_postgres::Client,
+    action: &str,
+    before: DateTime<Utc>,
+) -> Result<u64, tokio_postgres::Error> {
+    if action != "deleted" {
+        return client.execute(ERASE_TEXT, &[&before, &BATCH]).await;
+    }
+    let tx = client.transaction().await?;
+    let row = tx.query_one(DELETE_ROWS, &[&before, &BATCH]).await?;
+    let slots: Vec<String> = row.get(1);
+    if !slots.is_empty() {
+        tx.execute(PASS_SLOTS, &[&slots]).await?;
+    }
+    tx.commit().await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
 
 /// One pass: applies both limits relative to `now`.
 pub async fn sweep(
@@ -61,22 +102,18 @@ pub async fn sweep(
     now: DateTime<Utc>,
     metrics: Option<&Metrics>,
 ) -> anyhow::Result<Swept> {
-    let client = target.connect().await?;
+    let mut client = target.connect().await?;
     let mut swept = Swept::default();
     let cutoff = |age: Duration| -> anyhow::Result<DateTime<Utc>> {
         now.checked_sub_signed(chrono::Duration::from_std(age)?)
             .ok_or_else(|| anyhow::anyhow!("retention of {age:?} reaches before the calendar"))
     };
     // Rows first: text of rows about to be deleted need not be erased.
-    for (age, sql, action) in [
-        (config.rows, DELETE_ROWS, "deleted"),
-        (config.text, ERASE_TEXT, "text_erased"),
-    ] {
+    for (age, action) in [(config.rows, "deleted"), (config.text, "text_erased")] {
         let Some(age) = age else { continue };
         let before = cutoff(age)?;
-        let statement = client.prepare(sql).await?;
         loop {
-            let n = client.execute(&statement, &[&before, &BATCH]).await?;
+            let n = sweep_batch(&mut client, action, before).await?;
             match action {
                 "deleted" => swept.deleted += n,
                 _ => swept.text_erased += n,

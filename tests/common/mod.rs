@@ -184,15 +184,21 @@ impl Database {
                    SELECT DISTINCT ON (vote_id) vote_id, event_id FROM feedback
                    WHERE vote_id IS NOT NULL AND created_at >= $1
                    ORDER BY vote_id, created_at DESC, event_id DESC) newest
-                 FULL JOIN (SELECT * FROM feedback_vote WHERE created_at >= $1) v
+                 FULL JOIN (
+                   SELECT s.vote_id, coalesce(v.event_id, s.event_id) AS event_id
+                   FROM feedback s LEFT JOIN feedback_vote v USING (vote_id)
+                   WHERE s.vote_slot AND coalesce(v.created_at, s.created_at) >= $1) current
                    USING (vote_id)
-                 WHERE newest.event_id IS DISTINCT FROM v.event_id",
+                 WHERE newest.event_id IS DISTINCT FROM current.event_id",
                 &[&from],
             )
             .await
             .unwrap()
             .get(0);
-        assert_eq!(stale, 0, "feedback_vote does not name the newest event");
+        assert_eq!(
+            stale, 0,
+            "the current vote (feedback_vote, else the slot holder) is not the newest event"
+        );
     }
 }
 
