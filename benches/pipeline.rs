@@ -6,8 +6,10 @@
 //! 1% producer duplicates) and produced to a fresh 6-partition topic. Then:
 //!
 //! - a. storage limit: the distinct rows, with the Kafka coordinates the broker gave them, are
-//!   written by one binary `COPY` into a fresh database with likerate's schema and indexes; the
-//!   best of `LIKERATE_BENCH_COPY_ROUNDS` (default 2) rounds counts;
+//!   written by one binary `COPY` into a fresh database with likerate's schema and indexes, and
+//!   also by as many `COPY`s at once as likerate has sink connections
+//!   (`LIKERATE_SINK_CONNECTIONS`, default 2; rows split by partition, as the sink splits its
+//!   batches); the best of `LIKERATE_BENCH_COPY_ROUNDS` (default 2) rounds of both counts;
 //! - b. broker limit: a plain `BaseConsumer` (new group, librdkafka defaults) drains the topic
 //!   and discards the records; b2 does the same with likerate's own consumer settings
 //!   (`likerate::kafka::consumer_config`: bounded prefetch);
@@ -768,36 +770,46 @@ impl<'r> Bench<'r> {
     ) -> anyhow::Result<()> {
         // A single COPY's rate swung from 19k to 37k rows/s between runs (where the
         // checkpoints fall): the limit is the best of a few rounds, each on a fresh database.
+        // likerate writes on several connections, so each round also copies on as many
+        // connections at once, the rows split by partition as the sink splits its batches.
         let rounds = env_u64("LIKERATE_BENCH_COPY_ROUNDS", 2).max(1);
-        say(format!("a. storage limit: binary COPY of the distinct rows into a fresh database with the schema and indexes, best of {rounds}"));
+        let lanes = env_u64("LIKERATE_SINK_CONNECTIONS", 2).max(1) as usize;
+        say(format!("a. storage limit: binary COPY of the distinct rows into a fresh database with the schema and indexes, on 1 and on {lanes} connections, best of {rounds} rounds"));
+        let mut slots = VoteSlots::default();
+        let slot: Vec<bool> = first.iter().map(|&i| slots.take(&events[i])).collect();
         let mut best = f64::INFINITY;
         for round in 1..=rounds {
-            let db = format!("likerate_bench_{}_copy{round}", self.id);
-            self.databases.push(db.clone());
-            let mut slots = VoteSlots::default();
-            let slot: Vec<bool> = first.iter().map(|&i| slots.take(&events[i])).collect();
-            let seconds = self.rt.block_on(async {
-                let client = self.fresh_database(&db).await?;
-                let t = Instant::now();
-                let rows = common::copy_rows(
-                    &client,
-                    first.iter().zip(&slot).map(|(&i, &slot)| {
-                        let (partition, offset) = coords[i];
-                        Columns::of(&events[i], topic, partition, offset, slot)
-                    }),
-                )
-                .await?;
-                let seconds = t.elapsed().as_secs_f64();
-                anyhow::ensure!(rows == first.len() as u64, "COPY wrote {rows} rows");
-                Ok::<_, anyhow::Error>(seconds)
-            })?;
-            say(format!(
-                "   round {round}: {} rows in {seconds:.1} s: {} rows/s",
-                thousands(first.len() as f64),
-                thousands(first.len() as f64 / seconds)
-            ));
-            best = best.min(seconds);
-            self.drop_database(&db);
+            let widths = if lanes > 1 { vec![1, lanes] } else { vec![1] };
+            for connections in widths {
+                let db = format!("likerate_bench_{}_copy{round}_{connections}", self.id);
+                self.databases.push(db.clone());
+                let seconds = self.rt.block_on(async {
+                    let mut clients = vec![self.fresh_database(&db).await?];
+                    for _ in 1..connections {
+                        clients.push(connect(&format!("{}/{db}", self.pg_base)).await?);
+                    }
+                    let t = Instant::now();
+                    let copies = clients.iter().enumerate().map(|(lane, client)| {
+                        let rows = first.iter().zip(&slot).filter_map(move |(&i, &slot)| {
+                            let (partition, offset) = coords[i];
+                            (partition as usize % connections == lane)
+                                .then(|| Columns::of(&events[i], topic, partition, offset, slot))
+                        });
+                        common::copy_rows(client, rows)
+                    });
+                    let rows: u64 = futures::future::try_join_all(copies).await?.iter().sum();
+                    let seconds = t.elapsed().as_secs_f64();
+                    anyhow::ensure!(rows == first.len() as u64, "COPY wrote {rows} rows");
+                    Ok::<_, anyhow::Error>(seconds)
+                })?;
+                say(format!(
+                    "   round {round}, {connections} connection(s): {} rows in {seconds:.1} s: {} rows/s",
+                    thousands(first.len() as f64),
+                    thousands(first.len() as f64 / seconds)
+                ));
+                best = best.min(seconds);
+                self.drop_database(&db);
+            }
         }
         self.results.copy_s = best;
         self.results.copy_rate = first.len() as f64 / best;
@@ -1505,7 +1517,7 @@ impl<'r> Bench<'r> {
             "| produce (setup, not a target) | {} | one client, linger.ms=20, lz4, acks=all |",
             thousands(r.produce_rate)
         ));
-        line(format!("| a. storage limit: raw binary COPY | {} | {} distinct rows, same schema and indexes, {:.1} s (best round) |", thousands(r.copy_rate), thousands(r.distinct as f64), r.copy_s));
+        line(format!("| a. storage limit: raw binary COPY | {} | {} distinct rows, same schema and indexes, {:.1} s (best round, on 1 or on the sink's connections) |", thousands(r.copy_rate), thousands(r.distinct as f64), r.copy_s));
         line(format!("| b. broker limit: plain consumer, discarding | {} | librdkafka defaults, after the first record ({:.1} s with the group join) |", thousands(r.consume_rate), r.consume_wall_s));
         line(format!("| b2. plain consumer with likerate's client settings | {} | bounded prefetch (queued.min.messages=2000, 4 MiB) |", thousands(r.consume_likerate_settings_rate)));
         line(format!("| c. likerate end to end | {} | after the first commit ({:.1} s from process start); {} |", thousands(r.likerate_rate), r.likerate_wall_s, r.likerate_rows_ok));

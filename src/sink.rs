@@ -7,10 +7,12 @@
 //! - Batches are written on several connections at once ("lanes"), each batch split by
 //!   partition so a partition always goes to the same lane; acknowledgements are released in
 //!   the order the source cut the batches, never past an older batch that is not durable.
-//! - Idempotent on `event_id`: the insert skips stored ids (`ON CONFLICT DO NOTHING
-//!   RETURNING`), and rollups are built only from the rows it returned, so replays and producer
-//!   duplicates (also twice in one batch) store one row and count once. They are counted as
-//!   `duplicate`.
+//! - Idempotent on `event_id`: a batch looks up which of its ids are stored and copies only
+//!   the others straight into `feedback`; if a concurrent writer stored one of them meanwhile,
+//!   the unique index refuses the copy and the batch goes through a staging table with
+//!   `ON CONFLICT DO NOTHING RETURNING` instead. Rollups are built only from the rows created,
+//!   so replays and producer duplicates (also twice in one batch) store one row and count
+//!   once. They are counted as `duplicate`.
 //! - Votes: of all events sharing a `vote_id`, the one with the latest `(created_at, event_id)`
 //!   counts. The first stored event of a `vote_id` takes its slot (a unique partial index, which
 //!   serialises first votes across writers) and counts; a later event is a re-vote: a newer
@@ -37,7 +39,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
@@ -60,8 +63,15 @@ CREATE TEMPORARY TABLE IF NOT EXISTS feedback_stage (
 
 const COPY_STAGE: &str = "COPY feedback_stage FROM STDIN (FORMAT binary)";
 
-/// Types of the staging table's columns, in order, for the binary `COPY`.
-const STAGE_TYPES: [Type; 12] = [
+const COPY_FEEDBACK: &str = "
+COPY feedback (event_id, subject_id, message_content, user_question, rating, message_index,
+               created_at, model, conversation_id, vote_id, kafka_partition, kafka_offset,
+               kafka_topic, vote_slot)
+FROM STDIN (FORMAT binary)";
+
+/// Types of [`COPY_FEEDBACK`]'s columns, in order, for the binary `COPY`; the staging table
+/// has the first twelve.
+const FEEDBACK_TYPES: [Type; 14] = [
     Type::UUID,
     Type::TEXT,
     Type::TEXT,
@@ -74,7 +84,23 @@ const STAGE_TYPES: [Type; 12] = [
     Type::TEXT,
     Type::INT4,
     Type::INT8,
+    Type::TEXT,
+    Type::BOOL,
 ];
+
+// The lookups by a batch of keys join the array instead of testing `key = ANY($1)`: once a
+// prepared statement's generic plan picks a sequential scan (as it did on a table of a few
+// thousand rows), `= ANY` compares every row with every key, 200 ms for 5000 keys here.
+
+/// Which of the event ids `$1` are stored.
+const STORED_IDS: &str = "
+SELECT f.event_id FROM unnest($1::uuid[]) AS k(event_id)
+JOIN feedback f ON f.event_id = k.event_id";
+
+/// Which of the vote ids `$1` have a slot holder.
+const HELD_SLOTS: &str = "
+SELECT f.vote_id FROM unnest($1::text[]) AS k(vote_id)
+JOIN feedback f ON f.vote_id = k.vote_id AND f.vote_slot";
 
 /// The insert of the staged rows, in `event_id` order: a fixed order of unique-index insertions
 /// keeps concurrent writers from deadlocking. Returns the ids of the rows it created. (A macro,
@@ -116,19 +142,24 @@ const INSERT_REVOTES: &str = insert_staged!(
 /// its current vote until then (and already counted).
 const SEED_VOTES: &str = "
 INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
-SELECT vote_id, event_id, created_at, subject_id, coalesce(model, ''), rating
-FROM feedback WHERE vote_id = ANY($1::text[]) AND vote_slot
-ORDER BY vote_id
+SELECT f.vote_id, f.event_id, f.created_at, f.subject_id, coalesce(f.model, ''), f.rating
+FROM unnest($1::text[]) AS k(vote_id)
+JOIN feedback f ON f.vote_id = k.vote_id AND f.vote_slot
+ORDER BY f.vote_id
 ON CONFLICT (vote_id) DO NOTHING";
 
 /// Which of the vote ids `$1` have a `feedback_vote` row. A first vote normally has none, but
 /// retention keeps the row of a vote whose events it deleted: then the new event is weighed
 /// against it like a re-vote.
-const REGISTERED: &str = "SELECT vote_id FROM feedback_vote WHERE vote_id = ANY($1::text[])";
+const REGISTERED: &str = "
+SELECT v.vote_id FROM unnest($1::text[]) AS k(vote_id)
+JOIN feedback_vote v ON v.vote_id = k.vote_id";
 
 const LOCK_VOTES: &str = "
-SELECT vote_id, event_id, created_at, subject_id, model, rating
-FROM feedback_vote WHERE vote_id = ANY($1::text[]) ORDER BY vote_id FOR UPDATE";
+SELECT v.vote_id, v.event_id, v.created_at, v.subject_id, v.model, v.rating
+FROM unnest($1::text[]) AS k(vote_id)
+JOIN feedback_vote v ON v.vote_id = k.vote_id
+ORDER BY v.vote_id FOR UPDATE OF v";
 
 const UPDATE_VOTES: &str = "
 UPDATE feedback_vote v
@@ -146,6 +177,9 @@ struct Conn {
 
 struct Statements {
     copy_stage: Statement,
+    copy_feedback: Statement,
+    stored_ids: Statement,
+    held_slots: Statement,
     insert_feedback: Statement,
     insert_revotes: Statement,
     seed_votes: Statement,
@@ -161,6 +195,9 @@ impl Conn {
         client.batch_execute(CREATE_STAGE).await?;
         let statements = Statements {
             copy_stage: client.prepare(COPY_STAGE).await?,
+            copy_feedback: client.prepare(COPY_FEEDBACK).await?,
+            stored_ids: client.prepare(STORED_IDS).await?,
+            held_slots: client.prepare(HELD_SLOTS).await?,
             insert_feedback: client.prepare(INSERT_FEEDBACK).await?,
             insert_revotes: client.prepare(INSERT_REVOTES).await?,
             seed_votes: client.prepare(SEED_VOTES).await?,
@@ -480,52 +517,8 @@ async fn write(
 ) -> Result<HashSet<Uuid>, DbError> {
     let st = &conn.statements;
     let started = Instant::now();
-    let tx = conn.client.transaction().await?;
-    let sink = tx.copy_in(&st.copy_stage).await?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
-    futures::pin_mut!(writer);
-    for r in rows {
-        let e = r.event;
-        writer
-            .as_mut()
-            .write(&[
-                &e.event_id,
-                &e.subject_id.as_str(),
-                &e.assistant_message.as_str(),
-                &e.user_question.as_ref().map(|t| t.as_str()),
-                &e.rating.as_i16(),
-                &e.message_index,
-                &e.created_at,
-                &e.model.as_ref().map(|l| l.as_str()),
-                &e.conversation_id.as_ref().map(|l| l.as_str()),
-                &e.vote_id.as_ref().map(|l| l.as_str()),
-                &r.coords.partition,
-                &r.coords.offset,
-            ])
-            .await?;
-    }
-    writer.finish().await?;
-    let copied = started.elapsed();
-    let mut inserted: HashSet<Uuid> = tx
-        .query(&st.insert_feedback, &[&topic])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let skipped: Vec<Uuid> = rows
-        .iter()
-        .filter(|r| r.event.vote_id.is_some() && !inserted.contains(&r.event.event_id))
-        .map(|r| r.event.event_id)
-        .collect();
-    let revotes: HashSet<Uuid> = if skipped.is_empty() {
-        HashSet::new()
-    } else {
-        tx.query(&st.insert_revotes, &[&topic, &skipped])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
+    let mut tx = conn.client.transaction().await?;
+    let (mut inserted, revotes) = insert(&mut tx, st, topic, rows).await?;
     let stored = started.elapsed();
     if aggregates == Aggregates::Skip {
         tx.commit().await?;
@@ -585,7 +578,6 @@ async fn write(
     // Where a slow batch spends its time (`RUST_LOG=likerate::sink=debug`).
     tracing::debug!(
         rows = rows.len(),
-        ?copied,
         ?stored,
         ?voted,
         ?rolled,
@@ -593,6 +585,181 @@ async fn write(
         "batch written"
     );
     Ok(inserted)
+}
+
+/// The rows created by a write: those that count as they are (no `vote_id`, or the vote's
+/// first event, now holding its slot) and the re-votes.
+type Created = (HashSet<Uuid>, HashSet<Uuid>);
+
+/// Inserts the rows that are not stored yet. The fast path asks which event ids are stored and
+/// which votes have a slot holder (index lookups only), then copies the new rows straight into
+/// `feedback`. A concurrent writer may store one of them or take one of their slots in
+/// between: the unique indexes refuse the copy, and the batch goes through the staging table
+/// with `ON CONFLICT` instead, in the same transaction.
+async fn insert(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    st: &Statements,
+    topic: &str,
+    rows: &[Row<'_>],
+) -> Result<Created, DbError> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.event.event_id).collect();
+    let votes: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.event.vote_id.as_ref().map(|v| v.as_str()))
+        .collect();
+    // Both lookups in one round trip (tokio-postgres pipelines them).
+    let (ids, votes): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) = (&[&ids], &[&votes]);
+    let (stored, held) = tokio::try_join!(
+        tx.query(&st.stored_ids, ids),
+        tx.query(&st.held_slots, votes),
+    )?;
+    let stored: HashSet<Uuid> = stored.iter().map(|r| r.get(0)).collect();
+    let mut held: HashSet<String> = held.iter().map(|r| r.get(0)).collect();
+    // In event_id order, as the staged insert: the same lock order, the same slot holders.
+    let mut seen = HashSet::with_capacity(rows.len());
+    let mut new: Vec<&Row<'_>> = rows
+        .iter()
+        .filter(|r| !stored.contains(&r.event.event_id) && seen.insert(r.event.event_id))
+        .collect();
+    new.sort_unstable_by_key(|r| r.event.event_id);
+    let new: Vec<(&Row<'_>, bool)> = new
+        .into_iter()
+        .map(|r| {
+            let slot = r
+                .event
+                .vote_id
+                .as_ref()
+                .is_some_and(|v| held.insert(v.as_str().to_owned()));
+            (r, slot)
+        })
+        .collect();
+    let savepoint = tx.savepoint("direct").await?;
+    match copy_rows(&savepoint, &st.copy_feedback, topic, &new).await {
+        Ok(()) => {
+            savepoint.commit().await?;
+            let mut counted = HashSet::with_capacity(new.len());
+            let mut revotes = HashSet::new();
+            for (r, slot) in new {
+                if slot || r.event.vote_id.is_none() {
+                    counted.insert(r.event.event_id);
+                } else {
+                    revotes.insert(r.event.event_id);
+                }
+            }
+            Ok((counted, revotes))
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            savepoint.rollback().await?;
+            insert_staged(tx, st, topic, rows).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A row's values for the staging table's columns (the first twelve of [`FEEDBACK_TYPES`]).
+struct Values<'a> {
+    row: &'a Row<'a>,
+    subject: &'a str,
+    answer: &'a str,
+    question: Option<&'a str>,
+    rating: i16,
+    model: Option<&'a str>,
+    conversation: Option<&'a str>,
+    vote: Option<&'a str>,
+}
+
+impl<'a> Values<'a> {
+    fn of(row: &'a Row<'a>) -> Values<'a> {
+        let e = row.event;
+        Values {
+            row,
+            subject: e.subject_id.as_str(),
+            answer: e.assistant_message.as_str(),
+            question: e.user_question.as_ref().map(|t| t.as_str()),
+            rating: e.rating.as_i16(),
+            model: e.model.as_ref().map(|l| l.as_str()),
+            conversation: e.conversation_id.as_ref().map(|l| l.as_str()),
+            vote: e.vote_id.as_ref().map(|l| l.as_str()),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        let e = self.row.event;
+        [
+            &e.event_id,
+            &self.subject,
+            &self.answer,
+            &self.question,
+            &self.rating,
+            &e.message_index,
+            &e.created_at,
+            &self.model,
+            &self.conversation,
+            &self.vote,
+            &self.row.coords.partition,
+            &self.row.coords.offset,
+        ]
+    }
+}
+
+/// The new rows, straight into `feedback` with a binary `COPY`.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &Statement,
+    topic: &str,
+    rows: &[(&Row<'_>, bool)],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &FEEDBACK_TYPES);
+    futures::pin_mut!(writer);
+    for (r, slot) in rows {
+        let v = Values::of(r);
+        let [a, b, c, d, e, f, g, h, i, j, k, l] = v.params();
+        writer
+            .as_mut()
+            .write(&[a, b, c, d, e, f, g, h, i, j, k, l, &topic, slot])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The idempotent insert through the staging table: every row is copied there, then
+/// [`INSERT_FEEDBACK`] and [`INSERT_REVOTES`] skip what is stored.
+async fn insert_staged(
+    tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
+    topic: &str,
+    rows: &[Row<'_>],
+) -> Result<Created, DbError> {
+    let sink = tx.copy_in(&st.copy_stage).await?;
+    let writer = BinaryCopyInWriter::new(sink, &FEEDBACK_TYPES[..12]);
+    futures::pin_mut!(writer);
+    for r in rows {
+        writer.as_mut().write(&Values::of(r).params()).await?;
+    }
+    writer.finish().await?;
+    let inserted: HashSet<Uuid> = tx
+        .query(&st.insert_feedback, &[&topic])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let skipped: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.event.vote_id.is_some() && !inserted.contains(&r.event.event_id))
+        .map(|r| r.event.event_id)
+        .collect();
+    let revotes: HashSet<Uuid> = if skipped.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(&st.insert_revotes, &[&topic, &skipped])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    Ok((inserted, revotes))
 }
 
 /// Whether a write maintains the votes and rollups. The pipeline always does; skipping them

@@ -552,3 +552,105 @@ async fn readiness_and_config_errors() {
     assert!(err.contains("LIKERATE_LIKE_RATE_THRESHOLD"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one-line reason: {err}");
 }
+
+/// The sink's fast path looks up which event ids are stored and which votes hold a slot, then
+/// copies the new rows straight into `feedback`. Another writer that stores one of those events
+/// (or takes one of their vote slots) in between makes the unique indexes refuse the copy: the
+/// batch then goes through the staging table with `ON CONFLICT`, in the same transaction, and
+/// each event is still stored once, each vote counted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_racing_the_fast_path_sends_the_batch_through_the_staged_insert() {
+    use likerate::decode::{decode, Origin};
+    use likerate::event::Coordinates;
+    use likerate::sink::{Aggregates, BenchWriter};
+    let env = Env::new(false).await;
+    let db = &env.db;
+    let target = likerate::db::Target::new(&likerate::config::DatabaseConfig {
+        url: db.url(),
+        timeout: Duration::from_secs(30),
+    })
+    .unwrap();
+    likerate::db::migrate(&mut target.connect().await.unwrap())
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let event = |offset: i64, vote: &str, rating: i64| {
+        let json = serde_json::json!({
+            "event_id": Uuid::new_v4(), "subject_id": "Math", "assistant_message": "a",
+            "rating": rating, "created_at": (now + chrono::Duration::seconds(offset)).to_rfc3339(),
+            "vote_id": vote,
+        });
+        let origin = Origin {
+            topic: "race",
+            partition: 0,
+            offset,
+            received_at: now,
+        };
+        let e = decode(json.to_string().as_bytes(), origin).unwrap();
+        (
+            e,
+            Coordinates {
+                partition: 0,
+                offset,
+            },
+        )
+    };
+    // a is stored by the other writer too; c's vote gets its first event from the other writer.
+    let batch = vec![event(1, "v-a", 1), event(2, "v-b", 1), event(3, "v-c", -1)];
+    let other = db.client().await;
+    other.batch_execute("BEGIN").await.unwrap();
+    for (id, vote) in [(batch[0].0.event_id, "v-a"), (Uuid::new_v4(), "v-c")] {
+        other
+            .execute(
+                "INSERT INTO feedback (event_id, subject_id, message_content, rating, created_at,
+                                       vote_id, vote_slot, kafka_topic, kafka_partition,
+                                       kafka_offset)
+                 VALUES ($1, 'Math', 'a', 1, now(), $2, true, 'race', 1, 0)",
+                &[&id, &vote],
+            )
+            .await
+            .unwrap();
+    }
+    let mut writer = BenchWriter::connect(&target, "race").await.unwrap();
+    let write = tokio::spawn(async move { writer.write(&batch, Aggregates::Maintain).await });
+    // The copy waits on the other writer's uncommitted rows in the unique indexes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!write.is_finished(), "the copy waits for the other writer");
+    other.batch_execute("COMMIT").await.unwrap();
+    let created = write
+        .await
+        .unwrap()
+        .expect("the batch is stored, not refused");
+    assert_eq!(
+        created, 2,
+        "b and c are new; a was stored by the other writer"
+    );
+    let client = db.client().await;
+    let rows: Vec<(String, bool)> = client
+        .query(
+            "SELECT vote_id, vote_slot FROM feedback ORDER BY vote_id, vote_slot",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = [("v-a", true), ("v-b", true), ("v-c", false), ("v-c", true)];
+    assert_eq!(
+        rows,
+        expected.map(|(v, s)| (v.to_owned(), s)).to_vec(),
+        "one row per event; c is a re-vote of the other writer's first vote"
+    );
+    // c (a newer dislike) replaced the other writer's like of v-c: -1 like from its bucket,
+    // +1 dislike; b's like counts (the other writer maintained no rollups for its rows).
+    let totals = client
+        .query_one(
+            "SELECT coalesce(sum(likes), 0)::int8, coalesce(sum(dislikes), 0)::int8
+             FROM feedback_rollup WHERE grain = 'd'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((totals.get::<_, i64>(0), totals.get::<_, i64>(1)), (0, 1));
+}
