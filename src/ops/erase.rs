@@ -214,18 +214,7 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
     }
     if !vote_ids.is_empty() {
         // A vote whose slot holder was deleted passes the slot to its newest remaining event.
-        tx.execute(
-            &format!(
-                "UPDATE feedback f SET vote_slot = true
-                 FROM (SELECT DISTINCT ON (vote_id) vote_id, event_id FROM {REMAINING}
-                       ORDER BY vote_id, created_at DESC, event_id DESC) n
-                 WHERE f.event_id = n.event_id
-                   AND NOT EXISTS (SELECT 1 FROM feedback h
-                                   WHERE h.vote_id = n.vote_id AND h.vote_slot)"
-            ),
-            &[&vote_ids],
-        )
-        .await?;
+        tx.execute(super::PASS_SLOTS, &[&vote_ids]).await?;
     }
     out.rollup_cells = deltas.apply(&tx, crate::rollup::UPSERT_ROLLUP).await?;
     deltas.remove_empty(&tx).await?;

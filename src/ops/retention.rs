@@ -67,15 +67,6 @@ WITH gone AS (
 )
 SELECT count(*), coalesce(array_agg(vote_id) FILTER (WHERE vote_slot), '{}') FROM gone";
 
-/// The slot of each vote `$1` whose holder was deleted passes to its newest remaining event
-/// (see `schemas/migrations/0004_vote_slot.sql`).
-const PASS_SLOTS: &str = "
-UPDATE feedback f SET vote_slot = true
-FROM (SELECT DISTINCT ON (vote_id) vote_id, event_id FROM feedback
-      WHERE vote_id = ANY($1::text[]) AND vote_id IS NOT NULL AND NOT vote_slot
-      ORDER BY vote_id, created_at DESC, event_id DESC) n
-WHERE f.event_id = n.event_id";
-
 /// One batch of each kind, in its own transaction; returns the rows it changed.
 async fn sweep_batch(
     client: &mut tokio_postgres::Client,
@@ -89,7 +80,7 @@ async fn sweep_batch(
     let row = tx.query_one(DELETE_ROWS, &[&before, &BATCH]).await?;
     let slots: Vec<String> = row.get(1);
     if !slots.is_empty() {
-        tx.execute(PASS_SLOTS, &[&slots]).await?;
+        tx.execute(super::PASS_SLOTS, &[&slots]).await?;
     }
     tx.commit().await?;
     Ok(row.get::<_, i64>(0) as u64)
