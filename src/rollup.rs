@@ -7,21 +7,32 @@
 
 use crate::event::Rating;
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// A rollup row's key: (grain, bucket, subject, model).
-type RollupKey = (char, DateTime<Utc>, String, String);
+type RollupKey<'a> = (char, DateTime<Utc>, &'a str, &'a str);
+
+/// The grains, with their bucket length in seconds.
+const GRAINS: [(char, i64); 3] = [('d', 86_400), ('h', 3_600), ('m', 60)];
 
 /// The start of the UTC bucket of `seconds` length that holds `t`.
 pub fn truncate(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
-    let s = t.timestamp().div_euclid(seconds) * seconds;
+    bucket(t.timestamp(), seconds)
+}
+
+fn bucket(timestamp: i64, seconds: i64) -> DateTime<Utc> {
+    let s = timestamp.div_euclid(seconds) * seconds;
     DateTime::from_timestamp(s, 0).expect("in range")
 }
 
-/// Rollup changes per (grain, bucket, subject, model): [likes, dislikes, neutral]. The same
-/// cells the sink maintains: minute, hour and day buckets in UTC, model `''` when absent.
+/// Rollup changes: [likes, dislikes, neutral] per minute (seconds since the epoch), subject
+/// and model (`''` when absent), borrowed from the events where they can be. [`apply`]
+/// spreads them over the cells the sink maintains: minute, hour and day buckets in UTC.
+///
+/// [`apply`]: RollupDeltas::apply
 #[derive(Default, Debug)]
-pub struct RollupDeltas(BTreeMap<RollupKey, [i64; 3]>);
+pub struct RollupDeltas<'a>(BTreeMap<(i64, Cow<'a, str>, Cow<'a, str>), [i64; 3]>);
 
 pub const UPSERT_ROLLUP: &str = "
 INSERT INTO feedback_rollup (grain, bucket, subject_id, model, likes, dislikes, neutral)
@@ -32,12 +43,12 @@ SET likes = feedback_rollup.likes + excluded.likes,
     dislikes = feedback_rollup.dislikes + excluded.dislikes,
     neutral = feedback_rollup.neutral + excluded.neutral";
 
-impl RollupDeltas {
+impl<'a> RollupDeltas<'a> {
     pub fn add(
         &mut self,
         created_at: DateTime<Utc>,
-        subject: &str,
-        model: &str,
+        subject: impl Into<Cow<'a, str>>,
+        model: impl Into<Cow<'a, str>>,
         rating: i16,
         sign: i64,
     ) {
@@ -46,19 +57,26 @@ impl RollupDeltas {
             Some(Rating::Dislike) => 1,
             _ => 2,
         };
-        for (grain, seconds) in [('d', 86_400), ('h', 3_600), ('m', 60)] {
-            let key = (
-                grain,
-                truncate(created_at, seconds),
-                subject.to_owned(),
-                model.to_owned(),
-            );
-            self.0.entry(key).or_default()[i] += sign;
-        }
+        let minute = created_at.timestamp().div_euclid(60) * 60;
+        self.0
+            .entry((minute, subject.into(), model.into()))
+            .or_default()[i] += sign;
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.values().all(|c| *c == [0, 0, 0])
+    /// Every cell these changes touch, in key order (the lock order every writer shares).
+    fn cells(&self) -> BTreeMap<RollupKey<'_>, [i64; 3]> {
+        let mut cells: BTreeMap<RollupKey<'_>, [i64; 3]> = BTreeMap::new();
+        for ((minute, subject, model), counts) in &self.0 {
+            for (grain, seconds) in GRAINS {
+                let cell = cells
+                    .entry((grain, bucket(*minute, seconds), subject, model))
+                    .or_default();
+                for (total, n) in cell.iter_mut().zip(counts) {
+                    *total += n;
+                }
+            }
+        }
+        cells
     }
 
     /// Applies the changes in key order (the lock order every writer shares) with `upsert`
@@ -71,14 +89,15 @@ impl RollupDeltas {
     where
         T: tokio_postgres::ToStatement + ?Sized,
     {
-        let d: Vec<_> = self.0.iter().filter(|(_, c)| **c != [0, 0, 0]).collect();
+        let cells = self.cells();
+        let d: Vec<_> = cells.iter().filter(|(_, c)| **c != [0, 0, 0]).collect();
         if d.is_empty() {
             return Ok(0);
         }
         let grains: Vec<i8> = d.iter().map(|(k, _)| k.0 as i8).collect();
         let buckets: Vec<DateTime<Utc>> = d.iter().map(|(k, _)| k.1).collect();
-        let subjects: Vec<&str> = d.iter().map(|(k, _)| k.2.as_str()).collect();
-        let models: Vec<&str> = d.iter().map(|(k, _)| k.3.as_str()).collect();
+        let subjects: Vec<&str> = d.iter().map(|(k, _)| k.2).collect();
+        let models: Vec<&str> = d.iter().map(|(k, _)| k.3).collect();
         let likes: Vec<i64> = d.iter().map(|(_, c)| c[0]).collect();
         let dislikes: Vec<i64> = d.iter().map(|(_, c)| c[1]).collect();
         let neutral: Vec<i64> = d.iter().map(|(_, c)| c[2]).collect();
@@ -98,11 +117,11 @@ impl RollupDeltas {
         &self,
         tx: &tokio_postgres::Transaction<'_>,
     ) -> Result<(), tokio_postgres::Error> {
-        let keys: Vec<&RollupKey> = self.0.keys().collect();
-        let grains: Vec<i8> = keys.iter().map(|k| k.0 as i8).collect();
-        let buckets: Vec<DateTime<Utc>> = keys.iter().map(|k| k.1).collect();
-        let subjects: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
-        let models: Vec<&str> = keys.iter().map(|k| k.3.as_str()).collect();
+        let cells = self.cells();
+        let grains: Vec<i8> = cells.keys().map(|k| k.0 as i8).collect();
+        let buckets: Vec<DateTime<Utc>> = cells.keys().map(|k| k.1).collect();
+        let subjects: Vec<&str> = cells.keys().map(|k| k.2).collect();
+        let models: Vec<&str> = cells.keys().map(|k| k.3).collect();
         tx.execute(
             "DELETE FROM feedback_rollup r
              USING unnest($1::\"char\"[], $2::timestamptz[], $3::text[], $4::text[])
@@ -140,7 +159,8 @@ mod tests {
         let t: DateTime<Utc> = "2026-02-05T10:30:59Z".parse().unwrap();
         d.add(t, "Math", "", 1, -1);
         d.add(t, "Math", "", -1, 1);
-        assert_eq!(d.0.len(), 3);
-        assert!(d.0.values().all(|c| *c == [-1, 1, 0]));
+        let cells = d.cells();
+        assert_eq!(cells.len(), 3);
+        assert!(cells.values().all(|c| *c == [-1, 1, 0]));
     }
 }

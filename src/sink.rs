@@ -35,6 +35,8 @@ use crate::source::{Ack, Acker, Batch, Payload, Rejected};
 use crate::telemetry::Metrics;
 use chrono::{DateTime, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
+use std::borrow::Cow;
+use std::collections::hash_map;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -161,6 +163,14 @@ FROM unnest($1::text[]) AS k(vote_id)
 JOIN feedback_vote v ON v.vote_id = k.vote_id
 ORDER BY v.vote_id FOR UPDATE OF v";
 
+/// The current vote of a vote id that had none: its first event is in the same batch and a
+/// re-vote there is newer. (Nobody else can have written the row: the vote's slot is this
+/// transaction's, so another writer's re-vote of it waits for the commit.)
+const INSERT_VOTES: &str = "
+INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::int2[])
+ORDER BY 1";
+
 const UPDATE_VOTES: &str = "
 UPDATE feedback_vote v
 SET event_id = u.event_id, created_at = u.created_at, subject_id = u.subject_id,
@@ -185,6 +195,7 @@ struct Statements {
     seed_votes: Statement,
     registered: Statement,
     lock_votes: Statement,
+    insert_votes: Statement,
     update_votes: Statement,
     upsert_rollup: Statement,
 }
@@ -203,6 +214,7 @@ impl Conn {
             seed_votes: client.prepare(SEED_VOTES).await?,
             registered: client.prepare(REGISTERED).await?,
             lock_votes: client.prepare(LOCK_VOTES).await?,
+            insert_votes: client.prepare(INSERT_VOTES).await?,
             update_votes: client.prepare(UPDATE_VOTES).await?,
             upsert_rollup: client.prepare(UPSERT_ROLLUP).await?,
         };
@@ -509,6 +521,10 @@ fn refused_letter(event: &FeedbackEvent, detail: String) -> Rejected {
 
 /// The write of one chunk: feedback rows, votes and rollups in one transaction. Returns the
 /// ids of the rows it created (the others were already stored).
+///
+/// Statements that do not depend on each other's answers go out together (tokio-postgres
+/// pipelines the requests of futures polled at once, in the order they are first polled, and
+/// PostgreSQL runs them in that order): a batch costs five round trips besides `BEGIN`.
 async fn write(
     conn: &mut Conn,
     topic: &str,
@@ -518,61 +534,76 @@ async fn write(
     let st = &conn.statements;
     let started = Instant::now();
     let mut tx = conn.client.transaction().await?;
-    let (mut inserted, revotes) = insert(&mut tx, st, topic, rows).await?;
+    let Created {
+        mut counted,
+        revotes,
+        registered,
+    } = insert(&mut tx, st, topic, rows, aggregates).await?;
     let stored = started.elapsed();
     if aggregates == Aggregates::Skip {
         tx.commit().await?;
-        inserted.extend(revotes);
-        return Ok(inserted);
+        counted.extend(revotes);
+        return Ok(counted);
     }
 
-    // Events without a vote_id and first votes (slot holders) count as they are; the newest
-    // re-vote per vote_id is weighed against the current vote.
-    let firsts: Vec<&str> = rows
-        .iter()
-        .filter(|r| inserted.contains(&r.event.event_id))
-        .filter_map(|r| r.event.vote_id.as_ref().map(|v| v.as_str()))
-        .collect();
-    let registered: HashSet<String> = if firsts.is_empty() {
-        HashSet::new()
-    } else {
-        tx.query(&st.registered, &[&firsts])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
+    // What counts:
+    // - an event without a vote_id: as it is;
+    // - a vote id whose slot this batch took, with no current vote from before (no
+    //   `feedback_vote` row): every event it has is in this batch, so its newest one counts;
+    // - any other vote id's first or re-vote in this batch: its newest one is weighed against
+    //   the current vote ([`weigh_revotes`]).
     let mut deltas = RollupDeltas::default();
-    let mut latest: BTreeMap<&str, Vote> = BTreeMap::new();
+    let mut newest: HashMap<&str, Vote<'_>> = HashMap::with_capacity(counted.len());
+    let mut latest: HashMap<&str, Vote<'_>> = HashMap::new();
+    let mut later = Vec::with_capacity(revotes.len());
     for e in rows.iter().map(|r| r.event) {
-        let id = &e.event_id;
-        let weighed = match e.vote_id.as_ref().map(|v| v.as_str()) {
-            Some(v) if inserted.contains(id) && registered.contains(v) => Some(v),
-            Some(v) if revotes.contains(id) => Some(v),
-            _ => None,
-        };
-        match weighed {
-            Some(v) => {
-                let vote = Vote::of(e);
-                latest
-                    .entry(v)
-                    .and_modify(|cur| {
-                        if vote.newer_than(cur) {
-                            *cur = vote.clone()
-                        }
-                    })
-                    .or_insert(vote);
+        let vote_id = e.vote_id.as_ref().map(|v| v.as_str());
+        if counted.contains(&e.event_id) {
+            match vote_id {
+                None => Vote::of(e).count(&mut deltas, 1),
+                Some(v) if registered.contains(v) => keep_newest(&mut latest, v, Vote::of(e)),
+                Some(v) => {
+                    newest.insert(v, Vote::of(e));
+                }
             }
-            None if inserted.contains(id) => Vote::of(e).count(&mut deltas, 1),
-            None => {}
+        } else if let Some(v) = vote_id.filter(|_| revotes.contains(&e.event_id)) {
+            later.push((v, e));
         }
     }
-    if !latest.is_empty() {
-        apply_revotes(&tx, st, &latest, &mut deltas).await?;
+    // Re-votes once every vote whose slot this batch took is known.
+    for (v, e) in later {
+        let votes = if newest.contains_key(v) {
+            &mut newest
+        } else {
+            &mut latest
+        };
+        keep_newest(votes, v, Vote::of(e));
     }
-    inserted.extend(revotes);
+    // A fresh vote whose newest event is a re-vote gets its `feedback_vote` row here.
+    let mut first_revoted = Vec::new();
+    for (v, vote) in &newest {
+        vote.count(&mut deltas, 1);
+        if !counted.contains(&vote.event_id) {
+            first_revoted.push((*v, vote));
+        }
+    }
+    let replaced = if latest.is_empty() {
+        Vec::new()
+    } else {
+        weigh_revotes(&tx, st, &latest, &mut deltas).await?
+    };
+    counted.extend(revotes);
     let voted = started.elapsed();
-    deltas.apply(&tx, &st.upsert_rollup).await?;
+    tokio::try_join!(
+        set_votes(&tx, &st.insert_votes, &first_revoted),
+        set_votes(&tx, &st.update_votes, &replaced),
+        async {
+            deltas
+                .apply(&tx, &st.upsert_rollup)
+                .await
+                .map_err(DbError::from)
+        },
+    )?;
     let rolled = started.elapsed();
     tx.commit().await?;
     // Where a slow batch spends its time (`RUST_LOG=likerate::sink=debug`).
@@ -584,12 +615,20 @@ async fn write(
         committed = ?started.elapsed(),
         "batch written"
     );
-    Ok(inserted)
+    Ok(counted)
 }
 
-/// The rows created by a write: those that count as they are (no `vote_id`, or the vote's
-/// first event, now holding its slot) and the re-votes.
-type Created = (HashSet<Uuid>, HashSet<Uuid>);
+/// What [`insert`] created, and what the weighing of votes needs to know.
+struct Created {
+    /// Rows that count as they are: no `vote_id`, or the vote's first event, now holding its
+    /// slot.
+    counted: HashSet<Uuid>,
+    /// Rows stored without the slot: re-votes.
+    revotes: HashSet<Uuid>,
+    /// The batch's vote ids that have a `feedback_vote` row ([`REGISTERED`]); empty when the
+    /// write skips the aggregates.
+    registered: HashSet<String>,
+}
 
 /// Inserts the rows that are not stored yet. The fast path asks which event ids are stored and
 /// which votes have a slot holder (index lookups only), then copies the new rows straight into
@@ -601,17 +640,22 @@ async fn insert(
     st: &Statements,
     topic: &str,
     rows: &[Row<'_>],
+    aggregates: Aggregates,
 ) -> Result<Created, DbError> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event.event_id).collect();
     let votes: Vec<&str> = rows
         .iter()
         .filter_map(|r| r.event.vote_id.as_ref().map(|v| v.as_str()))
         .collect();
-    // Both lookups in one round trip (tokio-postgres pipelines them).
+    // One round trip. REGISTERED runs after HELD_SLOTS, on a newer snapshot: a vote whose slot
+    // holder retention deleted just before HELD_SLOTS looked is seen with the row retention
+    // kept for it, so its new event is weighed against that row instead of counted anew.
     let (ids, votes): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) = (&[&ids], &[&votes]);
-    let (stored, held) = tokio::try_join!(
+    let (stored, held, registered, ()) = tokio::try_join!(
         tx.query(&st.stored_ids, ids),
         tx.query(&st.held_slots, votes),
+        registered_votes(tx, st, votes, aggregates),
+        tx.batch_execute("SAVEPOINT direct"),
     )?;
     let stored: HashSet<Uuid> = stored.iter().map(|r| r.get(0)).collect();
     let mut held: HashSet<String> = held.iter().map(|r| r.get(0)).collect();
@@ -633,10 +677,10 @@ async fn insert(
             (r, slot)
         })
         .collect();
-    let savepoint = tx.savepoint("direct").await?;
-    match copy_rows(&savepoint, &st.copy_feedback, topic, &new).await {
+    // The savepoint stays open until the commit when the copy succeeds: releasing it would
+    // cost a round trip and gain nothing.
+    match copy_rows(tx, &st.copy_feedback, topic, &new).await {
         Ok(()) => {
-            savepoint.commit().await?;
             let mut counted = HashSet::with_capacity(new.len());
             let mut revotes = HashSet::new();
             for (r, slot) in new {
@@ -646,14 +690,40 @@ async fn insert(
                     revotes.insert(r.event.event_id);
                 }
             }
-            Ok((counted, revotes))
+            Ok(Created {
+                counted,
+                revotes,
+                registered,
+            })
         }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            savepoint.rollback().await?;
-            insert_staged(tx, st, topic, rows).await
+            tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
+            let (counted, revotes) = insert_staged(tx, st, topic, rows).await?;
+            // The staged insert may give a slot HELD_SLOTS saw taken: look again after it.
+            let registered = registered_votes(tx, st, votes, aggregates).await?;
+            Ok(Created {
+                counted,
+                revotes,
+                registered,
+            })
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Which of the vote ids `votes` have a `feedback_vote` row; none are looked up when the write
+/// skips the aggregates.
+async fn registered_votes(
+    tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
+    votes: &[&(dyn ToSql + Sync)],
+    aggregates: Aggregates,
+) -> Result<HashSet<String>, tokio_postgres::Error> {
+    if aggregates == Aggregates::Skip {
+        return Ok(HashSet::new());
+    }
+    let rows = tx.query(&st.registered, votes).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// A row's values for the staging table's columns (the first twelve of [`FEEDBACK_TYPES`]).
@@ -731,7 +801,7 @@ async fn insert_staged(
     st: &Statements,
     topic: &str,
     rows: &[Row<'_>],
-) -> Result<Created, DbError> {
+) -> Result<(HashSet<Uuid>, HashSet<Uuid>), DbError> {
     let sink = tx.copy_in(&st.copy_stage).await?;
     let writer = BinaryCopyInWriter::new(sink, &FEEDBACK_TYPES[..12]);
     futures::pin_mut!(writer);
@@ -804,69 +874,86 @@ impl BenchWriter {
     }
 }
 
-/// What a vote contributes to the rollups.
+/// What a vote contributes to the rollups: borrowed from the batch's event, or owned when read
+/// back from `feedback_vote`.
 #[derive(Clone, Debug)]
-struct Vote {
+struct Vote<'a> {
     event_id: Uuid,
     created_at: DateTime<Utc>,
-    subject: String,
-    model: String,
+    subject: Cow<'a, str>,
+    model: Cow<'a, str>,
     rating: Rating,
 }
 
-impl Vote {
-    fn of(e: &FeedbackEvent) -> Vote {
+impl<'a> Vote<'a> {
+    fn of(e: &'a FeedbackEvent) -> Vote<'a> {
         Vote {
             event_id: e.event_id,
             created_at: e.created_at,
-            subject: e.subject_id.as_str().to_owned(),
-            model: e
-                .model
-                .as_ref()
-                .map(|m| m.as_str().to_owned())
-                .unwrap_or_default(),
+            subject: Cow::Borrowed(e.subject_id.as_str()),
+            model: Cow::Borrowed(e.model.as_ref().map_or("", |m| m.as_str())),
             rating: e.rating,
         }
     }
 
     /// Adds (`sign` 1) or takes out (-1) this vote's count.
-    fn count(&self, deltas: &mut RollupDeltas, sign: i64) {
+    fn count(&self, deltas: &mut RollupDeltas<'a>, sign: i64) {
         deltas.add(
             self.created_at,
-            &self.subject,
-            &self.model,
+            self.subject.clone(),
+            self.model.clone(),
             self.rating.as_i16(),
             sign,
         );
     }
 
     /// Later `created_at` wins; the event id breaks ties so every replay decides alike.
-    fn newer_than(&self, other: &Vote) -> bool {
+    fn newer_than(&self, other: &Vote<'_>) -> bool {
         (self.created_at, self.event_id) > (other.created_at, other.event_id)
     }
 }
 
-/// Moves counts for the batch's newest re-vote per `vote_id`: the vote's `feedback_vote` row
-/// is seeded from its slot holder if it has none, then locked; a re-vote newer than the current
-/// vote replaces it (old bucket -1, new bucket +1); an older one changes nothing.
-async fn apply_revotes(
+/// Keeps the newer of `vote` and the one `votes` holds for `vote_id`.
+fn keep_newest<'a>(votes: &mut HashMap<&'a str, Vote<'a>>, vote_id: &'a str, vote: Vote<'a>) {
+    match votes.entry(vote_id) {
+        hash_map::Entry::Vacant(slot) => {
+            slot.insert(vote);
+        }
+        hash_map::Entry::Occupied(mut cur) => {
+            if vote.newer_than(cur.get()) {
+                cur.insert(vote);
+            }
+        }
+    }
+}
+
+/// Weighs the batch's newest vote per `vote_id` (a re-vote, or a first vote whose current vote
+/// retention kept) against the current one: the vote's `feedback_vote` row is seeded from its
+/// slot holder if it has none, then locked; a newer vote replaces it (old bucket -1, new
+/// bucket +1); an older one changes nothing. Returns the votes that replace the current one,
+/// for [`UPDATE_VOTES`].
+async fn weigh_revotes<'v, 'a>(
     tx: &tokio_postgres::Transaction<'_>,
     conn: &Statements,
-    latest: &BTreeMap<&str, Vote>,
-    deltas: &mut RollupDeltas,
-) -> Result<(), DbError> {
+    latest: &'v HashMap<&'a str, Vote<'a>>,
+    deltas: &mut RollupDeltas<'a>,
+) -> Result<Vec<(&'a str, &'v Vote<'a>)>, DbError> {
     let keys: Vec<&str> = latest.keys().copied().collect();
-    tx.execute(&conn.seed_votes, &[&keys]).await?;
-    let stored = tx.query(&conn.lock_votes, &[&keys]).await?;
+    // One round trip: the seed runs first, so the lock finds every seeded row.
+    let keys: &[&(dyn ToSql + Sync)] = &[&keys];
+    let (_, stored) = tokio::try_join!(
+        tx.execute(&conn.seed_votes, keys),
+        tx.query(&conn.lock_votes, keys),
+    )?;
     let mut found: HashSet<String> = HashSet::with_capacity(stored.len());
-    let mut replaced: Vec<(&str, &Vote)> = Vec::new();
+    let mut replaced = Vec::new();
     for row in stored {
         let key: String = row.get(0);
         let old = Vote {
             event_id: row.get(1),
             created_at: row.get(2),
-            subject: row.get(3),
-            model: row.get(4),
+            subject: Cow::Owned(row.get(3)),
+            model: Cow::Owned(row.get(4)),
             rating: Rating::from_i64(row.get::<_, i16>(5).into()).unwrap_or(Rating::Neutral),
         };
         if let Some((&k, new)) = latest.get_key_value(key.as_str()) {
@@ -892,27 +979,44 @@ async fn apply_revotes(
             &[&ids],
         )
         .await
-        .map_err(|e| match DbError::from(e) {
-            // Another writer promoted an event of the same vote first: retry the batch.
-            DbError::Data(detail) => DbError::Unavailable(detail),
-            other => other,
-        })?;
+        .map_err(conflict_is_transient)?;
         for vote in orphans {
             vote.count(deltas, 1);
         }
     }
-    if !replaced.is_empty() {
-        let keys: Vec<&str> = replaced.iter().map(|(k, _)| *k).collect();
-        let ids: Vec<Uuid> = replaced.iter().map(|(_, v)| v.event_id).collect();
-        let created: Vec<DateTime<Utc>> = replaced.iter().map(|(_, v)| v.created_at).collect();
-        let subjects: Vec<&str> = replaced.iter().map(|(_, v)| v.subject.as_str()).collect();
-        let models: Vec<&str> = replaced.iter().map(|(_, v)| v.model.as_str()).collect();
-        let ratings: Vec<i16> = replaced.iter().map(|(_, v)| v.rating.as_i16()).collect();
-        tx.execute(
-            &conn.update_votes,
-            &[&keys, &ids, &created, &subjects, &models, &ratings],
-        )
-        .await?;
+    Ok(replaced)
+}
+
+/// A unique violation where the sink's own reads said there could be none: another writer
+/// changed the same vote in between. Retrying the batch reads the new state.
+fn conflict_is_transient(e: tokio_postgres::Error) -> DbError {
+    match DbError::from(e) {
+        DbError::Data(detail) => DbError::Unavailable(detail),
+        other => other,
     }
+}
+
+/// Writes current votes with `statement` ([`INSERT_VOTES`] or [`UPDATE_VOTES`], which take
+/// the same columns).
+async fn set_votes(
+    tx: &tokio_postgres::Transaction<'_>,
+    statement: &Statement,
+    votes: &[(&str, &Vote<'_>)],
+) -> Result<(), DbError> {
+    if votes.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = votes.iter().map(|(k, _)| *k).collect();
+    let ids: Vec<Uuid> = votes.iter().map(|(_, v)| v.event_id).collect();
+    let created: Vec<DateTime<Utc>> = votes.iter().map(|(_, v)| v.created_at).collect();
+    let subjects: Vec<&str> = votes.iter().map(|(_, v)| v.subject.as_ref()).collect();
+    let models: Vec<&str> = votes.iter().map(|(_, v)| v.model.as_ref()).collect();
+    let ratings: Vec<i16> = votes.iter().map(|(_, v)| v.rating.as_i16()).collect();
+    tx.execute(
+        statement,
+        &[&keys, &ids, &created, &subjects, &models, &ratings],
+    )
+    .await
+    .map_err(conflict_is_transient)?;
     Ok(())
 }

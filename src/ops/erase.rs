@@ -138,7 +138,13 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
     out.event_ids.sort_unstable();
     let mut deltas = crate::rollup::RollupDeltas::default();
     for g in gone.iter().filter(|g| g.vote_id.is_none()) {
-        deltas.add(g.created_at, &g.subject, &g.model, g.rating, -1);
+        deltas.add(
+            g.created_at,
+            g.subject.as_str(),
+            g.model.as_str(),
+            g.rating,
+            -1,
+        );
         out.uncounted += 1;
     }
     let mut vote_ids: Vec<&str> = gone.iter().filter_map(|g| g.vote_id.as_deref()).collect();
@@ -159,9 +165,8 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
         for row in &current {
             let event_id: Uuid = row.get(1);
             if deleted.contains(&event_id) {
-                let subject: String = row.get(3);
-                let model: String = row.get(4);
-                deltas.add(row.get(2), &subject, &model, row.get(5), -1);
+                let (subject, model): (String, String) = (row.get(3), row.get(4));
+                deltas.add(row.get(2), subject, model, row.get(5), -1);
                 out.uncounted += 1;
                 orphaned.push(row.get(0));
             }
@@ -186,7 +191,7 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
                     Some(r) => {
                         let (subject, model): (String, String) = (r.get(3), r.get(4));
                         let created: DateTime<Utc> = r.get(2);
-                        deltas.add(created, &subject, &model, r.get(5), 1);
+                        deltas.add(created, subject.clone(), model.clone(), r.get(5), 1);
                         tx.execute(
                             "UPDATE feedback_vote SET event_id = $2, created_at = $3,
                                     subject_id = $4, model = $5, rating = $6
