@@ -15,9 +15,11 @@
 //!   once. They are counted as `duplicate`.
 //! - Votes: of all events sharing a `vote_id`, the one with the latest `(created_at, event_id)`
 //!   counts. The first stored event of a `vote_id` takes its slot (a unique partial index, which
-//!   serialises first votes across writers) and counts; a later event is a re-vote: a newer
-//!   one moves the count out of the current vote's bucket into its own, an older one arriving
-//!   late is stored but changes no count. Only vote ids with re-votes get a `feedback_vote` row.
+//!   serialises first votes across writers); a later event is a re-vote: a newer one moves the
+//!   count out of the current vote's bucket into its own, an older one arriving late is stored
+//!   but changes no count. The current vote is the vote's `feedback_vote` row, which only
+//!   re-voted ids get, else the slot holder. A vote whose events are all in one batch is
+//!   settled from the batch alone.
 //! - Failures are classified: database unavailable, restarting, hanging or deadlocked ->
 //!   reconnect and retry the whole batch with backoff, forever (the source pauses meanwhile);
 //!   a row PostgreSQL refuses as data -> the batch is split until that row stands alone, the
@@ -840,8 +842,9 @@ pub enum Aggregates {
     Skip,
 }
 
-/// The sink's write path without the Kafka side, for benchmarks: each call is one
-/// transaction, exactly as the sink writes a batch.
+/// The sink's write path without the Kafka side, for benchmarks and for tests that need
+/// batches of their own making (`tests/votes.rs`): each call is one transaction, exactly as
+/// the sink writes a batch.
 pub struct BenchWriter {
     conn: Conn,
     topic: String,
