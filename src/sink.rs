@@ -526,7 +526,8 @@ fn refused_letter(event: &FeedbackEvent, detail: String) -> Rejected {
 ///
 /// Statements that do not depend on each other's answers go out together (tokio-postgres
 /// pipelines the requests of futures polled at once, in the order they are first polled, and
-/// PostgreSQL runs them in that order): a batch costs five round trips besides `BEGIN`.
+/// PostgreSQL runs them in that order): a batch costs six round trips besides `BEGIN`, two of
+/// them the `COPY`.
 async fn write(
     conn: &mut Conn,
     topic: &str,
@@ -879,7 +880,7 @@ impl BenchWriter {
 
 /// What a vote contributes to the rollups: borrowed from the batch's event, or owned when read
 /// back from `feedback_vote`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Vote<'a> {
     event_id: Uuid,
     created_at: DateTime<Utc>,
