@@ -139,7 +139,10 @@ async fn round(events: &[(FeedbackEvent, Coordinates)], round: usize) -> [Spent;
         let target = fresh_target(&format!("likerate_bench_aggregates_{}", mode_index(mode))).await;
         writers.push(match mode {
             Mode::Raw => Writer::Raw(target.connect().await.unwrap()),
-            Mode::Sink(_) => Writer::Sink(BenchWriter::connect(&target, "bench").await.unwrap()),
+            Mode::Sink(aggregates) => Writer::Sink(
+                BenchWriter::connect(&target, "bench").await.unwrap(),
+                aggregates,
+            ),
         });
     }
     // The raw COPY cannot take the same event twice: it gets each event once, with the slot
@@ -156,17 +159,14 @@ async fn round(events: &[(FeedbackEvent, Coordinates)], round: usize) -> [Spent;
         for k in 0..MODES.len() {
             let m = (i + round + k) % MODES.len();
             let started = Instant::now();
-            spent[m].stored += match (&mut writers[m], MODES[m]) {
-                (Writer::Raw(client), _) => {
+            spent[m].stored += match &mut writers[m] {
+                Writer::Raw(client) => {
                     let rows = distinct.iter().map(|(e, c, slot)| {
                         common::Columns::of(e, "bench", c.partition, c.offset, *slot)
                     });
                     common::copy_rows(client, rows).await.unwrap() as usize
                 }
-                (Writer::Sink(w), Mode::Sink(aggregates)) => {
-                    w.write(batch, aggregates).await.unwrap()
-                }
-                (Writer::Sink(_), Mode::Raw) => unreachable!("raw mode has a raw writer"),
+                Writer::Sink(w, aggregates) => w.write(batch, *aggregates).await.unwrap(),
             };
             spent[m].batches.push(started.elapsed());
         }
@@ -174,9 +174,10 @@ async fn round(events: &[(FeedbackEvent, Coordinates)], round: usize) -> [Spent;
     spent
 }
 
+/// A mode's connection: the raw COPY's client, or the sink's writer with its mode.
 enum Writer {
     Raw(tokio_postgres::Client),
-    Sink(BenchWriter),
+    Sink(BenchWriter, Aggregates),
 }
 
 #[tokio::main(flavor = "current_thread")]
