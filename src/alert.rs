@@ -18,6 +18,7 @@
 
 use crate::aggregate::{by, window_counts, Cells, Counts, Snapshot, WINDOWS};
 use crate::config::AlertConfig;
+use crate::stats::wilson;
 use crate::telemetry::{Metrics, ALL};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -34,28 +35,6 @@ const Z: f64 = 3.29;
 pub const FOR_EVALUATIONS: u32 = 4;
 /// How long a resolved alert keeps being re-sent.
 const RESOLVED_RESEND: chrono::Duration = chrono::Duration::minutes(5);
-
-/// Upper end of the Wilson score interval of `k` successes in `n` trials.
-pub fn wilson_upper(k: i64, n: i64, z: f64) -> f64 {
-    wilson(k, n, z).1
-}
-
-/// The Wilson score interval (lower, upper) of `k` successes in `n` trials.
-pub fn wilson(k: i64, n: i64, z: f64) -> (f64, f64) {
-    if n <= 0 {
-        return (0.0, 1.0);
-    }
-    let n = n as f64;
-    let p = k as f64 / n;
-    let z2 = z * z;
-    let centre = p + z2 / (2.0 * n);
-    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    let denom = 1.0 + z2 / n;
-    (
-        ((centre - spread) / denom).max(0.0),
-        ((centre + spread) / denom).min(1.0),
-    )
-}
 
 /// The thresholds of the rule.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +53,7 @@ pub struct State {
 
 impl Rule {
     fn low(&self, c: &Counts) -> bool {
-        c.total() >= self.min_samples as i64 && wilson_upper(c.likes, c.total(), Z) < self.threshold
+        c.total() >= self.min_samples as i64 && wilson(c.likes, c.total(), Z).1 < self.threshold
     }
 
     /// One evaluation over the alert window (`long`) and its third (`short`).

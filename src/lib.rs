@@ -22,6 +22,7 @@
 //! | [`dead_letter`] | publishing refused records to the dead-letter topic |
 //! | [`aggregate`] | the 5m/15m/1h/24h windows read from the rollups |
 //! | [`alert`] | the `FeedbackLikeRateLow` rule and the Alertmanager push |
+//! | [`stats`] | the Wilson interval and the always-valid A/B test |
 //! | [`http`] | the HTTP server |
 //! | [`api`] | the feedback API (`/api/...`) and `likerate export` |
 //! | [`telemetry`] | every metric name, the label cap, logging |
@@ -50,4 +51,5 @@ pub mod rollup;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod stats;
 pub mod telemetry;

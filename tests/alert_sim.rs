@@ -156,10 +156,10 @@ fn wilson_interval_matches_known_values() {
     // 81 of 100 at z = 1.96, by hand: centre 0.81 + 1.96^2/200 = 0.82921, half-width
     // 1.96 * sqrt(0.81 * 0.19 / 100 + 1.96^2 / 40000) = 0.07926, divided by 1 + 1.96^2/100:
     // (0.7222, 0.8749).
-    let (lo, hi) = likerate::alert::wilson(81, 100, 1.96);
+    let (lo, hi) = likerate::stats::wilson(81, 100, 1.96);
     assert!(
         (lo - 0.7222).abs() < 1e-3 && (hi - 0.8749).abs() < 1e-3,
         "{lo} {hi}"
     );
-    assert_eq!(likerate::alert::wilson(0, 0, 1.96), (0.0, 1.0));
+    assert_eq!(likerate::stats::wilson(0, 0, 1.96), (0.0, 1.0));
 }

@@ -19,8 +19,8 @@
 use super::stats::{query_rollups, rollup_scan};
 use super::{db_error, Filter, ParamError, Params};
 use crate::aggregate::Counts;
-use crate::alert::wilson;
 use crate::http::{ApiError, AppState};
+use crate::stats::{two_sided_p, wilson, Z95};
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -31,8 +31,6 @@ use std::collections::BTreeMap;
 pub const MIN_VOTES: i64 = 100;
 /// Significance level of the verdicts.
 pub const ALPHA: f64 = 0.05;
-/// The 97.5% quantile of the standard normal distribution: two-sided 95% intervals.
-const Z95: f64 = 1.959_963_984_540_054;
 
 const BY_SUBJECT_AND_MODEL: &str = concat!(
     "SELECT r.subject_id::text, r.model::text, sum(r.likes)::int8, sum(r.dislikes)::int8,
@@ -186,33 +184,6 @@ pub fn stratified(strata: &[(Counts, Counts)]) -> Stratified {
     }
 }
 
-/// P(|Z| >= |z|) for a standard normal Z.
-pub fn two_sided_p(z: f64) -> f64 {
-    erfc(z.abs() / std::f64::consts::SQRT_2).min(1.0)
-}
-
-/// The complementary error function, by the Chebyshev fit of Numerical Recipes (2nd ed.,
-/// section 6.2, `erfcc`): fractional error below 1.2e-7 everywhere, ample for a p-value
-/// compared with 0.05.
-pub fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * poly.exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompareParams {
@@ -338,26 +309,6 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
-    }
-
-    #[test]
-    fn erfc_matches_reference_values() {
-        // Reference values from Python's math.erfc (double precision).
-        for (x, want) in [
-            (0.0, 1.0),
-            (0.5, 0.479_500_122_186_953_5),
-            (1.0, 0.157_299_207_050_285_13),
-            (2.0, 0.004_677_734_981_047_266),
-            (3.0, 2.209_049_699_858_544e-5),
-            (-1.0, 1.842_700_792_949_715),
-        ] {
-            assert!(
-                close(erfc(x) / want, 1.0, 1.2e-7),
-                "erfc({x}) = {}",
-                erfc(x)
-            );
-        }
-        assert!(close(two_sided_p(Z95), 0.05, 1e-8));
     }
 
     /// The kidney-stone shape of Simpson's paradox, doubled: A is better in each subject,
