@@ -65,7 +65,8 @@ impl App {
             pool: target.pool(8)?,
             joined: Arc::new(AtomicBool::new(false)),
             api: crate::api::ApiState::new(&kafka, run.export_token.as_deref())
-                .context("creating the producer of POST /api/feedback")?,
+                .context("creating the producer of POST /api/feedback")?
+                .with_ab(run.ab.clone()),
         };
         Ok(App {
             kafka,

@@ -64,6 +64,11 @@ impl ConfigFile {
         })
     }
 
+    /// A key of the file that is no flag's: a table like `[[experiments]]`.
+    pub fn get(&self, key: &str) -> Option<&toml::Value> {
+        self.table.get(key)
+    }
+
     /// Fills the `None` fields of `cli` from the file.
     fn layer<T: Serialize + DeserializeOwned>(&self, cli: &T) -> Result<T, ConfigError> {
         let mut merged = serde_json::to_value(cli).expect("settings serialize");
@@ -301,6 +306,9 @@ pub struct RunArgs {
     /// comma separated: email, phone [default: none]
     #[arg(long, env = "LIKERATE_REDACT")]
     pub redact: Option<String>,
+    /// Power at which `compare` plans the votes an A/B test needs [default: 0.8]
+    #[arg(long, env = "LIKERATE_AB_POWER")]
+    pub ab_power: Option<f64>,
     #[command(flatten)]
     #[serde(flatten)]
     pub retention: RetentionArgs,
@@ -391,6 +399,8 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     pub redact: RedactConfig,
     pub retention: RetentionConfig,
+    /// Experiments (file only: `[[experiments]]`) and the planning power.
+    pub ab: crate::experiment::AbConfig,
 }
 
 impl std::fmt::Debug for RunConfig {
@@ -406,6 +416,7 @@ impl std::fmt::Debug for RunConfig {
             .field("drain_timeout", &self.drain_timeout)
             .field("redact", &self.redact)
             .field("retention", &self.retention)
+            .field("ab", &self.ab)
             .finish()
     }
 }
@@ -506,6 +517,7 @@ impl RunArgs {
             drain_timeout: duration("LIKERATE_DRAIN_TIMEOUT", s.drain_timeout, "20s")?,
             redact: RedactConfig::parse(s.redact.as_deref())?,
             retention: s.retention.resolve(file)?,
+            ab: crate::experiment::AbConfig::resolve(file.get("experiments"), s.ab_power)?,
         })
     }
 }

@@ -27,6 +27,7 @@
 //! | [`api`] | the feedback API (`/api/...`) and `likerate export` |
 //! | [`telemetry`] | every metric name, the label cap, logging |
 //! | [`config`] | flags, environment, TOML file, defaults |
+//! | [`experiment`] | configured A/B experiments and sticky assignment |
 //! | [`db`] | connections, timeouts, TLS, migrations |
 //! | [`kafka`] | client properties and topic creation |
 //! | [`ops`] | `dlq replay`, `erase`, `retention`, `report`, and redaction before the write |
@@ -43,6 +44,7 @@ pub mod db;
 pub mod dead_letter;
 pub mod decode;
 pub mod event;
+pub mod experiment;
 pub mod http;
 pub mod kafka;
 pub mod ops;

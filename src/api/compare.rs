@@ -1,43 +1,75 @@
-//! `GET /api/feedback/compare`: two model versions, A/B, from the rollups.
+//! `GET /api/feedback/compare`: two model versions, A/B, with a verdict that stays valid
+//! however often it is looked at (docs/ab-testing.md; the statistics are [`crate::stats`]).
 //!
-//! Per model: votes, likes, like rate and its 95% Wilson interval. Between them: the
-//! difference of like rates (A - B), the two-sided p-value of the pooled two-proportion
-//! z-test, and a verdict:
+//! Per model: votes, likes, like rate, its 95% Wilson interval and the independent units
+//! behind the votes. Between them: the difference of like rates (A - B), its always-valid
+//! p-value and 95% confidence sequence (normal-mixture mSPRT), and a verdict:
 //! - `not_enough_data` when either model has fewer than [`MIN_VOTES`] votes;
-//! - `a_better` / `b_better` when p < [`ALPHA`], by the sign of the difference;
+//! - `a_better` / `b_better` when the always-valid p < [`ALPHA`], by the sign of the
+//!   difference (the confidence sequence then excludes 0);
 //! - `no_difference` otherwise.
 //!
-//! The same figures are given per subject (`by_subject`), and a stratified test over the
-//! subjects (Cochran–Mantel–Haenszel, subjects as strata) with its own verdict. When the
-//! pooled and the stratified verdicts disagree (and neither lacks data), `simpson_warning` is
-//! true: the pooled difference comes from the mix of subjects each model saw, not from the
-//! models (Simpson's paradox), and the stratified verdict is the one to trust.
+//! `fixed_horizon_p_value` is the pooled two-proportion z-test (CMH for `stratified`), valid
+//! only for one look at a sample size fixed in advance; no verdict uses it.
 //!
-//! Counts are current votes, with the rollups' one-minute resolution for `since`/`until`
-//! (see [`super::stats`]).
+//! The same figures are given per subject (`by_subject`), and a stratified test over the
+//! subjects (the Mantel–Haenszel-weighted difference) with its own verdict. When the pooled
+//! and the stratified verdicts disagree (and neither lacks data), `simpson_warning` is true:
+//! the pooled difference comes from the mix of subjects each model saw, not from the models
+//! (Simpson's paradox), and the stratified verdict is the one to trust.
+//!
+//! The unit (`unit=conversation`, the default): votes of one `conversation_id` are one unit
+//! of the variance; votes without one are each their own. This reads current votes from
+//! `feedback` (the rule of [`super::training`]'s `current_votes!`), one group per
+//! (subject, model, conversation) over the period: a scan of the period's rows through
+//! `ix_feedback_created`, linear in the votes compared. `unit=vote` reads the rollups instead
+//! (a few thousand rows whatever the volume) and treats every vote as independent. Either way
+//! `since`/`until` have the rollups' one-minute resolution (see [`super::stats`]), so the
+//! counts are the same.
+//!
+//! `experiment=NAME` compares a configured experiment's arms (the first two unless
+//! `model_a`/`model_b` name others of its arms) over its period (narrowed by `since`/`until`).
+//! `plan` gives the votes per arm at which a difference of `min_detectable_effect` (default
+//! 0.02, two points) would be found with the configured power (`LIKERATE_AB_POWER`).
 
 use super::stats::{query_rollups, rollup_scan};
+use super::training::current_votes;
 use super::{db_error, Filter, ParamError, Params};
 use crate::aggregate::Counts;
 use crate::http::{ApiError, AppState};
-use crate::stats::{two_sided_p, wilson, Z95};
+use crate::stats::{estimate, sequential, two_sided_p, votes_needed, wilson, Cell, Side, Z95};
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Fewest votes per model (overall, per subject, or in the stratified comparison) for a
-/// verdict other than `not_enough_data`: below it a 95% interval is wider than ±10 points.
+/// verdict other than `not_enough_data`: below it the normal approximation of the test is
+/// poor and a 95% interval is wider than ±10 points.
 pub const MIN_VOTES: i64 = 100;
 /// Significance level of the verdicts.
 pub const ALPHA: f64 = 0.05;
+/// The smallest difference worth planning for when the request does not say: two points.
+const DEFAULT_EFFECT: f64 = 0.02;
 
 const BY_SUBJECT_AND_MODEL: &str = concat!(
-    "SELECT r.subject_id::text, r.model::text, sum(r.likes)::int8, sum(r.dislikes)::int8,
-            sum(r.neutral)::int8",
+    "SELECT r.subject_id::text, r.model::text, NULL::text, sum(r.likes)::int8,
+            sum(r.dislikes)::int8, sum(r.neutral)::int8",
     rollup_scan!(),
     "
 GROUP BY 1, 2"
+);
+
+/// `$1` ratings, `$2` subject, `$3` NULL, `$4`/`$5` range, `$6` the two models.
+const BY_CONVERSATION: &str = concat!(
+    "SELECT f.subject_id::text, f.model::text, f.conversation_id::text,
+            count(*) FILTER (WHERE f.rating = 1), count(*) FILTER (WHERE f.rating = -1),
+            count(*) FILTER (WHERE f.rating = 0)",
+    current_votes!(),
+    " AND f.model = ANY($6)
+GROUP BY 1, 2, 3"
 );
 
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +79,49 @@ pub enum Verdict {
     BBetter,
     NoDifference,
     NotEnoughData,
+}
+
+/// What the variance is computed over.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Conversation,
+    Vote,
+}
+
+impl Unit {
+    fn parse(value: Option<&str>) -> Result<Unit, ParamError> {
+        match value {
+            None | Some("") | Some("conversation") => Ok(Unit::Conversation),
+            Some("vote") => Ok(Unit::Vote),
+            Some(other) => Err(ParamError::new(
+                "unit",
+                format!("must be conversation or vote, got {other:?}"),
+            )),
+        }
+    }
+}
+
+/// Current votes of one subject and side, from one conversation (`unit: Some`) or from
+/// votes that are each their own unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub subject: String,
+    pub side: Side,
+    pub unit: Option<String>,
+    pub counts: Counts,
+}
+
+impl Group {
+    fn cell(&self, stratum: usize) -> Cell<'_> {
+        Cell {
+            unit: self.unit.as_deref(),
+            stratum,
+            side: self.side,
+            votes: self.counts.total(),
+            likes: self.counts.likes,
+        }
+    }
 }
 
 /// One model's figures.
@@ -62,10 +137,12 @@ pub struct Arm {
     /// 95% Wilson score interval of the like rate; (0, 1) without votes.
     pub ci_low: f64,
     pub ci_high: f64,
+    /// Independent units behind the votes (conversations, plus votes without one).
+    pub units: usize,
 }
 
 impl Arm {
-    fn new(model: &str, c: Counts) -> Arm {
+    fn new(model: &str, c: Counts, units: usize) -> Arm {
         let (ci_low, ci_high) = wilson(c.likes, c.total(), Z95);
         Arm {
             model: model.to_owned(),
@@ -76,6 +153,42 @@ impl Arm {
             like_rate: c.like_ratio(),
             ci_low,
             ci_high,
+            units,
+        }
+    }
+}
+
+/// The always-valid test of a difference, as answered.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq)]
+pub struct Test {
+    /// Like rate of A minus like rate of B (weighted by subject when stratified); `None` when
+    /// no (subject with) votes on both sides.
+    pub difference: Option<f64>,
+    /// Always-valid p-value: below `alpha` at any look with probability at most `alpha` when
+    /// the models do not differ.
+    pub p_value: Option<f64>,
+    /// 95% confidence sequence of the difference (valid at every look at once).
+    pub difference_ci_low: Option<f64>,
+    pub difference_ci_high: Option<f64>,
+    pub verdict: Verdict,
+}
+
+impl Test {
+    fn new(cells: &[Cell], clustered: bool, votes_a: i64, votes_b: i64) -> Test {
+        let e = estimate(cells, clustered);
+        let s = e.as_ref().map(|e| sequential(e, ALPHA));
+        let verdict = match (e, s) {
+            _ if votes_a < MIN_VOTES || votes_b < MIN_VOTES => Verdict::NotEnoughData,
+            (Some(e), Some(s)) if s.p_value < ALPHA && e.difference > 0.0 => Verdict::ABetter,
+            (Some(e), Some(s)) if s.p_value < ALPHA && e.difference < 0.0 => Verdict::BBetter,
+            _ => Verdict::NoDifference,
+        };
+        Test {
+            difference: e.map(|e| e.difference),
+            p_value: s.map(|s| s.p_value),
+            difference_ci_low: s.map(|s| s.ci_low),
+            difference_ci_high: s.map(|s| s.ci_high),
+            verdict,
         }
     }
 }
@@ -85,76 +198,132 @@ impl Arm {
 pub struct Comparison {
     pub model_a: Arm,
     pub model_b: Arm,
-    /// Like rate of A minus like rate of B; `None` when either has no votes.
-    pub difference: Option<f64>,
-    /// Two-sided p-value of the pooled two-proportion z-test; `None` when either has no votes.
-    pub p_value: Option<f64>,
-    pub verdict: Verdict,
+    #[serde(flatten)]
+    pub test: Test,
+    /// Two-sided p-value of the pooled two-proportion z-test, votes as independent: valid for
+    /// one look at a sample size fixed in advance only. `None` when either has no votes.
+    pub fixed_horizon_p_value: Option<f64>,
 }
 
-fn verdict(votes_a: i64, votes_b: i64, p_value: Option<f64>, direction: f64) -> Verdict {
-    match p_value {
-        _ if votes_a < MIN_VOTES || votes_b < MIN_VOTES => Verdict::NotEnoughData,
-        Some(p) if p < ALPHA && direction > 0.0 => Verdict::ABetter,
-        Some(p) if p < ALPHA && direction < 0.0 => Verdict::BBetter,
-        _ => Verdict::NoDifference,
+/// The pooled z-test of the votes, for `fixed_horizon_p_value`.
+fn fixed_horizon_p(a: Counts, b: Counts) -> Option<f64> {
+    let (pa, pb) = (a.like_ratio()?, b.like_ratio()?);
+    let (na, nb) = (a.total() as f64, b.total() as f64);
+    let pooled = (a.likes + b.likes) as f64 / (na + nb);
+    let se = (pooled * (1.0 - pooled) * (1.0 / na + 1.0 / nb)).sqrt();
+    // All likes or no likes on both sides: the rates are equal, nothing to test.
+    Some(if se > 0.0 {
+        two_sided_p((pa - pb) / se)
+    } else {
+        1.0
+    })
+}
+
+fn totals(groups: &[&Group]) -> (Counts, Counts) {
+    groups.iter().fold(
+        (Counts::default(), Counts::default()),
+        |(a, b), g| match g.side {
+            Side::A => (add(a, g.counts), b),
+            Side::B => (a, add(b, g.counts)),
+        },
+    )
+}
+
+/// Independent units of one side: its conversations and its votes without one (every vote
+/// when not clustered).
+fn units(groups: &[&Group], side: Side, clustered: bool) -> usize {
+    let mut conversations = std::collections::BTreeSet::new();
+    let mut singles = 0;
+    for g in groups
+        .iter()
+        .filter(|g| g.side == side && g.counts.total() > 0)
+    {
+        match g.unit.as_deref().filter(|_| clustered) {
+            Some(u) => {
+                conversations.insert(u);
+            }
+            None => singles += g.counts.total() as usize,
+        }
     }
+    conversations.len() + singles
 }
 
 impl Comparison {
-    pub fn new(model_a: &str, a: Counts, model_b: &str, b: Counts) -> Comparison {
-        let (na, nb) = (a.total(), b.total());
-        let (difference, p_value) = match (a.like_ratio(), b.like_ratio()) {
-            (Some(pa), Some(pb)) => {
-                let pooled = (a.likes + b.likes) as f64 / (na + nb) as f64;
-                let se = (pooled * (1.0 - pooled) * (1.0 / na as f64 + 1.0 / nb as f64)).sqrt();
-                // All likes or no likes on both sides: the rates are equal, nothing to test.
-                let p = if se > 0.0 {
-                    two_sided_p((pa - pb) / se)
-                } else {
-                    1.0
-                };
-                (Some(pa - pb), Some(p))
-            }
-            _ => (None, None),
-        };
+    /// The groups compared as one stratum.
+    fn new(model_a: &str, model_b: &str, groups: &[&Group], clustered: bool) -> Comparison {
+        let (a, b) = totals(groups);
+        let cells: Vec<Cell> = groups.iter().map(|g| g.cell(0)).collect();
         Comparison {
-            model_a: Arm::new(model_a, a),
-            model_b: Arm::new(model_b, b),
-            difference,
-            p_value,
-            verdict: verdict(na, nb, p_value, difference.unwrap_or(0.0)),
+            model_a: Arm::new(model_a, a, units(groups, Side::A, clustered)),
+            model_b: Arm::new(model_b, b, units(groups, Side::B, clustered)),
+            test: Test::new(&cells, clustered, a.total(), b.total()),
+            fixed_horizon_p_value: fixed_horizon_p(a, b),
         }
     }
 }
 
-/// The Cochran–Mantel–Haenszel test of "like" vs model, stratified by subject.
+/// The comparison stratified by subject.
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct Stratified {
+    /// The Mantel–Haenszel-weighted difference of like rates (weights nA nB / (nA + nB)),
+    /// tested sequentially like the pooled one.
     pub method: &'static str,
     /// Subjects where both models have votes (the others carry no comparison).
     pub subjects: usize,
     pub votes_a: i64,
     pub votes_b: i64,
+    #[serde(flatten)]
+    pub test: Test,
     /// Mantel–Haenszel common odds ratio of a like, A vs B; `None` when undefined.
     pub odds_ratio: Option<f64>,
-    /// p-value of the CMH chi-square (1 degree of freedom, no continuity correction).
-    pub p_value: Option<f64>,
-    pub verdict: Verdict,
+    /// p-value of the Cochran–Mantel–Haenszel chi-square (1 degree of freedom, no continuity
+    /// correction), votes as independent: fixed-horizon, like the pooled one.
+    pub fixed_horizon_p_value: Option<f64>,
 }
 
-/// Strata: per subject, (A counts, B counts).
-pub fn stratified(strata: &[(Counts, Counts)]) -> Stratified {
-    let (mut deviation, mut variance, mut r, mut s) = (0.0, 0.0, 0.0, 0.0);
-    let (mut subjects, mut votes_a, mut votes_b) = (0, 0, 0);
+/// `groups` with their stratum (subject) index.
+fn stratified(groups: &[(usize, &Group)], clustered: bool) -> Stratified {
+    let strata = groups.iter().map(|(s, _)| s + 1).max().unwrap_or(0);
+    let mut per = vec![(Counts::default(), Counts::default()); strata];
+    for (s, g) in groups {
+        let cell = &mut per[*s];
+        match g.side {
+            Side::A => cell.0 = add(cell.0, g.counts),
+            Side::B => cell.1 = add(cell.1, g.counts),
+        }
+    }
+    let compared: Vec<bool> = per
+        .iter()
+        .map(|(a, b)| a.total() > 0 && b.total() > 0)
+        .collect();
+    let (votes_a, votes_b) = per
+        .iter()
+        .zip(&compared)
+        .filter(|(_, c)| **c)
+        .fold((0, 0), |(x, y), ((a, b), _)| (x + a.total(), y + b.total()));
+    let cells: Vec<Cell> = groups.iter().map(|(s, g)| g.cell(*s)).collect();
+    let (odds_ratio, fixed_horizon_p_value) = cochran_mantel_haenszel(&per);
+    Stratified {
+        method: "mantel_haenszel_weighted_difference",
+        subjects: compared.iter().filter(|c| **c).count(),
+        votes_a,
+        votes_b,
+        test: Test::new(&cells, clustered, votes_a, votes_b),
+        odds_ratio,
+        fixed_horizon_p_value,
+    }
+}
+
+/// The Cochran–Mantel–Haenszel test of "like" vs model over strata of (A, B) counts: the
+/// common odds ratio and the chi-square's p-value.
+fn cochran_mantel_haenszel(strata: &[(Counts, Counts)]) -> (Option<f64>, Option<f64>) {
+    let (mut deviation, mut variance, mut r, mut s, mut subjects) = (0.0, 0.0, 0.0, 0.0, 0);
     for (a, b) in strata {
         let (n1, n2) = (a.total() as f64, b.total() as f64);
         if n1 == 0.0 || n2 == 0.0 {
             continue;
         }
         subjects += 1;
-        votes_a += a.total();
-        votes_b += b.total();
         let t = n1 + n2;
         let liked = (a.likes + b.likes) as f64;
         let other = t - liked;
@@ -173,14 +342,45 @@ pub fn stratified(strata: &[(Counts, Counts)]) -> Stratified {
     } else {
         Some(1.0)
     };
-    Stratified {
-        method: "cochran_mantel_haenszel",
-        subjects,
-        votes_a,
-        votes_b,
-        odds_ratio: (s > 0.0).then(|| r / s),
-        p_value,
-        verdict: verdict(votes_a, votes_b, p_value, deviation),
+    ((s > 0.0).then(|| r / s), p_value)
+}
+
+/// How many votes the experiment needs.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub min_detectable_effect: f64,
+    pub power: f64,
+    /// Like rate of both models together: the planned arms sit at it ± half the effect.
+    pub baseline_like_rate: Option<f64>,
+    /// Variance by unit over variance by vote (at least 1): how much clustering costs.
+    pub design_effect: Option<f64>,
+    /// Votes per arm at which a difference of `min_detectable_effect` is found with
+    /// probability `power` (at least; looking more often only adds chances).
+    pub votes_needed_per_arm: Option<i64>,
+    /// `votes_needed_per_arm` minus the votes of the arm with fewer, at least 0.
+    pub more_votes_per_arm: Option<i64>,
+}
+
+fn plan(pooled: &[&Group], clustered: bool, effect: f64, power: f64) -> Plan {
+    let (a, b) = totals(pooled);
+    let both = add(a, b);
+    let cells: Vec<Cell> = pooled.iter().map(|g| g.cell(0)).collect();
+    let design_effect = match (estimate(&cells, clustered), estimate(&cells, false)) {
+        (Some(u), Some(v)) if v.variance > 0.0 => Some((u.variance / v.variance).max(1.0)),
+        (Some(_), Some(_)) => Some(1.0),
+        _ => None,
+    };
+    let baseline = both.like_ratio();
+    let needed = baseline
+        .zip(design_effect)
+        .map(|(p, d)| votes_needed(p, effect, power, ALPHA, d));
+    Plan {
+        min_detectable_effect: effect,
+        power,
+        baseline_like_rate: baseline,
+        design_effect,
+        votes_needed_per_arm: needed,
+        more_votes_per_arm: needed.map(|n| (n - a.total().min(b.total())).max(0)),
     }
 }
 
@@ -192,6 +392,9 @@ pub struct CompareParams {
     subject_id: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    experiment: Option<String>,
+    unit: Option<String>,
+    min_detectable_effect: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -201,16 +404,74 @@ pub struct SubjectComparison {
     pub comparison: Comparison,
 }
 
+/// How the verdicts are reached.
+#[derive(Serialize, Debug)]
+pub struct Method {
+    pub test: &'static str,
+    /// Standard deviation of the normal mixture over the difference.
+    pub mixture_sd: f64,
+}
+
 #[derive(Serialize, Debug)]
 pub struct CompareAnswer {
     #[serde(flatten)]
     pub pooled: Comparison,
     pub subject_id: Option<String>,
+    pub experiment: Option<String>,
+    /// The period compared (`null`: unbounded), after an experiment's period applied.
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// The unit of the variance: `conversation` when some votes carry a `conversation_id`
+    /// and clustering is on, else `vote`.
+    pub unit: Unit,
     pub min_votes: i64,
     pub alpha: f64,
+    pub method: Method,
     pub by_subject: Vec<SubjectComparison>,
     pub stratified: Stratified,
     pub simpson_warning: bool,
+    pub plan: Plan,
+}
+
+/// Everything of the answer that follows from the groups.
+fn analyse(
+    model_a: &str,
+    model_b: &str,
+    groups: &[Group],
+    requested: Unit,
+    effect: f64,
+    power: f64,
+) -> (Comparison, Vec<SubjectComparison>, Stratified, Unit, Plan) {
+    let clustered = requested == Unit::Conversation;
+    let unit = if clustered && groups.iter().any(|g| g.unit.is_some()) {
+        Unit::Conversation
+    } else {
+        Unit::Vote
+    };
+    let all: Vec<&Group> = groups.iter().collect();
+    let mut subjects: BTreeMap<&str, Vec<&Group>> = BTreeMap::new();
+    for g in groups {
+        subjects.entry(&g.subject).or_default().push(g);
+    }
+    let indexed: Vec<(usize, &Group)> = subjects
+        .values()
+        .enumerate()
+        .flat_map(|(i, gs)| gs.iter().map(move |g| (i, *g)))
+        .collect();
+    let by_subject = subjects
+        .iter()
+        .map(|(subject, gs)| SubjectComparison {
+            subject_id: (*subject).to_owned(),
+            comparison: Comparison::new(model_a, model_b, gs, clustered),
+        })
+        .collect();
+    (
+        Comparison::new(model_a, model_b, &all, clustered),
+        by_subject,
+        stratified(&indexed, clustered),
+        unit,
+        plan(&all, clustered, effect, power),
+    )
 }
 
 fn required(param: &'static str, value: Option<String>) -> Result<String, ParamError> {
@@ -219,72 +480,149 @@ fn required(param: &'static str, value: Option<String>) -> Result<String, ParamE
         .ok_or_else(|| ParamError::new(param, "is required"))
 }
 
+fn effect(value: Option<&str>) -> Result<f64, ParamError> {
+    let Some(v) = value.filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_EFFECT);
+    };
+    v.parse::<f64>()
+        .ok()
+        .filter(|e| *e > 0.0 && *e < 1.0)
+        .ok_or_else(|| {
+            ParamError::new(
+                "min_detectable_effect",
+                format!("must be a difference of like rates in (0, 1) such as 0.02, got {v:?}"),
+            )
+        })
+}
+
 pub async fn compare(
     State(state): State<AppState>,
     Params(p): Params<CompareParams>,
 ) -> Result<Json<CompareAnswer>, ApiError> {
-    let model_a = required("model_a", p.model_a)?;
-    let model_b = required("model_b", p.model_b)?;
-    if model_a == model_b {
-        return Err(ParamError::new("model_b", "must differ from model_a").into());
-    }
-    let filter = Filter::parse(
+    let unit = Unit::parse(p.unit.as_deref())?;
+    let effect = effect(p.min_detectable_effect.as_deref())?;
+    let mut filter = Filter::parse(
         p.subject_id.as_deref(),
         None,
         p.since.as_deref(),
         p.until.as_deref(),
     )?;
-    let rows = query_rollups(
-        &state,
-        BY_SUBJECT_AND_MODEL,
-        &filter,
-        Some(vec![model_a.clone(), model_b.clone()]),
-    )
-    .await
-    .map_err(db_error)?;
-    let mut per_subject: BTreeMap<String, (Counts, Counts)> = BTreeMap::new();
-    for r in &rows {
-        let model: String = r.get(1);
-        let c = Counts {
-            likes: r.get(2),
-            dislikes: r.get(3),
-            neutral: r.get(4),
-        };
-        let cell = per_subject.entry(r.get(0)).or_default();
-        let side = if model == model_a {
-            &mut cell.0
-        } else {
-            &mut cell.1
-        };
-        *side = add(*side, c);
+    let experiment = p.experiment.filter(|e| !e.is_empty());
+    let (model_a, model_b) = match &experiment {
+        None => (
+            required("model_a", p.model_a)?,
+            required("model_b", p.model_b)?,
+        ),
+        Some(name) => {
+            let e = state.api.ab.experiments.get(name).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_experiment",
+                    format!("no experiment named {name:?} is configured"),
+                )
+            })?;
+            let arm = |param: &'static str, value: Option<String>, default: usize| {
+                let model = value
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| e.arms[default].model.clone());
+                if e.arms.iter().any(|a| a.model == model) {
+                    Ok(model)
+                } else {
+                    Err(ParamError::new(
+                        param,
+                        format!("{model:?} is not an arm of experiment {name:?}"),
+                    ))
+                }
+            };
+            filter.since = Some(filter.since.map_or(e.start, |s| s.max(e.start)));
+            filter.until = match (filter.until, e.end) {
+                (Some(u), Some(end)) => Some(u.min(end)),
+                (u, end) => u.or(end),
+            };
+            (arm("model_a", p.model_a, 0)?, arm("model_b", p.model_b, 1)?)
+        }
+    };
+    if model_a == model_b {
+        return Err(ParamError::new("model_b", "must differ from model_a").into());
     }
-    let (a, b) = per_subject
-        .values()
-        .fold((Counts::default(), Counts::default()), |(a, b), (x, y)| {
-            (add(a, *x), add(b, *y))
-        });
-    let pooled = Comparison::new(&model_a, a, &model_b, b);
-    let strata: Vec<(Counts, Counts)> = per_subject.values().copied().collect();
-    let stratified = stratified(&strata);
+    let models = vec![model_a.clone(), model_b.clone()];
+    let rows = match unit {
+        Unit::Vote => query_rollups(&state, BY_SUBJECT_AND_MODEL, &filter, Some(models)).await,
+        Unit::Conversation => by_conversation(&state, &filter, models).await,
+    }
+    .map_err(db_error)?;
+    let groups: Vec<Group> = rows
+        .iter()
+        .map(|r| {
+            let model: String = r.get(1);
+            Group {
+                subject: r.get(0),
+                side: if model == model_a { Side::A } else { Side::B },
+                unit: r.get(2),
+                counts: Counts {
+                    likes: r.get(3),
+                    dislikes: r.get(4),
+                    neutral: r.get(5),
+                },
+            }
+        })
+        .collect();
+    let (pooled, by_subject, stratified, unit, plan) = analyse(
+        &model_a,
+        &model_b,
+        &groups,
+        unit,
+        effect,
+        state.api.ab.power,
+    );
     let decisive = |v: Verdict| v != Verdict::NotEnoughData;
-    let simpson_warning = decisive(pooled.verdict)
-        && decisive(stratified.verdict)
-        && pooled.verdict != stratified.verdict;
+    let simpson_warning = decisive(pooled.test.verdict)
+        && decisive(stratified.test.verdict)
+        && pooled.test.verdict != stratified.test.verdict;
     Ok(Json(CompareAnswer {
         pooled,
         subject_id: filter.subject_id,
+        experiment,
+        since: filter.since,
+        until: filter.until,
+        unit,
         min_votes: MIN_VOTES,
         alpha: ALPHA,
-        by_subject: per_subject
-            .into_iter()
-            .map(|(subject_id, (a, b))| SubjectComparison {
-                subject_id,
-                comparison: Comparison::new(&model_a, a, &model_b, b),
-            })
-            .collect(),
+        method: Method {
+            test: "msprt_normal_mixture",
+            mixture_sd: crate::stats::MIXTURE_SD,
+        },
+        by_subject,
         stratified,
         simpson_warning,
+        plan,
     }))
+}
+
+/// Current votes per (subject, model, conversation) from `feedback`, with `since`/`until`
+/// rounded down to the minute like the rollups.
+async fn by_conversation(
+    state: &AppState,
+    filter: &Filter,
+    models: Vec<String>,
+) -> Result<Vec<tokio_postgres::Row>, crate::db::DbError> {
+    let minute = |t: Option<DateTime<Utc>>| t.map(|t| crate::rollup::truncate(t, 60));
+    let ratings: Vec<i16> = vec![-1, 0, 1];
+    let client = state.pool.get().await?;
+    let statement = client.prepare_cached(BY_CONVERSATION).await?;
+    Ok(client
+        .query(
+            &statement,
+            &[
+                &ratings,
+                &filter.subject_id,
+                &None::<String>,
+                &minute(filter.since),
+                &minute(filter.until),
+                &models,
+            ],
+        )
+        .await?)
 }
 
 fn add(a: Counts, b: Counts) -> Counts {
@@ -299,54 +637,161 @@ fn add(a: Counts, b: Counts) -> Counts {
 mod tests {
     use super::*;
 
-    fn counts(likes: i64, votes: i64) -> Counts {
-        Counts {
-            likes,
-            dislikes: votes - likes,
-            neutral: 0,
+    fn group(subject: &str, side: Side, likes: i64, votes: i64) -> Group {
+        Group {
+            subject: subject.to_owned(),
+            side,
+            unit: None,
+            counts: Counts {
+                likes,
+                dislikes: votes - likes,
+                neutral: 0,
+            },
         }
     }
 
-    fn close(a: f64, b: f64, tol: f64) -> bool {
-        (a - b).abs() <= tol
+    fn close(a: Option<f64>, b: f64, tol: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() <= tol)
     }
 
-    /// The kidney-stone shape of Simpson's paradox, doubled: A is better in each subject,
-    /// B looks better pooled because A got the harder subject more often. Expected figures
-    /// computed independently (Python, math.erfc):
-    /// pooled A 546/700, B 578/700: difference -0.0457143, z = -2.14969, p = 0.0315796;
-    /// CMH: sum(a - E) = 13.6892, chi2 = 4.87473, p = 0.0272527, MH odds ratio 1.446847.
+    /// The kidney-stone shape of Simpson's paradox, times six: A is better in each subject, B
+    /// looks better pooled because A got the harder subject more often. Expected figures
+    /// computed independently (Python, math only, formulas of docs/ab-testing.md):
+    /// pooled A 1638/2100, B 1734/2100: difference -0.0457143, always-valid p = 0.00682236,
+    /// sequence (-0.0830153, -0.0084132), fixed-horizon p = 1.96576e-4;
+    /// Math: p = 3.69744e-4 (a_better); Physics: p = 0.610435 (no_difference), fixed 0.0690994;
+    /// stratified: weighted difference 0.0538356, p = 0.00369442, CMH p = 1.30246e-4.
     #[test]
     fn simpson_case_has_known_answers() {
-        let math = (counts(162, 174), counts(468, 540));
-        let physics = (counts(384, 526), counts(110, 160));
-        let a = add(math.0, physics.0);
-        let b = add(math.1, physics.1);
-        let pooled = Comparison::new("a", a, "b", b);
-        assert!(close(pooled.difference.unwrap(), -0.045_714_285_7, 1e-9));
-        assert!(close(pooled.p_value.unwrap(), 0.031_579_56, 1e-6));
-        assert_eq!(pooled.verdict, Verdict::BBetter);
-        // Wilson 95% of 546/700: (0.747830, 0.809113).
-        assert!(close(pooled.model_a.ci_low, 0.747_830_3, 1e-6));
-        assert!(close(pooled.model_a.ci_high, 0.809_113_3, 1e-6));
-        let s = stratified(&[math, physics]);
-        assert!(close(s.p_value.unwrap(), 0.027_252_74, 1e-6));
-        assert!(close(s.odds_ratio.unwrap(), 1.446_846_6, 1e-6));
-        assert_eq!(s.verdict, Verdict::ABetter);
-        assert_eq!(s.subjects, 2);
+        let groups = [
+            group("Math", Side::A, 486, 522),
+            group("Math", Side::B, 1404, 1620),
+            group("Physics", Side::A, 1152, 1578),
+            group("Physics", Side::B, 330, 480),
+        ];
+        let (pooled, by, strat, unit, _) =
+            analyse("a", "b", &groups, Unit::Conversation, 0.02, 0.8);
+        assert_eq!(unit, Unit::Vote);
+        assert_eq!((pooled.model_a.votes, pooled.model_a.units), (2100, 2100));
+        assert!(close(pooled.test.difference, -0.045_714_29, 1e-8));
+        assert!(close(pooled.test.p_value, 0.006_822_36, 1e-8));
+        assert!(close(pooled.test.difference_ci_low, -0.083_015_35, 1e-8));
+        assert!(close(pooled.test.difference_ci_high, -0.008_413_22, 1e-8));
+        assert!(close(pooled.fixed_horizon_p_value, 1.965_76e-4, 1e-8));
+        assert_eq!(pooled.test.verdict, Verdict::BBetter);
+        assert_eq!(by[0].subject_id, "Math");
+        assert!(close(by[0].comparison.test.p_value, 3.697_44e-4, 1e-8));
+        assert_eq!(by[0].comparison.test.verdict, Verdict::ABetter);
+        assert!(close(by[1].comparison.test.p_value, 0.610_435, 1e-6));
+        assert!(close(
+            by[1].comparison.fixed_horizon_p_value,
+            0.069_099_4,
+            1e-6
+        ));
+        assert_eq!(by[1].comparison.test.verdict, Verdict::NoDifference);
+        assert!(close(strat.test.difference, 0.053_835_57, 1e-8));
+        assert!(close(strat.test.p_value, 0.003_694_42, 1e-8));
+        assert!(close(strat.fixed_horizon_p_value, 1.302_46e-4, 1e-9));
+        assert_eq!(strat.test.verdict, Verdict::ABetter);
+        assert_eq!((strat.subjects, strat.votes_a), (2, 2100));
+    }
+
+    /// A: 200 votes at 80% and one conversation of 300 likes; B: 500 votes at 80%
+    /// ([`crate::stats`] has the figures). By vote A wins; by conversation nobody does.
+    #[test]
+    fn the_unit_decides_whether_one_conversation_can_win() {
+        let chatty = Group {
+            unit: Some("conv-1".into()),
+            ..group("Math", Side::A, 300, 300)
+        };
+        let groups = [
+            group("Math", Side::A, 160, 200),
+            chatty,
+            group("Math", Side::B, 400, 500),
+        ];
+        let (by_vote, _, _, unit, _) = analyse("a", "b", &groups, Unit::Vote, 0.02, 0.8);
+        assert_eq!((unit, by_vote.model_a.units), (Unit::Vote, 500));
+        assert_eq!(by_vote.test.verdict, Verdict::ABetter);
+        let (by_conv, _, strat, unit, plan) =
+            analyse("a", "b", &groups, Unit::Conversation, 0.02, 0.8);
+        assert_eq!((unit, by_conv.model_a.units), (Unit::Conversation, 201));
+        assert_eq!(by_conv.test.verdict, Verdict::NoDifference);
+        assert_eq!(strat.test.verdict, Verdict::NoDifference);
+        // Variances 0.00276352 (by unit) and 4.672e-4 (by vote): design effect 5.91507.
+        assert!(close(plan.design_effect, 5.915_07, 1e-5), "{plan:?}");
+    }
+
+    /// Planning figures from Python (the inequality of docs/ab-testing.md tried for n = 1, 2,
+    /// ...): baseline 3372/4200 = 0.802857, 2 points at 80% power: 12,542 votes per arm;
+    /// 5 points at 90%: 2,354.
+    #[test]
+    fn the_plan_counts_the_votes_still_needed() {
+        let groups = [
+            group("Math", Side::A, 1638, 2100),
+            group("Math", Side::B, 1734, 2100),
+        ];
+        let p = analyse("a", "b", &groups, Unit::Vote, 0.02, 0.8).4;
+        assert!(close(p.baseline_like_rate, 0.802_857_14, 1e-8));
+        assert_eq!(p.design_effect, Some(1.0));
+        assert_eq!(p.votes_needed_per_arm, Some(12_542));
+        assert_eq!(p.more_votes_per_arm, Some(12_542 - 2100));
+        let p = analyse("a", "b", &groups, Unit::Vote, 0.05, 0.9).4;
+        assert_eq!(
+            (p.votes_needed_per_arm, p.more_votes_per_arm),
+            (Some(2354), Some(254))
+        );
+        let none = analyse("a", "b", &[], Unit::Vote, 0.02, 0.8).4;
+        assert_eq!(
+            (none.baseline_like_rate, none.votes_needed_per_arm),
+            (None, None)
+        );
     }
 
     #[test]
     fn small_or_degenerate_samples() {
-        let c = Comparison::new("a", counts(90, 99), "b", counts(10, 500));
-        assert_eq!(c.verdict, Verdict::NotEnoughData);
-        let c = Comparison::new("a", counts(200, 200), "b", counts(300, 300));
-        assert_eq!((c.p_value, c.verdict), (Some(1.0), Verdict::NoDifference));
-        let c = Comparison::new("a", Counts::default(), "b", counts(300, 300));
-        assert_eq!((c.difference, c.p_value), (None, None));
-        assert_eq!(c.model_a.like_rate, None);
-        let s = stratified(&[(counts(5, 10), Counts::default())]);
-        assert_eq!((s.subjects, s.p_value), (0, None));
-        assert_eq!(s.verdict, Verdict::NotEnoughData);
+        let c = |a: Group, b: Group| analyse("a", "b", &[a, b], Unit::Vote, 0.02, 0.8).0;
+        let small = c(group("M", Side::A, 90, 99), group("M", Side::B, 10, 500));
+        assert_eq!(small.test.verdict, Verdict::NotEnoughData);
+        let all = c(group("M", Side::A, 200, 200), group("M", Side::B, 300, 300));
+        assert_eq!(
+            (all.test.p_value, all.test.verdict),
+            (Some(1.0), Verdict::NoDifference)
+        );
+        assert_eq!(all.fixed_horizon_p_value, Some(1.0));
+        let one_sided = c(group("M", Side::A, 0, 0), group("M", Side::B, 300, 300));
+        assert_eq!(
+            (one_sided.test.difference, one_sided.test.p_value),
+            (None, None)
+        );
+        assert_eq!(one_sided.model_a.like_rate, None);
+        let s = analyse(
+            "a",
+            "b",
+            &[group("M", Side::A, 5, 10)],
+            Unit::Vote,
+            0.02,
+            0.8,
+        )
+        .2;
+        assert_eq!(
+            (s.subjects, s.test.p_value, s.fixed_horizon_p_value),
+            (0, None, None)
+        );
+        assert_eq!(s.test.verdict, Verdict::NotEnoughData);
+    }
+
+    #[test]
+    fn parameters_are_parsed() {
+        assert_eq!(Unit::parse(None).unwrap(), Unit::Conversation);
+        assert_eq!(Unit::parse(Some("vote")).unwrap(), Unit::Vote);
+        assert_eq!(Unit::parse(Some("user")).unwrap_err().param, "unit");
+        assert_eq!(effect(None).unwrap(), 0.02);
+        assert_eq!(effect(Some("0.05")).unwrap(), 0.05);
+        for bad in ["0", "1", "-0.1", "two", "NaN", "inf"] {
+            assert_eq!(
+                effect(Some(bad)).unwrap_err().param,
+                "min_detectable_effect"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! | [`export`] | `export`: keyset pages of stored rows |
 //! | [`training`] | `training-data`: OpenAI and DPO JSONL, streamed from a database portal |
 //! | [`ingest`] | `POST /api/feedback`: validation with the pipeline's decoder, publishing |
+//! | [`assignment`] | `/api/experiments/{name}/assignment`: an experiment's arm of a unit |
 //! | [`cli`] | `likerate export` |
 //! | [`openapi`] | the OpenAPI document and the route table it is checked against |
 //!
@@ -22,6 +23,7 @@
 //! - User text (questions, answers, filter values) is never logged: log lines carry counts,
 //!   codes and database error messages, which never include statement parameters.
 
+pub mod assignment;
 pub mod cli;
 pub mod compare;
 pub mod export;
@@ -58,6 +60,8 @@ pub struct ApiState {
     export_token: Option<ExportToken>,
     pub publisher: ingest::Publisher,
     streams: Arc<Semaphore>,
+    /// Experiments and the planning power of `compare`.
+    pub ab: Arc<crate::experiment::AbConfig>,
 }
 
 impl ApiState {
@@ -70,7 +74,16 @@ impl ApiState {
             export_token: export_token.map(ExportToken::new),
             publisher: ingest::Publisher::new(kafka)?,
             streams: Arc::new(Semaphore::new(CONCURRENT_STREAMS)),
+            ab: Arc::default(),
         })
+    }
+
+    /// The A/B settings of `likerate run` (without: no experiments, the default power).
+    pub fn with_ab(self, ab: crate::experiment::AbConfig) -> ApiState {
+        ApiState {
+            ab: Arc::new(ab),
+            ..self
+        }
     }
 }
 
@@ -278,6 +291,11 @@ fn routes() -> Routes {
     .add(Method::GET, "/api/feedback/stats", stats::stats)
     .add(Method::GET, "/api/feedback/daily", stats::daily)
     .add(Method::GET, "/api/feedback/compare", compare::compare)
+    .add(
+        Method::GET,
+        "/api/experiments/{name}/assignment",
+        assignment::assignment,
+    )
     .add(Method::GET, "/api/feedback/export", export::export)
     .add(
         Method::GET,

@@ -97,6 +97,7 @@ WHERE (f.vote_id IS NULL OR v.event_id = f.event_id OR (v.vote_id IS NULL AND f.
   AND ($5::timestamptz IS NULL OR f.created_at < $5)"
     };
 }
+pub(crate) use current_votes;
 
 const SKIPPED: &str = concat!(
     "SELECT count(*)",
