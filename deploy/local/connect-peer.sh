@@ -289,7 +289,10 @@ PROPS
       [ "$written" -ge "$expected" ] && break
       [ "$before" = 0 ] || sleep 0.8
     fi
-    [ "$(date +%s)" -lt "$deadline" ] || fail "timeout after ${timeout}s: $written of $expected rows written (see $log)"
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      written=$(sql -c "SELECT count(*) FROM $table WHERE xmin::text::bigint >= $since" 2>/dev/null || echo "?")
+      fail "timeout after ${timeout}s: $written of $expected rows written (see $log)"
+    fi
     sleep 0.2
   done
   local first end
