@@ -9,17 +9,19 @@
 //!    p50 and p99 per query shape are printed.
 //! 2. `POST /api/feedback` throughput (issue 4: 5,000 requests per second on one core). The
 //!    server runs on a single-threaded runtime on its own thread (librdkafka's threads aside)
-//!    and publishes to librdkafka's mock cluster with `acks=all`; 64 concurrent clients send
-//!    one event per request.
+//!    and publishes with `acks=all` to an Apache Kafka node of the benchmark's own
+//!    (`deploy/local/kafka.sh node`), or to `LIKERATE_BENCH_BROKERS`; 64 concurrent clients
+//!    send one event per request.
 //!
 //! Under `cargo test --all-targets` this binary is started without `--bench` and returns at
 //! once: the benchmarks take minutes and need PostgreSQL.
+
+mod common;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use likerate::config::{DatabaseConfig, KafkaConfig};
 use likerate::http::AppState;
 use rand::{Rng, SeedableRng};
-use rdkafka::mocking::MockCluster;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -54,16 +56,28 @@ async fn bench() {
     target.ensure_database().await.expect("PostgreSQL");
     let end = fill(&url).await;
 
-    let mock = MockCluster::new(1).expect("mock cluster");
+    let dir = std::env::temp_dir().join(format!("likerate-bench-api-{}", std::process::id()));
+    let mut node = None;
+    let brokers = match std::env::var("LIKERATE_BENCH_BROKERS") {
+        Ok(brokers) => brokers,
+        Err(_) => {
+            std::fs::create_dir_all(&dir).expect("bench dir");
+            let started = common::KafkaNode::start(&dir.join("kafka"), &dir.join("kafka.log"))
+                .expect("Kafka node");
+            let brokers = started.brokers.clone();
+            node = Some(started);
+            brokers
+        }
+    };
     let kafka = KafkaConfig {
-        brokers: mock.bootstrap_servers(),
-        topic: "feedback-events".into(),
+        brokers,
+        topic: format!("bench-api-{}", std::process::id()),
         group: "bench".into(),
-        dlq_topic: "feedback-events-dlq".into(),
+        dlq_topic: format!("bench-api-{}-dlq", std::process::id()),
         topic_partitions: 6,
         options: BTreeMap::new(),
     };
-    mock.create_topic(&kafka.topic, 6, 1).expect("topic");
+    likerate::kafka::ensure_topics(&kafka).await.expect("topics");
     let state = AppState {
         metrics: likerate::telemetry::Metrics::new(200),
         pool: target.pool(8).expect("pool"),
@@ -197,6 +211,10 @@ async fn bench() {
         ms(took[took.len() * 99 / 100]),
         elapsed.as_secs_f64()
     );
+    if let Some(mut node) = node {
+        node.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -15,8 +15,11 @@
 //!   (`likerate::kafka::consumer_config`: bounded prefetch);
 //! - c. likerate end to end: the release binary `likerate run` on a fresh database and group,
 //!   until `likerate_events_total` says every record was handled; rows and rollups are then
-//!   counted; RSS and the CPU time of likerate, tansu and PostgreSQL are sampled from /proc;
+//!   counted; RSS and the CPU time of likerate, Kafka and PostgreSQL are sampled from /proc;
 //! - d. naive design: one `INSERT` and one commit per event, on a subset;
+//! - p. the peer users would deploy instead: Kafka Connect (standalone) with Debezium's JDBC
+//!   sink connector, upserting the same events into a fresh table of `feedback`'s shape
+//!   (`deploy/local/connect-peer.sh`; `LIKERATE_BENCH_PEER=0` skips it);
 //! - e. ratios;
 //! - f. latency at half of c's rate, against the still running likerate of c: p50/p99 from
 //!   `created_at` (set at send time) to `ingested_at` (the inserting transaction's `now()`,
@@ -29,8 +32,9 @@
 //!   available) waiting in a topic while a fresh likerate drains it for
 //!   `LIKERATE_BENCH_BACKLOG_SECS` (default 30).
 //!
-//! The broker is a tansu of its own on a free port (`LIKERATE_TANSU_BIN`, default
-//! `~/.cargo/bin/tansu`, memory storage) unless `LIKERATE_BENCH_BROKERS` names one. PostgreSQL
+//! The broker is an Apache Kafka node of its own (`deploy/local/kafka.sh node`, KRaft, heap
+//! `LIKERATE_KAFKA_HEAP`, default 1g, data in the run's temporary folder) on a free port unless
+//! `LIKERATE_BENCH_BROKERS` names one. PostgreSQL
 //! is `LIKERATE_BENCH_PG` (default `postgres://postgres@127.0.0.1:5432`); the databases the
 //! run creates are dropped at the end unless `LIKERATE_BENCH_KEEP=1`. The binary is
 //! `LIKERATE_BIN`, or `target/release/likerate` (honouring `CARGO_TARGET_DIR`).
@@ -41,7 +45,7 @@
 use chrono::{DateTime, Utc};
 mod common;
 
-use common::{Columns, VoteSlots, COLUMNS};
+use common::{kafka_version, Columns, KafkaNode, VoteSlots, COLUMNS};
 use likerate::config::KafkaConfig;
 use likerate::decode::{decode, Origin};
 use likerate::event::FeedbackEvent;
@@ -179,6 +183,19 @@ fn pids_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Processes whose command line holds `arg` (a JVM's main class, say).
+fn pids_with_arg(arg: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+        })
+        .collect()
+}
+
 /// Total busy and all ticks of the machine (/proc/stat).
 fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -221,7 +238,7 @@ fn mem_available_kb() -> u64 {
 struct CpuSnapshot {
     at: Instant,
     likerate: u64,
-    tansu: u64,
+    broker: u64,
     postgres: u64,
     bench: u64,
     machine_busy: u64,
@@ -330,7 +347,7 @@ fn origin(topic: &str) -> Origin<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Processes: tansu and likerate
+// Processes: the broker and likerate
 
 struct Likerate {
     child: Child,
@@ -392,6 +409,8 @@ struct Results {
     cpu_lines: Vec<String>,
     naive_rate: f64,
     naive_n: u64,
+    peer_rate: f64,
+    peer_notes: String,
     latency_target_rate: f64,
     latency_achieved_rate: f64,
     latency_secs: f64,
@@ -421,8 +440,8 @@ struct Bench<'r> {
     id: String,
     pg_base: String,
     brokers: String,
-    tansu: Option<Child>,
-    tansu_log: std::path::PathBuf,
+    broker: Option<KafkaNode>,
+    broker_log: std::path::PathBuf,
     log_dir: std::path::PathBuf,
     databases: Vec<String>,
     children: Vec<Likerate>,
@@ -441,11 +460,11 @@ impl<'r> Bench<'r> {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
                 .trim_end_matches('/')
                 .to_owned(),
-            tansu_log: log_dir.join("tansu.log"),
+            broker_log: log_dir.join("kafka.log"),
             log_dir,
             id,
             brokers: String::new(),
-            tansu: None,
+            broker: None,
             databases: Vec::new(),
             children: Vec::new(),
             results: Results::default(),
@@ -470,9 +489,8 @@ impl<'r> Bench<'r> {
                 Ok::<_, anyhow::Error>(())
             });
         }
-        if let Some(mut t) = self.tansu.take() {
-            let _ = t.kill();
-            let _ = t.wait();
+        if let Some(mut node) = self.broker.take() {
+            node.stop();
         }
     }
 
@@ -493,50 +511,23 @@ impl<'r> Bench<'r> {
             self.brokers = brokers;
             return Ok(());
         }
-        let bin = std::env::var("LIKERATE_TANSU_BIN").unwrap_or_else(|_| {
-            format!(
-                "{}/.cargo/bin/tansu",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(&self.tansu_log)?;
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("{bin}: {e} (deploy/local/tansu.sh install)"))?;
-        self.tansu = Some(child);
-        self.brokers = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !listening(&self.brokers) {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "tansu did not start: {:?}",
-                self.tansu_log
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let node = KafkaNode::start(&self.log_dir.join("kafka"), &self.broker_log)?;
+        self.brokers = node.brokers.clone();
+        self.broker = Some(node);
         say(format!(
-            "broker: own tansu (memory storage) on {}",
-            self.brokers
+            "broker: own Apache Kafka node on {} ({})",
+            self.brokers,
+            kafka_version()
         ));
         Ok(())
     }
 
-    fn tansu_pids(&self) -> Vec<u32> {
-        match &self.tansu {
-            Some(c) => vec![c.id()],
-            None => pids_named("tansu"),
+    /// The broker's processes: our own node, or every Kafka JVM on the machine when the
+    /// broker is someone else's.
+    fn broker_pids(&self) -> Vec<u32> {
+        match &self.broker {
+            Some(node) => vec![node.child.id()],
+            None => pids_with_arg("kafka.Kafka"),
         }
     }
 
@@ -546,7 +537,7 @@ impl<'r> Bench<'r> {
         CpuSnapshot {
             at: Instant::now(),
             likerate: likerate.and_then(cpu_ticks).unwrap_or(0),
-            tansu: sum(&self.tansu_pids()),
+            broker: sum(&self.broker_pids()),
             postgres: sum(&pids_named("postgres")),
             bench: cpu_ticks(std::process::id()).unwrap_or(0),
             machine_busy: busy,
@@ -561,12 +552,12 @@ impl<'r> Bench<'r> {
             / (b.machine_all - a.machine_all).max(1) as f64
             * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
         let known = cores(b.likerate - a.likerate)
-            + cores(b.tansu - a.tansu)
+            + cores(b.broker - a.broker)
             + cores(b.postgres - a.postgres)
             + cores(b.bench - a.bench);
         vec![
             format!("likerate   {:.2} cores", cores(b.likerate - a.likerate)),
-            format!("tansu      {:.2} cores", cores(b.tansu - a.tansu)),
+            format!("kafka      {:.2} cores", cores(b.broker - a.broker)),
             format!(
                 "postgres   {:.2} cores (all postgres processes)",
                 cores(b.postgres - a.postgres)
@@ -753,6 +744,7 @@ impl<'r> Bench<'r> {
                 self.results.likerate_peak_rss_mb.max(hwm as f64 / 1024.0);
         }
         running.stop();
+        self.phase_peer(&topic)?;
         if backlog_requested > 0 {
             self.phase_backlog(backlog_requested)?;
         }
@@ -813,6 +805,77 @@ impl<'r> Bench<'r> {
         }
         self.results.copy_s = best;
         self.results.copy_rate = first.len() as f64 / best;
+        Ok(())
+    }
+
+    // p. The peer users would deploy instead: Kafka Connect (standalone) with Debezium's JDBC
+    // sink, upserting the same events on event_id into a table of feedback's shape
+    // (deploy/local/connect-peer.sh; its header says why it reads an envelope copy of the
+    // topic). LIKERATE_BENCH_PEER=0 skips it.
+    fn phase_peer(&mut self, topic: &str) -> anyhow::Result<()> {
+        if env_u64("LIKERATE_BENCH_PEER", 1) == 0 {
+            say("p. peer skipped (LIKERATE_BENCH_PEER=0)");
+            return Ok(());
+        }
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/connect-peer.sh");
+        let envelope = format!("{topic}-envelope");
+        let db = format!("likerate_bench_{}_peer", self.id);
+        self.rt.block_on(self.empty_database(&db))?;
+        self.databases.push(db.clone());
+        say("p. peer: Kafka Connect + Debezium JDBC sink, upsert on event_id, into a fresh database");
+        let run = |args: &[&str], env: &[(&str, String)]| -> anyhow::Result<String> {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_dir.join("peer.log"))?;
+            let out = Command::new("bash")
+                .arg(&script)
+                .args(args)
+                .env("PEER_BROKERS", &self.brokers)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .stderr(log)
+                .output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            anyhow::ensure!(
+                out.status.success(),
+                "{} {}: {} (see {})",
+                script.display(),
+                args.join(" "),
+                out.status,
+                self.log_dir.join("peer.log").display()
+            );
+            Ok(stdout)
+        };
+        let copied = run(&["envelope", topic, &envelope], &[])?;
+        say(format!("   {}", copied.trim()));
+        let out = run(
+            &["run"],
+            &[
+                ("PEER_TOPIC", envelope.clone()),
+                ("PEER_DATABASE_URL", format!("{}/{db}", self.pg_base)),
+                ("PEER_EXPECTED", self.results.distinct.to_string()),
+                ("PEER_GROUP", format!("bench-{}-peer", self.id)),
+            ],
+        )?;
+        for l in out.lines() {
+            say(format!("   {l}"));
+        }
+        // The last line: `peer: N events in S s = R events/s`.
+        let last = out.lines().last().unwrap_or_default();
+        self.results.peer_rate = last
+            .rsplit('=')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no rate in the peer's last line: {last:?}"))?;
+        self.results.peer_notes = out
+            .lines()
+            .find(|l| l.contains("took"))
+            .unwrap_or_default()
+            .trim_start_matches("peer: ")
+            .to_owned();
+        self.drop_database(&db);
         Ok(())
     }
 
@@ -1398,8 +1461,8 @@ impl<'r> Bench<'r> {
         p.flush(Duration::from_secs(300))?;
         drop(p);
         let acked = delivered.acked.load(Ordering::Relaxed);
-        let tansu_mb = self
-            .tansu_pids()
+        let broker_mb = self
+            .broker_pids()
             .first()
             .and_then(|p| rss_kb(*p))
             .map_or(0, |r| r.0 / 1024);
@@ -1408,11 +1471,11 @@ impl<'r> Bench<'r> {
         r.backlog_produce_s = t.elapsed().as_secs_f64();
         r.backlog_stop_reason = reason;
         say(format!(
-            "   {} records acknowledged in {:.0} s ({}); tansu RSS {} MB",
+            "   {} records acknowledged in {:.0} s ({}); Kafka RSS {} MB",
             thousands(acked as f64),
             r.backlog_produce_s,
             r.backlog_stop_reason,
-            tansu_mb
+            broker_mb
         ));
         let db = format!("likerate_bench_{}_backlog", self.id);
         self.databases.push(db.clone());
@@ -1506,7 +1569,8 @@ impl<'r> Bench<'r> {
         ));
         line(String::new());
         line(format!(
-            "Machine: {nproc} cores ({model}), {mem_gib:.0} GiB RAM; PostgreSQL {pg_version}; tansu 0.6 (memory storage); extra consumer properties: {}; load average at the end: {}",
+            "Machine: {nproc} cores ({model}), {mem_gib:.0} GiB RAM; PostgreSQL {pg_version}; Apache Kafka {} (one KRaft node); extra consumer properties: {}; load average at the end: {}",
+            kafka_version(),
             std::env::var("LIKERATE_BENCH_KAFKA_OPTIONS").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "none (librdkafka defaults)".into()),
             std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         ));
@@ -1521,6 +1585,13 @@ impl<'r> Bench<'r> {
         line(format!("| b. broker limit: plain consumer, discarding | {} | librdkafka defaults, after the first record ({:.1} s with the group join) |", thousands(r.consume_rate), r.consume_wall_s));
         line(format!("| b2. plain consumer with likerate's client settings | {} | bounded prefetch (queued.min.messages=2000, 4 MiB) |", thousands(r.consume_likerate_settings_rate)));
         line(format!("| c. likerate end to end | {} | after the first commit ({:.1} s from process start); {} |", thousands(r.likerate_rate), r.likerate_wall_s, r.likerate_rows_ok));
+        if r.peer_rate > 0.0 {
+            line(format!(
+                "| p. peer: Kafka Connect + Debezium JDBC sink, upsert on event_id | {} | no aggregates, no vote supersession; {} |",
+                thousands(r.peer_rate),
+                r.peer_notes
+            ));
+        }
         line(format!(
             "| d. naive: INSERT + commit per event | {} | {} events |",
             thousands(r.naive_rate),
@@ -1542,6 +1613,12 @@ impl<'r> Bench<'r> {
             "| likerate / broker limit | {:.2} | |",
             r.likerate_rate / r.consume_rate
         ));
+        if r.peer_rate > 0.0 {
+            line(format!(
+                "| likerate / peer (Kafka Connect JDBC sink) | {:.2} | likerate also keeps the rollups and the votes |",
+                r.likerate_rate / r.peer_rate
+            ));
+        }
         line(format!(
             "| likerate / naive >= 20 | {vs_naive:.1} | {} |",
             mark(vs_naive >= 20.0)

@@ -1,5 +1,5 @@
 //! Alert: the `FeedbackLikeRateLow` page, evaluated from the global windows and pushed to
-//! Alertmanager's v2 API (CONTRACT section 8).
+//! Alertmanager's v2 API (docs/contract.md section 8).
 //!
 //! The rule, per subject, for `_all`, and per model when enabled ([`Rule::step`] is pure, so it
 //! is tested with a simulated clock):

@@ -1,6 +1,6 @@
 //! Configuration: every setting has a flag, an environment variable and a key in an optional
 //! TOML file (`--config FILE`), with precedence flag > environment > file > default
-//! (CONTRACT section 4).
+//! (docs/contract.md section 4).
 //!
 //! Guarantee: the typed settings handed to the rest of the program are valid. A bad value is a
 //! [`ConfigError`] that names the setting the way the user wrote it (the environment variable),

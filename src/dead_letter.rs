@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::time::Duration;
 
-/// The header names (CONTRACT section 2).
+/// The header names (docs/contract.md section 2).
 pub const HEADER_ERROR: &str = "likerate-error";
 pub const HEADER_DETAIL: &str = "likerate-error-detail";
 pub const HEADER_TOPIC: &str = "likerate-source-topic";

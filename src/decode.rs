@@ -1,7 +1,7 @@
 //! Decode: the bytes of one Kafka record become a [`FeedbackEvent`] or a [`DecodeError`].
 //!
 //! Guarantees:
-//! - Every deviation from CONTRACT section 2 is a [`DecodeError`] carrying a [`Reason`] code
+//! - Every deviation from docs/contract.md section 2 is a [`DecodeError`] carrying a [`Reason`] code
 //!   (a short, fixed string: the `likerate-error` header and the `reason` metric label) and a
 //!   human detail. Nothing panics and nothing is dropped: the caller dead-letters the original
 //!   bytes.
@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use std::fmt;
 use uuid::Uuid;
 
-/// Largest accepted value (CONTRACT section 2).
+/// Largest accepted value (docs/contract.md section 2).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
 /// Why a record was refused. The codes are part of the contract with operators: they appear

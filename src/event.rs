@@ -2,7 +2,7 @@
 //!
 //! Guarantee: a [`FeedbackEvent`] can only be built through [`crate::decode`] (or the synthetic
 //! generator, which goes through the same constructors), so every value that reaches the sink
-//! satisfies CONTRACT section 2: subject 1..=64 characters, rating in -1..=1, labels at most 128
+//! satisfies docs/contract.md section 2: subject 1..=64 characters, rating in -1..=1, labels at most 128
 //! characters, no NUL character in any text (PostgreSQL `text` cannot hold one), and a
 //! `created_at` no more than [`MAX_FUTURE_SKEW`] ahead of the time the event was received.
 

@@ -1,5 +1,5 @@
 //! HTTP: `/metrics`, `/healthz`, `/readyz` and the feedback API of [`crate::api`]
-//! (CONTRACT section 6) on one axum server.
+//! (docs/contract.md section 6) on one axum server.
 //!
 //! Guarantees: errors are JSON `{"error", "detail"}` with a 4xx/5xx status; readiness is true
 //! only while the database answers within a second and the consumer has joined its group.

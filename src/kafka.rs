@@ -48,8 +48,9 @@ pub fn consumer_config(config: &KafkaConfig) -> ClientConfig {
         // before fetching it again (default 1 s): with the small queue above, that wait, not
         // the broker, capped consumption at 12 to 16k events/s (benches/pipeline.rs).
         .set("fetch.queue.backoff.ms", "10")
-        // How long the broker may hold an empty fetch; tansu waits half of it on every fetch,
-        // which adds to every event's latency.
+        // How long the broker may hold an empty fetch (default 500 ms). Kafka answers as soon as
+        // a record arrives (fetch.min.bytes 1), so this only bounds how long an idle fetch,
+        // and with it a shutdown or rebalance, waits for the broker.
         .set("fetch.wait.max.ms", "50")
         .set("fetch.max.bytes", "4194304")
         .set("statistics.interval.ms", "5000");
@@ -68,7 +69,10 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// Creates the feedback and dead-letter topics when they are missing; existing topics are
-/// left as they are. Bounded: a broker that does not answer fails this within 30 seconds.
+/// left as they are. Their replication factor is the cluster's `default.replication.factor`
+/// (replication -1, Kafka 2.4 and later), so a three-broker cluster set up for durability gets
+/// three replicas and a single development broker one. Bounded: a broker that does not answer
+/// fails this within 30 seconds.
 pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = finish(base(config), config).create()?;
     let admin = std::sync::Arc::new(admin);
@@ -82,7 +86,7 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
     let topics: Vec<NewTopic<'_>> = [&config.topic, &config.dlq_topic]
         .into_iter()
         .filter(|t| !existing.contains(&t.as_str()))
-        .map(|t| NewTopic::new(t, config.topic_partitions, TopicReplication::Fixed(1)))
+        .map(|t| NewTopic::new(t, config.topic_partitions, TopicReplication::Fixed(-1)))
         .collect();
     if topics.is_empty() {
         return Ok(());

@@ -14,8 +14,8 @@
 //!   the partitions are simply not read. Each assigned partition has its own librdkafka queue
 //!   (split from the consumer queue at assignment), read only while the sink has room;
 //!   librdkafka stops fetching when a queue is full. There is no pause/resume, so nothing is
-//!   fetched twice, and a position is never re-fetched from the middle of a producer batch
-//!   (tansu 0.6 skips the rest of such a batch).
+//!   fetched twice. A restart resumes from a committed offset that may lie inside a producer
+//!   batch; the broker returns the whole batch and librdkafka skips the records before it.
 //! - Partition revocation and shutdown drain through one path, [`PollState::drain`]: cut the
 //!   open batch, hand every waiting batch to the sink, wait (bounded) until the sink has
 //!   acknowledged all of them, then commit the stored offsets synchronously.

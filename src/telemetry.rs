@@ -2,7 +2,7 @@
 //! subject-label cap, and log setup.
 //!
 //! Guarantees:
-//! - All metric names live in this file (CONTRACT section 7 plus the pipeline's own), following
+//! - All metric names live in this file (docs/contract.md section 7 plus the pipeline's own), following
 //!   Prometheus naming: `likerate_` prefix, base units, `_total` on counters.
 //! - No untrusted string becomes a label value without passing the cap: at most
 //!   `max_subject_labels` distinct subjects (and as many models) per process, the rest

@@ -1,4 +1,4 @@
-//! The feedback API against real services: PostgreSQL, librdkafka's mock cluster and the
+//! The feedback API against real services: PostgreSQL, Apache Kafka (`common::kafka`) and the
 //! `likerate` binary itself (`likerate run`, fresh database and topic per test, HTTP on port 0).
 //!
 //! Data always takes the real path: `POST /api/feedback` -> topic -> consumer -> sink ->
@@ -9,7 +9,7 @@
 mod common;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use common::{Database, Likerate, MockBroker};
+use common::{Broker, Database, Likerate};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
@@ -25,16 +25,16 @@ const CURRENT: &str = "
       FROM feedback
       ORDER BY coalesce(vote_id, event_id::text), created_at DESC, event_id DESC)";
 
-/// One test's world: a mock broker, a topic, a database.
+/// One test's world: topics on the real broker, a database.
 struct Env {
-    broker: MockBroker,
+    broker: Broker,
     db: Database,
 }
 
 impl Env {
     async fn new() -> Env {
         Env {
-            broker: MockBroker::new(),
+            broker: Broker::new().await,
             db: Database::create("likerate_api_test").await,
         }
     }

@@ -1,7 +1,7 @@
 //! The alert and the dashboard end to end with the real thing (issue 3 item 8, issue 5 item 5):
 //! Debian's `prometheus` and `prometheus-alertmanager` (installed by
-//! `deploy/local/observability.sh`), the `likerate` binary, PostgreSQL and librdkafka's mock
-//! cluster, all on 127.0.0.1 with free ports and temporary directories.
+//! `deploy/local/observability.sh`), the `likerate` binary, PostgreSQL and Apache Kafka,
+//! all on 127.0.0.1 with free ports and temporary directories.
 //!
 //! - `page_from_likerate_and_prometheus_then_resolve`: Alertmanager runs the example config of
 //!   `deploy/alertmanager/`, Prometheus scrapes likerate every 2s and evaluates the rules of
@@ -18,7 +18,7 @@
 mod common;
 
 use chrono::{DateTime, Utc};
-use common::{send, Database, Likerate, MockBroker, Records};
+use common::{send, Broker, Database, Likerate, Records};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -147,12 +147,7 @@ fn records(n: u64, seed: u64, flags: &[&str]) -> Records {
 }
 
 /// `likerate run` pushing to `alertmanager_url`, with the contract's alert defaults.
-fn spawn_likerate(
-    tag: &str,
-    broker: &MockBroker,
-    db: &Database,
-    alertmanager_url: &str,
-) -> Likerate {
+fn spawn_likerate(tag: &str, broker: &Broker, db: &Database, alertmanager_url: &str) -> Likerate {
     Likerate::spawn(
         tag,
         &broker.kafka,
@@ -342,7 +337,7 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
     // and the database go.
     let dir = TempDir::new("stack");
     let db = Database::create("likerate_obs").await;
-    let broker = MockBroker::new();
+    let broker = Broker::new().await;
 
     let (mut am, am_url) = alertmanager(&dir);
     check_tool(
@@ -656,7 +651,7 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
 #[tokio::test(flavor = "multi_thread")]
 async fn alertmanager_down_costs_no_crash() {
     let db = Database::create("likerate_obs").await;
-    let broker = MockBroker::new();
+    let broker = Broker::new().await;
     // Nothing listens there.
     let closed = format!("http://127.0.0.1:{}", free_port());
     let mut likerate = spawn_likerate(" am-down", &broker, &db, &closed);

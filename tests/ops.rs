@@ -1,29 +1,26 @@
-//! Operations against real services: PostgreSQL, librdkafka's mock cluster and the `likerate`
+//! Operations against real services: PostgreSQL, Apache Kafka and the `likerate`
 //! binary (the harness of tests/pipeline.rs, trimmed): dead-letter replay, erasure on request,
 //! retention and redaction.
 
 mod common;
 
 use chrono::{DateTime, Duration as CDuration, Utc};
-use common::{dead_letters, likerate_command, send, Database, Likerate, MockBroker};
+use common::{dead_letters, likerate_command, send, Broker, Database, Likerate};
 use likerate::config::KafkaConfig;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// One test's world: a mock cluster, a migrated database, a topic pair, a group.
+/// One test's world: a topic pair and a group on the real broker, a migrated database.
 struct Env {
-    _broker: MockBroker,
     db: Database,
     kafka: KafkaConfig,
 }
 
 impl Env {
     async fn new() -> Env {
-        let broker = MockBroker::new();
         let env = Env {
-            kafka: broker.kafka.clone(),
-            _broker: broker,
+            kafka: Broker::new().await.kafka,
             db: Database::create("likerate_test").await,
         };
         let out = env.likerate(&["migrate"], &[]);

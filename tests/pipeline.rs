@@ -1,17 +1,17 @@
-//! The pipeline against real services: PostgreSQL, a Kafka-protocol broker (librdkafka's mock
-//! cluster for fault injection, tansu when it is installed) and the `likerate` binary itself,
-//! started as a child process with a fresh database, topic and group per test and HTTP on
-//! port 0.
+//! The pipeline against real services: PostgreSQL, Apache Kafka (one broker per test binary,
+//! `common::kafka`) and the `likerate` binary itself, started as a child process with a fresh
+//! database, topic and group per test and HTTP on port 0. Broker faults on a three-node
+//! cluster are in `tests/kafka_faults.rs`.
 //!
 //! Every test ends with the same two checks: the stored rows are exactly the distinct valid
 //! events that were produced, and the rollups equal a recomputation from the `feedback` table.
 
 mod common;
 
-use common::{send, traffic, Database, Likerate, MockBroker, Records};
-use likerate::config::KafkaConfig;
-use std::collections::{BTreeMap, HashSet};
-use std::process::{Command, Stdio};
+use common::{traffic, World};
+use std::collections::HashSet;
+use std::ops::Deref;
+use std::process::Command;
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -22,169 +22,48 @@ fn pg_lock() -> &'static RwLock<()> {
     LOCK.get_or_init(|| RwLock::new(()))
 }
 
-enum Broker {
-    Mock(MockBroker),
-    Tansu,
-}
-
-/// tansu, started once per test binary on a free port (memory storage), if installed.
-fn tansu() -> Option<String> {
-    static TANSU: OnceLock<Option<String>> = OnceLock::new();
-    TANSU
-        .get_or_init(|| {
-            let bin = std::env::var("HOME").ok()? + "/.cargo/bin/tansu";
-            let bin = if std::path::Path::new(&bin).exists() {
-                bin
-            } else {
-                "tansu".to_owned()
-            };
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .ok()?
-                .local_addr()
-                .ok()?
-                .port();
-            let url = format!("tcp://127.0.0.1:{port}");
-            // A watchdog ends the broker when this test binary exits, however it exits.
-            let script = format!(
-                "{bin} broker --listener-url {url} --advertised-listener-url {url} \\
-                 --storage-engine memory://tansu/ >/dev/null 2>&1 & t=$!; \\
-                 while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $t",
-                parent = std::process::id()
-            );
-            Command::new("sh")
-                .args(["-c", &script])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()?;
-            let addr = format!("127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(&addr).is_err() {
-                if Instant::now() > deadline {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Some(addr)
-        })
-        .clone()
-}
-
-/// One test's world: a database, a topic pair, a group.
+/// A [`World`] on the shared broker, holding the PostgreSQL lock for the test's life.
 struct Env {
-    broker: Broker,
-    db: Database,
-    kafka: KafkaConfig,
+    world: World,
     _guard: Box<dyn std::any::Any>,
 }
 
 impl Env {
-    async fn new(use_tansu: bool) -> Env {
-        Self::with_guard(use_tansu, false).await
+    async fn new() -> Env {
+        Self::with_guard(false).await
     }
 
-    async fn with_guard(use_tansu: bool, exclusive: bool) -> Env {
+    async fn with_guard(exclusive: bool) -> Env {
         let guard: Box<dyn std::any::Any> = if exclusive {
             Box::new(pg_lock().write().unwrap_or_else(|e| e.into_inner()))
         } else {
             Box::new(pg_lock().read().unwrap_or_else(|e| e.into_inner()))
         };
-        let (broker, kafka) = if use_tansu {
-            let addr = tansu().expect(
-                "tansu is not installed: run deploy/local/tansu.sh install (cargo install tansu)",
-            );
-            let mut kafka = common::kafka_config(addr);
-            // tansu 0.6 answers a fetch from the middle of a record batch with the next batch,
-            // skipping the rest of the one asked for; any consumer resuming from a committed
-            // offset then loses records. One record per batch keeps every offset a batch start.
-            kafka
-                .options
-                .insert("batch.num.messages".to_owned(), "1".to_owned());
-            likerate::kafka::ensure_topics(&kafka).await.unwrap();
-            (Broker::Tansu, kafka)
-        } else {
-            let mock = MockBroker::new();
-            let kafka = mock.kafka.clone();
-            (Broker::Mock(mock), kafka)
-        };
         Env {
-            broker,
-            db: Database::create("likerate_test").await,
-            kafka,
+            world: World::new().await,
             _guard: guard,
         }
     }
 
     fn db_url(&self) -> String {
-        self.db.url()
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        self.db.client().await
-    }
-
-    async fn count(&self) -> i64 {
-        self.db.count().await
-    }
-
-    /// `likerate run` with this env's settings, in another group if given.
-    fn spawn(&self, group: Option<&str>, extra: &[(&str, &str)]) -> Likerate {
-        let mut kafka = self.kafka.clone();
-        if let Some(g) = group {
-            kafka.group = g.to_owned();
-        }
-        let extra: Vec<(&str, Option<&str>)> = extra.iter().map(|(k, v)| (*k, Some(*v))).collect();
-        Likerate::spawn("", &kafka, &self.db_url(), &extra)
-    }
-
-    async fn send(&self, records: &[(String, Vec<u8>)]) {
-        send(&self.kafka, records).await;
-    }
-
-    /// Sends the records from a task, in chunks with a pause between them (a live stream).
-    fn send_in_background(
-        &self,
-        records: Records,
-        chunk: usize,
-        pause: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        let kafka = self.kafka.clone();
-        tokio::spawn(async move {
-            for part in records.chunks(chunk) {
-                send(&kafka, part).await;
-                tokio::time::sleep(pause).await;
-            }
-        })
-    }
-
-    /// Waits until at least `n` rows are stored.
-    async fn wait_for_at_least(&self, n: i64, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.count().await < n {
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {n} rows after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_for_rows(&self, n: i64, within: Duration) {
-        self.db.wait_for_rows(n, within).await;
+        self.world.db.url()
     }
 
     async fn assert_rollups_exact(&self) {
-        self.db.assert_rollups_exact(None).await;
+        self.world.db.assert_rollups_exact(None).await;
     }
+}
 
-    fn dead_letters(&self, expected: usize) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
-        common::dead_letters(&self.kafka, expected)
+impl Deref for Env {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stores_each_event_once_and_replay_changes_nothing() {
-    let env = Env::new(false).await;
+    let env = Env::new().await;
     let (records, ids, invalid) = traffic(
         3000,
         1,
@@ -239,77 +118,33 @@ async fn stores_each_event_once_and_replay_changes_nothing() {
 }
 
 /// kill -9 at random moments (inside transactions, between the database commit and the offset
-/// commit), restart, repeat: every event is stored exactly once.
-///
-/// tansu 0.6 does not evict a member that died without leaving the group (its session timeout
-/// is not enforced), so against tansu the instances use static membership
-/// (`group.instance.id`), as a StatefulSet would: each restart takes over its predecessor.
-async fn kill9_restarts(use_tansu: bool) {
-    let env = Env::new(use_tansu).await;
-    let mut settings = vec![("LIKERATE_BATCH_MAX_EVENTS", "500")];
-    if use_tansu {
-        settings.push(("LIKERATE_KAFKA_OPTION_GROUP_INSTANCE_ID", "kill9-test"));
-    }
-    let n = if use_tansu { 20_000 } else { 6000 };
-    let (records, ids, _) = traffic(n, 2, &["--duplicates", "0.01", "--revotes", "0.05"]);
+/// commit), restart, repeat: every event is stored exactly once. The producer batches as
+/// producers do (1,000 records sent at once, `linger.ms`, lz4: hundreds of records per producer
+/// batch) while likerate's batches hold at most 500 events, so committed offsets fall inside
+/// producer batches and restarts resume in the middle of one. Each new instance joins the group while its killed
+/// predecessor is still a member until the session timeout evicts it (dynamic membership).
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_restarts_store_each_event_once() {
+    let env = Env::new().await;
+    let settings = [("LIKERATE_BATCH_MAX_EVENTS", "500")];
+    let (records, ids, _) = traffic(20_000, 2, &["--duplicates", "0.01", "--revotes", "0.05"]);
     let sender = env.send_in_background(records, 1000, Duration::from_millis(100));
-    let mut killed = 0;
     for round in 0..5u64 {
         let p = env.spawn(None, &settings);
         tokio::time::sleep(Duration::from_millis(800 + 450 * round)).await;
         p.kill9();
-        killed += 1;
     }
     sender.await.unwrap();
     let p = env.spawn(None, &settings);
-    env.wait_for_rows(ids.len() as i64, Duration::from_secs(120))
+    env.assert_stored_exactly(&ids, Duration::from_secs(180))
         .await;
-    env.assert_rollups_exact().await;
-    let distinct: i64 = env
-        .client()
-        .await
-        .query_one("SELECT count(DISTINCT event_id) FROM feedback", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(distinct, ids.len() as i64);
-    assert_eq!(killed, 5);
     p.kill9();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn kill9_restarts_store_each_event_once_mock_broker() {
-    kill9_restarts(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn kill9_restarts_store_each_event_once_tansu() {
-    kill9_restarts(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn two_instances_share_the_group_and_survive_one_killed() {
-    let env = Env::new(false).await;
-    // The mock cluster keeps a few MiB per partition: volumes stay below that.
-    let (records, ids, _) = traffic(5000, 3, &["--revotes", "0.05"]);
-    let a = env.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "300")]);
-    let b = env.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "300")]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (first, rest) = records.split_at(2500);
-    env.send(first).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    a.kill9();
-    env.send(rest).await;
-    env.wait_for_rows(ids.len() as i64, Duration::from_secs(120))
-        .await;
-    env.assert_rollups_exact().await;
-    b.kill9();
 }
 
 /// Kills likerate's database sessions mid-transaction, then restarts PostgreSQL during a load.
 #[tokio::test(flavor = "multi_thread")]
 async fn database_sessions_killed_and_server_restarted_lose_nothing() {
-    let env = Env::with_guard(false, true).await;
+    let env = Env::with_guard(true).await;
     let (records, ids, _) = traffic(15_000, 4, &["--revotes", "0.05"]);
     let p = env.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "200")]);
     let sender = env.send_in_background(records, 500, Duration::from_millis(100));
@@ -352,36 +187,8 @@ async fn database_sessions_killed_and_server_restarted_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn broker_down_and_back_resumes_and_sigterm_exits_while_it_is_down() {
-    let env = Env::new(false).await;
-    let (records, ids, _) = traffic(6000, 5, &[]);
-    let p = env.spawn(None, &[]);
-    env.send(&records[..3000]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let Broker::Mock(mock) = &env.broker else {
-        unreachable!()
-    };
-    mock.cluster.broker_down(1).unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    mock.cluster.broker_up(1).unwrap();
-    env.send(&records[3000..]).await;
-    env.wait_for_rows(ids.len() as i64, Duration::from_secs(90))
-        .await;
-    env.assert_rollups_exact().await;
-
-    mock.cluster.broker_down(1).unwrap();
-    let (status, took) = p.terminate();
-    assert!(status.success(), "exit status {status}");
-    assert!(
-        took < Duration::from_secs(20),
-        "shutdown with the broker down took {took:?}"
-    );
-    mock.cluster.broker_up(1).unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_dead_lettered_with_its_reason_and_text_is_stored_byte_exact() {
-    let env = Env::new(false).await;
+    let env = Env::new().await;
     let ok = |answer: &str| {
         serde_json::json!({
             "event_id": Uuid::new_v4(), "subject_id": "Math", "assistant_message": answer,
@@ -485,7 +292,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_text_is_stored_byte_exac
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_the_database_refuses_is_isolated_from_its_batch() {
-    let env = Env::new(false).await;
+    let env = Env::new().await;
     // Create the schema, then a constraint standing for any data PostgreSQL may refuse.
     let status = Command::new(env!("CARGO_BIN_EXE_likerate"))
         .args(["migrate", "--database-url", &env.db_url()])
@@ -523,7 +330,7 @@ async fn a_row_the_database_refuses_is_isolated_from_its_batch() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readiness_and_config_errors() {
-    let env = Env::new(false).await;
+    let env = Env::new().await;
     let p = env.spawn(None, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -563,7 +370,7 @@ async fn a_writer_racing_the_fast_path_sends_the_batch_through_the_staged_insert
     use likerate::decode::{decode, Origin};
     use likerate::event::Coordinates;
     use likerate::sink::{Aggregates, BenchWriter};
-    let env = Env::new(false).await;
+    let env = Env::new().await;
     let db = &env.db;
     let target = likerate::db::Target::new(&likerate::config::DatabaseConfig {
         url: db.url(),

@@ -1,4 +1,5 @@
-//! What the benchmarks share: the raw `COPY` that measures the storage limit.
+//! What the benchmarks share: the raw `COPY` that measures the storage limit, and a Kafka node
+//! of their own.
 
 use likerate::event::FeedbackEvent;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -117,4 +118,67 @@ pub async fn copy_rows<'a>(
         writer.as_mut().write(&row.params()).await?;
     }
     writer.finish().await
+}
+
+/// An Apache Kafka node of the benchmark's own: `deploy/local/kafka.sh node` (KRaft, broker and
+/// controller in one JVM; the script execs it, so the child is the broker) on a free port,
+/// with its data under `dir` and its output in `log`. Heap: `LIKERATE_KAFKA_HEAP`, default 1g.
+pub struct KafkaNode {
+    pub child: std::process::Child,
+    pub brokers: String,
+}
+
+impl KafkaNode {
+    pub fn start(dir: &std::path::Path, log: &std::path::Path) -> anyhow::Result<KafkaNode> {
+        use std::time::{Duration, Instant};
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        };
+        let (port, controller) = (free_port()?, free_port()?);
+        let out = std::fs::File::create(log)?;
+        let child = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("node")
+            .arg("1")
+            .arg(dir)
+            .arg(port.to_string())
+            .arg(controller.to_string())
+            .arg(format!("1@127.0.0.1:{controller}"))
+            .env(
+                "LIKERATE_KAFKA_HEAP",
+                std::env::var("LIKERATE_KAFKA_HEAP").unwrap_or_else(|_| "1g".into()),
+            )
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", script.display()))?;
+        let mut node = KafkaNode {
+            child,
+            brokers: format!("127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::net::TcpStream::connect(&node.brokers).is_err() {
+            if Instant::now() > deadline || node.child.try_wait()?.is_some() {
+                node.stop();
+                anyhow::bail!("Kafka did not start (see {})", log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(node)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Kafka version that deploy/local/kafka.sh installs (pinned in its pom).
+pub fn kafka_version() -> &'static str {
+    include_str!("../../deploy/local/kafka/pom.xml")
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or("?")
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The pipeline benchmark of the README's "Performance" section (issue 6): PostgreSQL (installed
-# and started if needed), the tansu broker binary (built once with cargo install if needed; the
-# benchmark starts a tansu of its own on a free port, so it does not share a broker with anyone),
-# the release build of likerate, then `cargo bench --bench pipeline`.
+# The pipeline benchmark of docs/benchmarks.md: PostgreSQL (installed and started if needed),
+# Apache Kafka (installed once from Maven Central; the benchmark starts a node of its own on a
+# free port, so it does not share a broker with anyone), the release build of likerate, then
+# `cargo bench --bench pipeline`.
 #   deploy/local/bench.sh                              # N = 1,000,000 events, 10M backlog
 #   LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_BACKLOG=50000 LIKERATE_BENCH_LATENCY_SECS=5 \
 #     deploy/local/bench.sh                            # smoke run (CI)
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 
 apt_install gcc make pkg-config libssl-dev
 deploy/local/postgres.sh
-deploy/local/tansu.sh install
+deploy/local/kafka.sh install
 say "building likerate (release)"
 cargo build --release --quiet
 export LIKERATE_BIN="${CARGO_TARGET_DIR:-target}/release/likerate"

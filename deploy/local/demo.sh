@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# Quick start, the main job on local defaults: PostgreSQL (installed and started if needed),
-# the tansu broker (built once with cargo install if needed), likerate (release build), and
-# demo traffic from `likerate produce` (Math answers liked less, so its alert fires).
-# Ctrl-C stops likerate and the traffic; `deploy/local/tansu.sh stop` stops the broker.
+# Quick start, the main job on local defaults: PostgreSQL (installed from Debian and started if
+# needed), Apache Kafka 4 in KRaft mode (installed once from Maven Central, one node on
+# 127.0.0.1:9092), likerate (release build) and demo traffic from `likerate produce` (Math
+# answers liked less, so its alert fires). The Kafka download and the build run side by side.
+# Ctrl-C stops likerate and the traffic; `deploy/local/kafka.sh stop` stops the broker.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
 
-apt_install gcc make pkg-config libssl-dev
-deploy/local/postgres.sh
-deploy/local/tansu.sh start
-say "building likerate (release)"
+# Every Debian package first, in one apt run (the steps below then run side by side).
+need=(gcc make pkg-config libssl-dev postgresql postgresql-client)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+apt_install "${need[@]}"
+command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs)"
+
+deploy/local/kafka.sh install > "$STATE_DIR/kafka-install.log" 2>&1 &
+kafka_install=$!
+say "building likerate (release; Kafka downloads meanwhile, log in $STATE_DIR/kafka-install.log)"
 cargo build --release --quiet
+wait "$kafka_install" || die "installing Kafka failed (see $STATE_DIR/kafka-install.log)"
+deploy/local/postgres.sh
+deploy/local/kafka.sh start
 bin="${CARGO_TARGET_DIR:-target}/release/likerate"
 
 say "demo traffic: 20 events/s, Math at a 60% like rate, the rest at 92%"

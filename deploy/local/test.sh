@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Quick start, the whole test suite: installs what the tests need (Debian packages for the
-# build, PostgreSQL, Prometheus and Alertmanager; the tansu broker with cargo install), starts
-# PostgreSQL, then runs formatting and lint checks, the configuration checks of deploy/ and
-# grafana/, a smoke run of the pipeline benchmark, and every Rust test against the real services.
+# build, PostgreSQL, Java and Maven, Prometheus and Alertmanager, Chromium; Apache Kafka from
+# Maven Central), starts PostgreSQL, then runs formatting and lint checks, the configuration
+# checks of deploy/ and grafana/, a smoke run of the pipeline benchmark, and every Rust test
+# against the real services. The test binaries start their own Kafka nodes (one per binary,
+# and a three-node cluster for tests/kafka_faults.rs) on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
 
-apt_install gcc make pkg-config libssl-dev python3-venv chromium
+need=(gcc make pkg-config libssl-dev python3-venv chromium)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+apt_install "${need[@]}"
 deploy/local/postgres.sh
 deploy/local/observability.sh
-deploy/local/tansu.sh install
+deploy/local/kafka.sh install
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 say "cargo fmt --check"
@@ -22,7 +27,7 @@ bash deploy/check-deploy.sh
 say "benchmark smoke run (small N, so the benchmark cannot rot; figures are not checked)"
 LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_BACKLOG=50000 LIKERATE_BENCH_LATENCY_SECS=5 \
   LIKERATE_BENCH_BACKLOG_SECS=5 bash deploy/local/bench.sh
-say "cargo test (PostgreSQL, librdkafka mock cluster, tansu, Prometheus, Alertmanager)"
+say "cargo test (PostgreSQL, Apache Kafka, Prometheus, Alertmanager, Chromium)"
 out="$STATE_DIR/test-output.log"
 set +e
 cargo test --all-targets -- --test-threads 2 2>&1 | tee "$out"

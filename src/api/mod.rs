@@ -1,4 +1,4 @@
-//! The feedback API (CONTRACT section 6): `/api/feedback/*`, `POST /api/feedback` and
+//! The feedback API (docs/contract.md section 6): `/api/feedback/*`, `POST /api/feedback` and
 //! `/api/openapi.json`, plus `likerate export`, which shares the export queries.
 //!
 //! | module | what it holds |

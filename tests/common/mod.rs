@@ -1,7 +1,12 @@
-//! The harness every integration test binary shares: a fresh PostgreSQL database, a mock
-//! broker with the test's topics, synthetic traffic, and `likerate run` as a child process with
-//! HTTP on port 0. Each binary uses part of it.
+//! The harness every integration test binary shares: a fresh PostgreSQL database, topics of
+//! the test's own on a real Apache Kafka broker (`kafka.rs`), synthetic traffic, and
+//! `likerate run` as a child process with HTTP on port 0. Each binary uses part of it.
 #![allow(dead_code)]
+
+mod kafka;
+// Each test binary uses part of the harness.
+#[allow(unused_imports)]
+pub use kafka::{shared_brokers, Cluster};
 
 use chrono::{DateTime, Utc};
 use likerate::config::KafkaConfig;
@@ -9,7 +14,6 @@ use likerate::decode::{decode, Origin};
 use likerate::produce::{Generator, ProduceArgs};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use std::collections::{BTreeMap, HashSet};
@@ -239,20 +243,123 @@ pub fn kafka_config(brokers: String) -> KafkaConfig {
     }
 }
 
-/// librdkafka's mock cluster with the test's topics already created (it hangs on
-/// CreateTopics, so likerate finds them present).
-pub struct MockBroker {
-    pub cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+/// The test's topics (feedback and dead letters, 3 partitions each) and group on a real
+/// Kafka broker.
+pub struct Broker {
     pub kafka: KafkaConfig,
 }
 
-impl MockBroker {
-    pub fn new() -> MockBroker {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        let kafka = kafka_config(cluster.bootstrap_servers());
-        cluster.create_topic(&kafka.topic, 3, 1).unwrap();
-        cluster.create_topic(&kafka.dlq_topic, 3, 1).unwrap();
-        MockBroker { cluster, kafka }
+impl Broker {
+    /// On the test binary's shared broker.
+    pub async fn new() -> Broker {
+        Self::on(shared_brokers()).await
+    }
+
+    /// On the given brokers (a test's own [`Cluster`]).
+    pub async fn on(brokers: String) -> Broker {
+        let kafka = kafka_config(brokers);
+        likerate::kafka::ensure_topics(&kafka)
+            .await
+            .expect("topics created on the test broker");
+        Broker { kafka }
+    }
+}
+
+/// One test's world: topics and a group on a broker, and a database of its own.
+pub struct World {
+    pub kafka: KafkaConfig,
+    pub db: Database,
+}
+
+impl World {
+    /// On the test binary's shared broker.
+    pub async fn new() -> World {
+        Self::on(shared_brokers()).await
+    }
+
+    /// On the given brokers (a test's own [`Cluster`]).
+    pub async fn on(brokers: String) -> World {
+        World {
+            kafka: Broker::on(brokers).await.kafka,
+            db: Database::create("likerate_test").await,
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        self.db.client().await
+    }
+
+    pub async fn count(&self) -> i64 {
+        self.db.count().await
+    }
+
+    /// `likerate run` with this world's settings, in another group if given.
+    pub fn spawn(&self, group: Option<&str>, extra: &[(&str, &str)]) -> Likerate {
+        let mut kafka = self.kafka.clone();
+        if let Some(g) = group {
+            kafka.group = g.to_owned();
+        }
+        let extra: Vec<(&str, Option<&str>)> = extra.iter().map(|(k, v)| (*k, Some(*v))).collect();
+        Likerate::spawn("", &kafka, &self.db.url(), &extra)
+    }
+
+    pub async fn send(&self, records: &[(String, Vec<u8>)]) {
+        send(&self.kafka, records).await;
+    }
+
+    /// Sends the records from a task, in chunks with a pause between them (a live stream).
+    pub fn send_in_background(
+        &self,
+        records: Records,
+        chunk: usize,
+        pause: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let kafka = self.kafka.clone();
+        tokio::spawn(async move {
+            for part in records.chunks(chunk) {
+                send(&kafka, part).await;
+                tokio::time::sleep(pause).await;
+            }
+        })
+    }
+
+    /// Waits until at least `n` rows are stored.
+    pub async fn wait_for_at_least(&self, n: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.count().await < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} rows after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_for_rows(&self, n: i64, within: Duration) {
+        self.db.wait_for_rows(n, within).await;
+    }
+
+    /// Every produced valid event stored once, and the rollups equal their recomputation.
+    pub async fn assert_stored_exactly(&self, ids: &HashSet<Uuid>, within: Duration) {
+        self.wait_for_rows(ids.len() as i64, within).await;
+        let stored: HashSet<Uuid> = self
+            .client()
+            .await
+            .query("SELECT event_id FROM feedback", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            stored == *ids,
+            "the stored event ids are not the produced ones"
+        );
+        self.db.assert_rollups_exact(None).await;
+    }
+
+    pub fn dead_letters(&self, expected: usize) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+        dead_letters(&self.kafka, expected)
     }
 }
 
@@ -261,12 +368,17 @@ pub type Records = Vec<(String, Vec<u8>)>;
 
 /// Sends records in order and waits for every acknowledgement.
 pub async fn send(kafka: &KafkaConfig, records: &[(String, Vec<u8>)]) {
-    let producer: FutureProducer = likerate::kafka::producer_config(kafka).create().unwrap();
+    // A test's producer does not give up while a broker is frozen or a leader moves: Kafka's
+    // own default delivery timeout (2 minutes) rather than likerate's 30 s.
+    let producer: FutureProducer = likerate::kafka::producer_config(kafka)
+        .set("message.timeout.ms", "120000")
+        .create()
+        .unwrap();
     for part in records.chunks(1000) {
         let sends = part.iter().map(|(k, v)| {
             producer.send(
                 FutureRecord::to(&kafka.topic).key(k.as_bytes()).payload(v),
-                Duration::from_secs(30),
+                Duration::from_secs(120),
             )
         });
         for r in futures::future::join_all(sends).await {
