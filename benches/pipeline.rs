@@ -136,18 +136,6 @@ fn thousands(v: f64) -> String {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn listening(addr: &str) -> bool {
-    std::net::TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_millis(200))
-        .is_ok()
-}
-
 fn clk_tck() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")

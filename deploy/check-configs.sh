@@ -77,6 +77,8 @@ routes() {
     expect_route likerate-page alertname=FeedbackLikeRateLow service=likerate severity=page subject=Math model=m1 source=prometheus &&
     expect_route likerate-page alertname=FeedbackLikeRateBudgetBurnFast service=likerate severity=page subject=_all source=prometheus &&
     expect_route likerate-ticket alertname=FeedbackLikeRateBudgetBurnSlow service=likerate severity=ticket subject=_all source=prometheus &&
+    expect_route likerate-watchdog alertname=Watchdog service=likerate severity=none source=prometheus &&
+    expect_route likerate-page alertname=LikerateNoCommits service=likerate severity=page source=prometheus &&
     expect_route likerate-default alertname=Other
 }
 run "amtool config routes test" routes
