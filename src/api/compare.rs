@@ -243,9 +243,7 @@ pub struct CompareAnswer {
 }
 
 fn required(param: &'static str, value: Option<String>) -> Result<String, ParamError> {
-    value
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| ParamError::new(param, "is required"))
+    super::text_param(param, value.as_deref())?.ok_or_else(|| ParamError::new(param, "is required"))
 }
 
 pub async fn compare(
