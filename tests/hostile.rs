@@ -2,10 +2,9 @@
 //! the server, exhaust its connections or memory, reach PostgreSQL as a 500, or write into the
 //! log unescaped.
 //!
-//! Real services only: PostgreSQL on 127.0.0.1:5432, an Apache Kafka broker at
-//! `LIKERATE_TEST_BROKERS` (for example one started with
-//! `deploy/local/kafka.sh node 1 /tmp/hostile-kafka 39092 39093 1@127.0.0.1:39093`), the
-//! `likerate` binary, and Prometheus' `promtool` to judge the exposition.
+//! Real services only: PostgreSQL on 127.0.0.1:5432, Apache Kafka (the harness's broker:
+//! `LIKERATE_TEST_BROKERS`, or one node it starts), the `likerate` binary, Prometheus'
+//! `promtool` to judge the exposition, and `python3` to hold idle connections.
 
 mod common;
 
@@ -18,20 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The broker of this run: `LIKERATE_TEST_BROKERS`.
-fn brokers() -> String {
-    std::env::var("LIKERATE_TEST_BROKERS").expect(
-        "LIKERATE_TEST_BROKERS (a real Kafka broker, e.g. 127.0.0.1:39092 from deploy/local/kafka.sh node)",
-    )
-}
-
-/// Fresh topics and group on the real broker.
+/// Fresh topics and group on the test binary's broker (`LIKERATE_TEST_BROKERS`, or one node
+/// the harness starts).
 async fn kafka() -> KafkaConfig {
-    let kafka = common::kafka_config(brokers());
-    likerate::kafka::ensure_topics(&kafka)
-        .await
-        .expect("topics on the test broker");
-    kafka
+    common::Broker::new().await.kafka
 }
 
 /// `likerate run` with its stderr kept line by line, killed on drop.
