@@ -23,7 +23,7 @@
 //!   can duplicate those that had no `event_id`, so clients that retry should set it.
 
 use crate::config::KafkaConfig;
-use crate::decode::{decode, Origin};
+use crate::decode::{decode, Origin, MAX_EVENT_BYTES};
 use crate::http::{ApiError, AppState};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -41,7 +41,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Largest request body: room for [`MAX_EVENTS`] events of a few hundred bytes, or several
-/// events of the contract's largest size ([`crate::decode::MAX_EVENT_BYTES`] each).
+/// events of the contract's largest size ([`MAX_EVENT_BYTES`] each).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Most events in one request (CONTRACT section 6).
@@ -353,6 +353,18 @@ pub async fn post(
             invalid_count: 0,
         }
     })?;
+    // One event (not an array) larger than the contract allows is refused like an oversize
+    // body; inside an array, such an event is one of the invalid events (`too_large`).
+    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if !is_array && body.len() > MAX_EVENT_BYTES {
+        return Err(Refused {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            error: "invalid_body",
+            detail: format!("the event is larger than {MAX_EVENT_BYTES} bytes"),
+            errors: Vec::new(),
+            invalid_count: 0,
+        });
+    }
     let publisher = &state.api.publisher;
     let events = prepare(&publisher.topic, &body)?;
     let sends = events.iter().map(|e| {
