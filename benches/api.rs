@@ -77,7 +77,9 @@ async fn bench() {
         topic_partitions: 6,
         options: BTreeMap::new(),
     };
-    likerate::kafka::ensure_topics(&kafka).await.expect("topics");
+    likerate::kafka::ensure_topics(&kafka)
+        .await
+        .expect("topics");
     let state = AppState {
         metrics: likerate::telemetry::Metrics::new(200),
         pool: target.pool(8).expect("pool"),

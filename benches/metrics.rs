@@ -3,7 +3,7 @@
 //! render (the bound is 5 ms). Without `--bench` (as `cargo test --all-targets` runs
 //! it) it does one render and exits.
 
-use likerate::aggregate::{export, Cells, Counts, Exported, Snapshot, WINDOWS};
+use likerate::aggregate::{export, Cells, Counts, Snapshot, WINDOWS};
 use likerate::event::Rating;
 use likerate::telemetry::Metrics;
 use std::collections::BTreeMap;
@@ -33,8 +33,7 @@ fn main() {
         at: chrono::Utc::now(),
         windows,
     };
-    let mut exported = Exported::default();
-    export(&metrics, &snap, 200, &mut exported);
+    export(&metrics, &snap);
     for s in 0..200 {
         for r in Rating::ALL {
             metrics.vote(&format!("subject-{s:03}"), r, 5);
@@ -57,7 +56,7 @@ fn main() {
     }
     let refresh = Instant::now();
     for _ in 0..100 {
-        export(&metrics, &snap, 200, &mut exported);
+        export(&metrics, &snap);
     }
     let refresh = refresh.elapsed() / 100;
     times.sort();

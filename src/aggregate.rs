@@ -6,15 +6,16 @@
 //!   counts of its own, so replays, restarts and scale-out change nothing.
 //! - Windows (5m, 15m, 1h, 24h) slide on the wall clock: a window holds the minute buckets that
 //!   start within it, re-read every [`REFRESH`], so a stream that goes quiet ages out.
-//! - The `subject` label is capped: the `max_subject_labels - 1` subjects with the most votes in
-//!   24h keep their name, the rest are summed into `_other`; models likewise.
+//! - The `subject` label is capped by the one rule of [`crate::telemetry::LabelCap`], ranked
+//!   here at every refresh from the 24h window: subjects past the cap are summed into
+//!   `_other`; models likewise. The alert is evaluated over the same capped groups.
 
 use crate::alert::Alerter;
 use crate::config::AlertConfig;
-use crate::telemetry::{Metrics, ALL, OTHER};
+use crate::telemetry::{self, LabelCap, Metrics, ALL};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -83,52 +84,29 @@ pub async fn window_counts(pool: &Pool, since: DateTime<Utc>) -> Result<Cells, c
 pub fn by<'a>(
     cells: &'a Cells,
     key: impl Fn(&'a (String, String)) -> &'a str,
-) -> BTreeMap<String, Counts> {
-    let mut out: BTreeMap<String, Counts> = BTreeMap::new();
-    let mut all = Counts::default();
+) -> BTreeMap<&'a str, Counts> {
+    let mut out: BTreeMap<&str, Counts> = BTreeMap::new();
     for (k, c) in cells {
-        out.entry(key(k).to_owned()).or_default().add(c);
-        all.add(c);
+        out.entry(key(k)).or_default().add(c);
     }
-    out.insert(ALL.to_owned(), all);
     out
 }
 
-/// Folds all but the `max - 1` largest (by `rank`) into `_other`; `_all` always stays.
-fn cap(mut groups: BTreeMap<String, Counts>, keep: &HashSet<String>) -> BTreeMap<String, Counts> {
-    let mut other = Counts::default();
-    let mut any_other = false;
-    groups.retain(|name, c| {
-        if name == ALL || keep.contains(name) {
-            true
-        } else {
-            other.add(c);
-            any_other = true;
-            false
-        }
-    });
-    if any_other {
-        groups.insert(OTHER.to_owned(), other);
+/// Sums cells by a key under its cap: named values keep their name, the rest are summed into
+/// `_other`; `_all` holds everything.
+pub fn capped<'a>(
+    cells: &'a Cells,
+    key: impl Fn(&'a (String, String)) -> &'a str,
+    cap: &LabelCap,
+) -> BTreeMap<String, Counts> {
+    let mut out: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut all = Counts::default();
+    for (name, c) in by(cells, key) {
+        out.entry(cap.label(name)).or_default().add(&c);
+        all.add(&c);
     }
-    groups
-}
-
-/// The names to keep under a cap of `max` series: the biggest by total votes.
-fn keep_set(day: &BTreeMap<String, Counts>, max: usize) -> HashSet<String> {
-    let mut ranked: Vec<(&String, i64)> = day
-        .iter()
-        .filter(|(n, _)| n.as_str() != ALL)
-        .map(|(n, c)| (n, c.total()))
-        .collect();
-    if ranked.len() <= max {
-        return ranked.into_iter().map(|(n, _)| n.clone()).collect();
-    }
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    ranked
-        .into_iter()
-        .take(max.saturating_sub(1))
-        .map(|(n, _)| n.clone())
-        .collect()
+    out.insert(ALL.to_owned(), all);
+    out
 }
 
 /// Every window, grouped per subject and per model, capped for export.
@@ -150,78 +128,59 @@ pub async fn snapshot(pool: &Pool) -> Result<Snapshot, crate::db::DbError> {
     Ok(Snapshot { at, windows })
 }
 
-/// Sets the window gauges from a snapshot and removes series that no longer exist.
-pub fn export(metrics: &Metrics, snap: &Snapshot, max_labels: usize, exported: &mut Exported) {
-    let day = &snap.windows["24h"];
-    let keep_subjects = keep_set(&by(day, |k| &k.0), max_labels);
-    let keep_models = keep_set(&by(day, |k| &k.1), max_labels);
-    let mut now = Exported::default();
-    for (window, cells) in &snap.windows {
-        let subjects = cap(by(cells, |k| &k.0), &keep_subjects);
-        let models = cap(by(cells, |k| &k.1), &keep_models);
-        for (groups, ratio, votes, label, seen) in [
-            (
-                &subjects,
-                &metrics.like_ratio,
-                &metrics.window_votes,
-                "subject",
-                &mut now.subject,
-            ),
-            (
-                &models,
-                &metrics.model_like_ratio,
-                &metrics.model_window_votes,
-                "model",
-                &mut now.model,
-            ),
-        ] {
-            for (name, c) in groups {
-                let base = vec![(label, name.clone()), ("window", window.to_string())];
-                if let Some(r) = c.like_ratio() {
-                    ratio.get_or_create(&base).set(r);
-                    seen.insert(base.clone());
-                }
-                for (rating, n) in [
-                    ("like", c.likes),
-                    ("dislike", c.dislikes),
-                    ("neutral", c.neutral),
-                ] {
-                    let mut labels = base.clone();
-                    labels.push(("rating", rating.to_owned()));
-                    votes.get_or_create(&labels).set(n);
-                    seen.insert(labels);
+/// Ranks subjects and models by their 24h votes (the cap's rule) and replaces the window
+/// gauges with the snapshot's, so series that no longer exist disappear.
+pub fn export(metrics: &Metrics, snap: &Snapshot) {
+    if let Some(day) = snap.windows.get("24h") {
+        fn total((name, c): (&str, Counts)) -> (&str, i64) {
+            (name, c.total())
+        }
+        metrics
+            .subjects()
+            .rank(by(day, |k| &k.0).into_iter().map(total));
+        metrics
+            .models()
+            .rank(by(day, |k| &k.1).into_iter().map(total));
+    }
+    metrics.windows_replace(|gauges| {
+        for (window, cells) in &snap.windows {
+            let subjects = capped(cells, |k| &k.0, metrics.subjects());
+            let models = capped(cells, |k| &k.1, metrics.models());
+            for (groups, ratio, votes, label) in [
+                (
+                    &subjects,
+                    telemetry::LIKE_RATIO,
+                    telemetry::WINDOW_VOTES,
+                    "subject",
+                ),
+                (
+                    &models,
+                    telemetry::MODEL_LIKE_RATIO,
+                    telemetry::MODEL_WINDOW_VOTES,
+                    "model",
+                ),
+            ] {
+                for (name, c) in groups {
+                    let base = [(label, name.as_str()), ("window", *window)];
+                    if let Some(r) = c.like_ratio() {
+                        gauges.set(ratio, &base, r);
+                    }
+                    for (rating, n) in [
+                        ("like", c.likes),
+                        ("dislike", c.dislikes),
+                        ("neutral", c.neutral),
+                    ] {
+                        gauges.set(votes, &[base[0], base[1], ("rating", rating)], n as f64);
+                    }
                 }
             }
         }
-    }
-    for stale in exported.subject.difference(&now.subject) {
-        metrics.like_ratio.remove(stale);
-        metrics.window_votes.remove(stale);
-    }
-    for stale in exported.model.difference(&now.model) {
-        metrics.model_like_ratio.remove(stale);
-        metrics.model_window_votes.remove(stale);
-    }
-    *exported = now;
-}
-
-/// Label sets exported at the last refresh, to remove the ones that disappear.
-#[derive(Default)]
-pub struct Exported {
-    subject: HashSet<Vec<(&'static str, String)>>,
-    model: HashSet<Vec<(&'static str, String)>>,
+    });
 }
 
 /// Refreshes the gauges and evaluates the alert every [`REFRESH`] until shutdown.
-pub async fn run(
-    pool: Pool,
-    metrics: Metrics,
-    alert: AlertConfig,
-    max_labels: usize,
-    shutdown: CancellationToken,
-) {
-    let mut exported = Exported::default();
-    let mut alerter = Alerter::new(alert, metrics.clone(), max_labels);
+pub async fn run(pool: Pool, metrics: Metrics, alert: AlertConfig, shutdown: CancellationToken) {
+    let mut alerter = Alerter::new(alert, metrics.clone());
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -231,11 +190,11 @@ pub async fn run(
         }
         match snapshot(&pool).await {
             Ok(snap) => {
-                export(&metrics, &snap, max_labels, &mut exported);
+                export(&metrics, &snap);
                 alerter.evaluate(&pool, &snap).await;
             }
             Err(e) => {
-                metrics.aggregate_refresh_failures.inc();
+                metrics.aggregate_refresh_failure();
                 tracing::warn!(error = %e, "window refresh failed");
             }
         }

@@ -10,16 +10,20 @@
 //! - resolve when the alert window's like rate is back at or above the threshold and the short
 //!   window no longer fires, or when the alert window is empty.
 //!
+//! Targets are the subjects (and models) under the label cap of [`crate::telemetry::LabelCap`],
+//! `_other` (all subjects past the cap, summed) and `_all`: the number of pages is bounded by
+//! the same rule as the metrics, and a target is named exactly as its series is.
+//!
 //! Guarantees: pushes carry the whole current set and are re-sent every evaluation while
 //! firing (with `endsAt` a few evaluations ahead, so Alertmanager resolves by itself if every
 //! instance dies); a resolve is sent with `endsAt` = now and repeated for a while. Only the
 //! latest set is kept, so Alertmanager being down or slow costs bounded memory; failures are
 //! retried with backoff and counted in `likerate_alert_pushes_total{result="error"}`.
 
-use crate::aggregate::{by, window_counts, Cells, Counts, Snapshot, WINDOWS};
+use crate::aggregate::{capped, window_counts, Cells, Counts, Snapshot, WINDOWS};
 use crate::config::AlertConfig;
 use crate::stats::wilson;
-use crate::telemetry::{Metrics, ALL};
+use crate::telemetry::{Metrics, ALERT_FIRING, ALL};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use std::collections::BTreeMap;
@@ -100,11 +104,10 @@ pub struct Alerter {
     tracked: BTreeMap<Target, Tracked>,
     last: Option<std::time::Instant>,
     push: Option<tokio::sync::watch::Sender<Vec<serde_json::Value>>>,
-    max_labels: usize,
 }
 
 impl Alerter {
-    pub fn new(config: AlertConfig, metrics: Metrics, max_labels: usize) -> Alerter {
+    pub fn new(config: AlertConfig, metrics: Metrics) -> Alerter {
         let push = config.alertmanager_url.clone().map(|url| {
             let (tx, rx) = tokio::sync::watch::channel(Vec::new());
             tokio::spawn(pusher(url, rx, metrics.clone()));
@@ -120,7 +123,6 @@ impl Alerter {
             tracked: BTreeMap::new(),
             last: None,
             push,
-            max_labels,
         }
     }
 
@@ -133,7 +135,9 @@ impl Alerter {
             return;
         }
         self.last = Some(std::time::Instant::now());
-        let window = chrono::Duration::from_std(self.config.window).expect("window fits");
+        // The configuration bounds the window to 24h, which always fits.
+        let window =
+            chrono::Duration::from_std(self.config.window).unwrap_or(chrono::Duration::MAX);
         let (long, short) = match (
             cells_for(pool, snap, window).await,
             cells_for(pool, snap, window / 3).await,
@@ -145,7 +149,11 @@ impl Alerter {
             }
         };
         let mut targets: Vec<(Target, Counts, Counts)> = Vec::new();
-        let (long_s, short_s) = (by(&long, |k| &k.0), by(&short, |k| &k.0));
+        let subjects = self.metrics.subjects();
+        let (long_s, short_s) = (
+            capped(&long, |k| &k.0, subjects),
+            capped(&short, |k| &k.0, subjects),
+        );
         for (subject, c) in &long_s {
             let s = short_s.get(subject).copied().unwrap_or_default();
             targets.push((
@@ -158,7 +166,11 @@ impl Alerter {
             ));
         }
         if self.config.per_model {
-            let (long_m, short_m) = (by(&long, |k| &k.1), by(&short, |k| &k.1));
+            let models = self.metrics.models();
+            let (long_m, short_m) = (
+                capped(&long, |k| &k.1, models),
+                capped(&short, |k| &k.1, models),
+            );
             for (model, c) in long_m
                 .iter()
                 .filter(|(m, _)| m.as_str() != ALL && !m.is_empty())
@@ -204,14 +216,14 @@ impl Alerter {
                 if !before.firing {
                     t.starts_at = now;
                     t.resolved_at = None;
-                    tracing::warn!(subject = %target.subject, model = ?target.model, samples = long_c.total(), like_ratio = ?long_c.like_ratio(), "like-rate alert firing");
+                    tracing::warn!(subject = ?target.subject, model = ?target.model, samples = long_c.total(), like_ratio = ?long_c.like_ratio(), "like-rate alert firing");
                 }
                 t.state = after;
                 t.annotations = annotations;
             } else if let Some(t) = self.tracked.get_mut(&target) {
                 if before.firing {
                     t.resolved_at = Some(now);
-                    tracing::info!(subject = %target.subject, model = ?target.model, "like-rate alert resolved");
+                    tracing::info!(subject = ?target.subject, model = ?target.model, "like-rate alert resolved");
                 }
                 t.state = after;
             } else {
@@ -263,7 +275,7 @@ impl Alerter {
         });
         match json {
             serde_json::Value::Object(m) => m,
-            _ => unreachable!("object literal"),
+            _ => serde_json::Map::new(),
         }
     }
 
@@ -281,33 +293,32 @@ impl Alerter {
     }
 
     fn export_state(&self) {
-        self.metrics.alert_firing.clear();
-        let mut subjects = 0;
-        for (target, t) in &self.tracked {
-            let mut labels = vec![("subject", target.subject.clone())];
-            if target.model.is_none() && target.subject != ALL {
-                // Untrusted subject names: bounded like every subject label.
-                subjects += 1;
-                if subjects > self.max_labels {
-                    labels = vec![("subject", crate::telemetry::OTHER.to_owned())];
+        self.metrics.alerts_replace(|gauges| {
+            // The whole stream always has a series, so "not firing" is visible too.
+            if !self
+                .tracked
+                .keys()
+                .any(|t| t.subject == ALL && t.model.is_none())
+            {
+                gauges.set(ALERT_FIRING, &[("subject", ALL)], 0.0);
+            }
+            for (target, t) in &self.tracked {
+                let firing = f64::from(u8::from(t.state.firing));
+                match &target.model {
+                    Some(m) => gauges.set(
+                        ALERT_FIRING,
+                        &[("subject", &target.subject), ("model", m)],
+                        firing,
+                    ),
+                    None => gauges.set(ALERT_FIRING, &[("subject", &target.subject)], firing),
                 }
             }
-            if let Some(m) = &target.model {
-                labels.push(("model", self.metrics.model_label(m)));
-            }
-            let g = self.metrics.alert_firing.get_or_create(&labels);
-            g.set(g.get().max(i64::from(t.state.firing)));
-        }
-        // The whole stream always has a series, so "not firing" is visible too.
-        let _ = self
-            .metrics
-            .alert_firing
-            .get_or_create(&vec![("subject", ALL.to_owned())]);
+        });
     }
 
     fn send(&self, now: DateTime<Utc>) {
         let Some(push) = &self.push else { return };
-        let resend_horizon = chrono::Duration::from_std(EVALUATION * 4).expect("fits");
+        let resend_horizon = chrono::Duration::seconds(EVALUATION.as_secs() as i64 * 4);
         let alerts: Vec<serde_json::Value> = self
             .tracked
             .iter()
@@ -376,10 +387,17 @@ async fn pusher(
     mut rx: tokio::sync::watch::Receiver<Vec<serde_json::Value>>,
     metrics: Metrics,
 ) {
-    let client = reqwest::Client::builder()
+    let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
-        .expect("http client");
+    {
+        Ok(client) => client,
+        Err(e) => {
+            // Without a client nothing can be pushed; the gauges still show the alert state.
+            tracing::error!(error = %e, "cannot create the Alertmanager client: alerts are not pushed");
+            return;
+        }
+    };
     let endpoint = format!("{url}/api/v2/alerts");
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -388,10 +406,7 @@ async fn pusher(
             let result = client.post(&endpoint).json(&alerts).send().await;
             let ok = matches!(&result, Ok(r) if r.status().is_success());
             let label = if ok { "ok" } else { "error" };
-            metrics
-                .alert_pushes
-                .get_or_create(&vec![("result", label.to_owned())])
-                .inc();
+            metrics.alert_push(label);
             if ok {
                 backoff = Duration::from_secs(1);
             } else {

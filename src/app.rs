@@ -30,6 +30,8 @@ pub struct App {
     db_timeout: Duration,
     metrics: Metrics,
     listener: TcpListener,
+    /// Where `listener` listens (the real port when configured with port 0).
+    http_addr: SocketAddr,
     state: http::AppState,
 }
 
@@ -60,13 +62,17 @@ impl App {
         let listener = TcpListener::bind(run.http_addr)
             .await
             .with_context(|| format!("LIKERATE_HTTP_ADDR: cannot listen on {}", run.http_addr))?;
+        let http_addr = listener
+            .local_addr()
+            .with_context(|| format!("LIKERATE_HTTP_ADDR: {}", run.http_addr))?;
         let state = http::AppState {
             metrics: metrics.clone(),
             pool: target.pool(8)?,
             joined: Arc::new(AtomicBool::new(false)),
             api: crate::api::ApiState::new(&kafka, run.export_token.as_deref())
                 .context("creating the producer of POST /api/feedback")?
-                .with_ab(run.ab.clone()),
+                .with_ab(run.ab.clone())
+                .with_ingest_token(run.ingest_token.as_deref()),
         };
         Ok(App {
             kafka,
@@ -75,13 +81,14 @@ impl App {
             db_timeout: db.timeout,
             metrics,
             listener,
+            http_addr,
             state,
         })
     }
 
     /// The address HTTP listens on (the real port when configured with port 0).
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener")
+        self.http_addr
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -118,7 +125,6 @@ impl App {
             self.state.pool.clone(),
             self.metrics.clone(),
             self.run.alert.clone(),
-            self.run.max_subject_labels,
             shutdown.clone(),
         ));
         let retention = self.run.retention.is_enabled().then(|| {
@@ -129,10 +135,13 @@ impl App {
                 shutdown.clone(),
             ))
         });
-        let http_stop = shutdown.clone();
-        let server = axum::serve(self.listener, http::router(self.state))
-            .with_graceful_shutdown(async move { http_stop.cancelled().await });
-        let mut http_task = tokio::spawn(async move { server.await });
+        let router = http::router_with(self.state, &self.run.cors_origins, &self.run.http_limits);
+        let mut http_task = tokio::spawn(http::serve(
+            self.listener,
+            router,
+            self.run.http_limits,
+            shutdown.clone(),
+        ));
 
         let (mut sink_done, mut http_done) = (false, false);
         let outcome: anyhow::Result<()> = tokio::select! {

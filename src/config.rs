@@ -70,6 +70,10 @@ impl ConfigFile {
     }
 
     /// Fills the `None` fields of `cli` from the file.
+    #[allow(
+        clippy::expect_used,
+        reason = "structs of options and TOML tables always serialize to JSON"
+    )]
     fn layer<T: Serialize + DeserializeOwned>(&self, cli: &T) -> Result<T, ConfigError> {
         let mut merged = serde_json::to_value(cli).expect("settings serialize");
         let file = serde_json::to_value(&self.table).expect("toml serializes as json");
@@ -287,6 +291,24 @@ pub struct RunArgs {
     /// File holding the export token; used when LIKERATE_EXPORT_TOKEN is unset
     #[arg(long, env = "LIKERATE_EXPORT_TOKEN_FILE")]
     pub export_token_file: Option<PathBuf>,
+    /// Bearer token `POST /api/feedback` requires; unset: the route is open
+    #[arg(long, env = "LIKERATE_INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+    /// Origins allowed to call the API from a browser, comma separated
+    /// (`https://app.example.com`), or `*` for any; unset: no CORS headers
+    #[arg(long, env = "LIKERATE_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+    /// Most HTTP connections open at once; past it the oldest idle one is closed
+    /// [default: 1024]
+    #[arg(long, env = "LIKERATE_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Most HTTP requests handled at once; more are answered 503 at once [default: 256]
+    #[arg(long, env = "LIKERATE_HTTP_MAX_REQUESTS")]
+    pub http_max_requests: Option<usize>,
+    /// Longest a client may take to send a request's headers, and a request's body
+    /// [default: 10s]
+    #[arg(long, env = "LIKERATE_HTTP_READ_TIMEOUT")]
+    pub http_read_timeout: Option<String>,
     /// Most distinct values of the `subject` metric label; the rest are `_other` [default: 200]
     #[arg(long, env = "LIKERATE_MAX_SUBJECT_LABELS")]
     pub max_subject_labels: Option<usize>,
@@ -387,11 +409,67 @@ impl RedactConfig {
     }
 }
 
+/// Origins allowed to call the API from a browser (`LIKERATE_CORS_ORIGINS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No CORS headers: browsers keep other origins out.
+    #[default]
+    None,
+    /// `*`: any origin (the API uses bearer tokens, never cookies).
+    Any,
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    pub fn parse(value: Option<&str>) -> Result<CorsOrigins, ConfigError> {
+        let setting = "LIKERATE_CORS_ORIGINS";
+        let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(CorsOrigins::None);
+        };
+        if value == "*" {
+            return Ok(CorsOrigins::Any);
+        }
+        let mut origins = Vec::new();
+        for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            // An origin is scheme://host[:port], exactly as a browser sends it: no path, no
+            // trailing slash, printable ASCII (it becomes a header value).
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let valid = rest.is_some_and(|host| {
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            });
+            if !valid {
+                return Err(invalid(
+                    setting,
+                    format!("{origin:?} is not an origin like https://app.example.com (scheme, host, optional port; no path)"),
+                ));
+            }
+            origins.push(origin.to_owned());
+        }
+        Ok(CorsOrigins::List(origins))
+    }
+}
+
+/// Bounds of the HTTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_requests: usize,
+    pub read_timeout: Duration,
+}
+
 #[derive(Clone)]
 pub struct RunConfig {
     pub http_addr: SocketAddr,
     pub alert: AlertConfig,
     pub export_token: Option<String>,
+    pub ingest_token: Option<String>,
+    pub cors_origins: CorsOrigins,
+    pub http_limits: HttpLimits,
     pub max_subject_labels: usize,
     pub batch_max_events: usize,
     pub batch_linger: Duration,
@@ -409,6 +487,9 @@ impl std::fmt::Debug for RunConfig {
             .field("http_addr", &self.http_addr)
             .field("alert", &self.alert)
             .field("export_token", &self.export_token.as_ref().map(|_| "<set>"))
+            .field("ingest_token", &self.ingest_token.as_ref().map(|_| "<set>"))
+            .field("cors_origins", &self.cors_origins)
+            .field("http_limits", &self.http_limits)
             .field("max_subject_labels", &self.max_subject_labels)
             .field("batch_max_events", &self.batch_max_events)
             .field("batch_linger", &self.batch_linger)
@@ -474,6 +555,34 @@ impl RunArgs {
                 "must be at least 16 characters",
             ));
         }
+        if s.ingest_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "LIKERATE_INGEST_TOKEN",
+                "must be at least 16 characters",
+            ));
+        }
+        let cors_origins = CorsOrigins::parse(s.cors_origins.as_deref())?;
+        let max_connections = s.http_max_connections.unwrap_or(1024);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(invalid(
+                "LIKERATE_HTTP_MAX_CONNECTIONS",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let max_requests = s.http_max_requests.unwrap_or(256);
+        if !(1..=100_000).contains(&max_requests) {
+            return Err(invalid(
+                "LIKERATE_HTTP_MAX_REQUESTS",
+                "must be between 1 and 100000",
+            ));
+        }
+        let read_timeout = duration("LIKERATE_HTTP_READ_TIMEOUT", s.http_read_timeout, "10s")?;
+        if read_timeout < Duration::from_millis(100) || read_timeout > Duration::from_secs(300) {
+            return Err(invalid(
+                "LIKERATE_HTTP_READ_TIMEOUT",
+                "must be between 100ms and 5m",
+            ));
+        }
         let max_subject_labels = s.max_subject_labels.unwrap_or(200);
         if max_subject_labels == 0 {
             return Err(invalid("LIKERATE_MAX_SUBJECT_LABELS", "must be at least 1"));
@@ -510,6 +619,13 @@ impl RunArgs {
                     .unwrap_or_else(|| "http://127.0.0.1:3000/d/likerate".to_owned()),
             },
             export_token,
+            ingest_token: s.ingest_token,
+            cors_origins,
+            http_limits: HttpLimits {
+                max_connections,
+                max_requests,
+                read_timeout,
+            },
             max_subject_labels,
             batch_max_events,
             batch_linger: duration("LIKERATE_BATCH_LINGER", s.batch_linger, "50ms")?,
@@ -590,6 +706,41 @@ mod tests {
         };
         let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
         assert!(err.starts_with("LIKERATE_RETENTION_TEXT:"), "{err}");
+        for origins in [
+            "app.example.com",
+            "https://app.example.com/",
+            "ftp://x",
+            "https://a b",
+        ] {
+            let bad = RunArgs {
+                cors_origins: Some(origins.into()),
+                ..RunArgs::default()
+            };
+            let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
+            assert!(
+                err.starts_with("LIKERATE_CORS_ORIGINS:"),
+                "{origins}: {err}"
+            );
+        }
+        let bad = RunArgs {
+            ingest_token: Some("short".into()),
+            ..RunArgs::default()
+        };
+        let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
+        assert!(err.starts_with("LIKERATE_INGEST_TOKEN:"), "{err}");
+        let c = file("cors_origins = \"https://a.example, http://127.0.0.1:3000\"\ningest_token = \"0123456789abcdef\"")
+            .layer(&RunArgs::default())
+            .unwrap()
+            .resolve(&ConfigFile::default())
+            .unwrap();
+        assert_eq!(
+            c.cors_origins,
+            CorsOrigins::List(vec![
+                "https://a.example".into(),
+                "http://127.0.0.1:3000".into()
+            ])
+        );
+        assert_eq!(c.ingest_token.as_deref(), Some("0123456789abcdef"));
         let err = file("http_addr = 5")
             .layer(&RunArgs::default())
             .unwrap_err()

@@ -64,9 +64,7 @@ impl DeadLetters {
             if failed.is_empty() {
                 break;
             }
-            self.metrics
-                .dlq_publish_failures
-                .inc_by(failed.len() as u64);
+            self.metrics.dlq_publish_failures(failed.len() as u64);
             tracing::warn!(
                 failed = failed.len(),
                 retry_in = ?backoff,

@@ -42,7 +42,9 @@ impl Experiment {
     /// The arm of `unit`, by the hash of the module's guarantee.
     pub fn assign(&self, unit: &str) -> &Arm {
         let digest = Sha256::digest(format!("{}:{unit}", self.name).as_bytes());
-        let x = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        let x = u64::from_be_bytes(first);
         let total: u64 = self.arms.iter().map(|a| u64::from(a.weight)).sum();
         // Multiply-shift instead of a modulo: every bucket gets the same number of hash values
         // up to one, where `x % total` would favour the low buckets.

@@ -31,9 +31,14 @@
 //! | [`db`] | connections, timeouts, TLS, migrations |
 //! | [`kafka`] | client properties and topic creation |
 //! | [`ops`] | `dlq replay`, `erase`, `retention`, `report`, and redaction before the write |
+//! | [`output`] | the `--out` files: exclusive, private, atomic |
 //! | [`produce`] | `likerate produce`: demo traffic and load generator |
 //! | [`app`] | wiring of `likerate run` and its bounded shutdown |
 //! | [`shutdown`] | signals |
+
+// No panic reachable from input: `unwrap`/`expect` are refused outside tests; the few that
+// remain (start-up, constants) carry an `#[allow]` with the reason.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod aggregate;
 pub mod alert;
@@ -46,8 +51,13 @@ pub mod decode;
 pub mod event;
 pub mod experiment;
 pub mod http;
+#[allow(
+    clippy::expect_used,
+    reason = "ensure_topics joins its metadata task at start-up, before any input; src/kafka.rs is being reworked on main"
+)]
 pub mod kafka;
 pub mod ops;
+pub mod output;
 pub mod produce;
 pub mod rollup;
 pub mod shutdown;

@@ -94,6 +94,10 @@ enum DlqCommand {
     },
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "before any input: without a runtime there is nothing to run"
+)]
 fn main() -> ExitCode {
     likerate::telemetry::init_logging();
     let cli = Cli::parse();

@@ -21,6 +21,10 @@ pub fn truncate(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
     bucket(t.timestamp(), seconds)
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "created_at is clamped around the receive time by the decoder (event::clamp_created_at), so a bucket start is always representable"
+)]
 fn bucket(timestamp: i64, seconds: i64) -> DateTime<Utc> {
     let s = timestamp.div_euclid(seconds) * seconds;
     DateTime::from_timestamp(s, 0).expect("in range")

@@ -18,6 +18,10 @@ pub fn on_signal(token: CancellationToken) {
     });
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "installed once at start, before any input; failing to is fatal"
+)]
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");

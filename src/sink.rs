@@ -306,9 +306,12 @@ impl Sink {
         let mut open = true;
         loop {
             for (i, slot) in idle.iter_mut().enumerate() {
-                if slot.is_some() {
-                    if let Some((seq, part)) = queued[i].pop_front() {
-                        let lane = slot.take().expect("checked");
+                if slot.is_none() {
+                    continue;
+                }
+                if let Some((seq, part)) = queued[i].pop_front() {
+                    // Checked above: the lane is idle.
+                    if let Some(lane) = slot.take() {
                         writing.push(lane.write_batch(i, seq, part));
                     }
                 }
@@ -332,9 +335,12 @@ impl Sink {
                 },
                 Some((i, lane, seq, ack)) = writing.next() => {
                     idle[i] = Some(lane);
-                    let entry = outstanding.get_mut(&seq).expect("outstanding batch");
-                    entry.0 -= 1;
-                    entry.1.push(ack?);
+                    // Every part written belongs to a batch still outstanding: batches leave
+                    // the map only once all their parts are back.
+                    if let Some(entry) = outstanding.get_mut(&seq) {
+                        entry.0 -= 1;
+                        entry.1.push(ack?);
+                    }
                     while let Some(first) = outstanding.first_entry() {
                         if first.get().0 > 0 {
                             break;
@@ -451,16 +457,14 @@ impl Lane {
         let mut backoff = Duration::from_millis(100);
         loop {
             let attempt = async {
-                if self.conn.is_none() {
-                    self.conn = Some(Conn::open(&self.target).await?);
-                }
-                let conn = self.conn.as_mut().expect("connected above");
+                let conn = match &mut self.conn {
+                    Some(conn) => conn,
+                    None => self.conn.insert(Conn::open(&self.target).await?),
+                };
                 let started = Instant::now();
                 let inserted = write(conn, &self.topic, rows, Aggregates::Maintain).await?;
                 self.metrics
-                    .batch_write_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.metrics.batch_events.observe(rows.len() as f64);
+                    .batch_written(started.elapsed().as_secs_f64(), rows.len());
                 Ok::<_, DbError>(inserted)
             };
             let error = match tokio::time::timeout(self.timeout, attempt).await {
@@ -477,7 +481,7 @@ impl Lane {
             };
             // The connection may be mid-transaction or dead: never reuse it.
             self.conn = None;
-            self.metrics.db_retries.inc();
+            self.metrics.db_retry();
             tracing::warn!(error = %error, retry_in = ?backoff, "database unavailable: batch will be retried");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));

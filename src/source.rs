@@ -37,7 +37,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -157,7 +157,12 @@ impl Acker {
     /// still assigned under the epoch the batch was consumed in; then answers a drain marker.
     /// Must be called in poll order, so that a stored offset covers a contiguous prefix.
     pub fn ack(&self, ack: Ack) {
-        let assignment = self.consumer.context().assignment.lock().expect("lock");
+        let assignment = self
+            .consumer
+            .context()
+            .assignment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut positions = TopicPartitionList::new();
         for (partition, (offset, epoch)) in ack.positions {
             if assignment.epochs.get(&partition) != Some(&epoch) {
@@ -167,9 +172,11 @@ impl Acker {
             // The position to resume from. Not `store_offset`: librdkafka's
             // rd_kafka_offset_store adds one to the offset it is given, which would skip the
             // record after the batch at the next handover.
-            positions
-                .add_partition_offset(&self.topic, partition, Offset::Offset(offset))
-                .expect("valid offset");
+            if let Err(e) =
+                positions.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+            {
+                tracing::warn!(partition, offset, error = %e, "offset not stored");
+            }
         }
         drop(assignment);
         if positions.count() > 0 {
@@ -191,6 +198,8 @@ pub struct SourceContext {
     /// Set at the first assignment (readiness).
     joined: Arc<AtomicBool>,
     last_error_log: Mutex<Option<Instant>>,
+    /// The last known lag of each assigned partition.
+    lags: Mutex<BTreeMap<i32, i64>>,
     /// The consumer itself, to split partition queues inside the assignment callback (set
     /// once the consumer exists).
     consumer: OnceLock<Weak<BaseConsumer<SourceContext>>>,
@@ -204,24 +213,27 @@ impl ClientContext for SourceContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
-        let assignment = self.assignment.lock().expect("lock");
+        let assignment = self
+            .assignment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut lags = self.lags.lock().unwrap_or_else(PoisonError::into_inner);
+        lags.retain(|p, _| assignment.epochs.contains_key(p));
         for (partition, stats) in &topic.partitions {
-            let labels = vec![("partition", partition.to_string())];
-            if !assignment.epochs.contains_key(partition) {
-                self.metrics.consumer_lag.remove(&labels);
-            } else if stats.consumer_lag_stored >= 0 {
-                // -1 means "not known yet": the last known value stays.
-                self.metrics
-                    .consumer_lag
-                    .get_or_create(&labels)
-                    .set(stats.consumer_lag_stored);
+            // -1 means "not known yet": the last known value stays.
+            if assignment.epochs.contains_key(partition) && stats.consumer_lag_stored >= 0 {
+                lags.insert(*partition, stats.consumer_lag_stored);
             }
         }
+        self.metrics.consumer_lag(&lags);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         // librdkafka repeats a broker outage every few milliseconds: one line per 10 s.
-        let mut last = self.last_error_log.lock().expect("lock");
+        let mut last = self
+            .last_error_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             *last = Some(Instant::now());
             tracing::warn!(error = %error, reason, "kafka client error (repeats are silenced for 10s)");
@@ -234,19 +246,25 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = partitions_of(tpl);
             tracing::info!(?partitions, "partitions revoked: draining");
-            if let Some(state) = self.state.lock().expect("lock").as_mut() {
+            if let Some(state) = self
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+            {
                 state.drain(consumer);
                 for p in &partitions {
                     state.queues.remove(p);
                 }
             }
-            let mut assignment = self.assignment.lock().expect("lock");
+            let mut assignment = self
+                .assignment
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             for p in &partitions {
                 assignment.epochs.remove(p);
             }
-            self.metrics
-                .assigned_partitions
-                .set(assignment.epochs.len() as i64);
+            self.metrics.assigned_partitions(assignment.epochs.len());
         }
     }
 
@@ -256,22 +274,27 @@ impl ConsumerContext for SourceContext {
                 let partitions = partitions_of(tpl);
                 tracing::info!(?partitions, "partitions assigned");
                 self.joined.store(true, Ordering::Relaxed);
-                let mut assignment = self.assignment.lock().expect("lock");
+                let mut assignment = self
+                    .assignment
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 for p in partitions {
                     assignment.next_epoch += 1;
                     let epoch = assignment.next_epoch;
                     assignment.epochs.insert(p, epoch);
                 }
-                self.metrics
-                    .assigned_partitions
-                    .set(assignment.epochs.len() as i64);
+                self.metrics.assigned_partitions(assignment.epochs.len());
                 drop(assignment);
                 // Split right after the assignment, before fetched messages are delivered,
                 // so every message of these partitions arrives through their own queue.
                 let consumer = self.consumer.get().and_then(Weak::upgrade);
-                if let (Some(consumer), Some(state)) =
-                    (consumer, self.state.lock().expect("lock").as_mut())
-                {
+                if let (Some(consumer), Some(state)) = (
+                    consumer,
+                    self.state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .as_mut(),
+                ) {
                     for p in partitions_of(tpl) {
                         match consumer.split_partition_queue(&self.topic, p) {
                             Some(queue) => {
@@ -346,7 +369,7 @@ impl PollState {
         }
         let room = self.waiting.is_empty();
         let held = if room { 0 } else { self.queues.len() };
-        self.metrics.paused_partitions.set(held as i64);
+        self.metrics.paused_partitions(held);
         room
     }
 
@@ -446,6 +469,7 @@ pub fn start(
         metrics: metrics.clone(),
         joined,
         last_error_log: Mutex::new(None),
+        lags: Mutex::new(BTreeMap::new()),
         consumer: OnceLock::new(),
         assignment: Mutex::new(Assignment::default()),
         state: Mutex::new(Some(PollState {
@@ -467,6 +491,10 @@ pub fn start(
         topic: config.topic.clone(),
     };
     let topic = config.topic.clone();
+    #[allow(
+        clippy::expect_used,
+        reason = "runs once at start, before any input; the OS refusing a thread is fatal"
+    )]
     let thread = std::thread::Builder::new()
         .name("likerate-source".into())
         .spawn(move || poll_loop(consumer, topic, metrics, shutdown))
@@ -476,7 +504,10 @@ pub fn start(
 
 impl SourceContext {
     fn epoch(&self, partition: i32) -> u64 {
-        let assignment = self.assignment.lock().expect("lock");
+        let assignment = self
+            .assignment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         assignment.epochs.get(&partition).copied().unwrap_or(0)
     }
 }
@@ -520,8 +551,9 @@ fn poll_loop(
         // Serves rebalances and client events (and counts as a poll for max.poll.interval);
         // messages arrive here only if fetched before their partition queue was split.
         let polled = consumer.poll(Duration::from_millis(10));
-        let mut guard = context.state.lock().expect("lock");
-        let state = guard.as_mut().expect("poll state");
+        let mut guard = context.state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only the shutdown below takes the state, after this loop.
+        let Some(state) = guard.as_mut() else { break };
         match polled {
             Some(Ok(message)) => {
                 let (record, bytes) = record_of(&message, &topic);
@@ -537,13 +569,18 @@ fn poll_loop(
         }
     }
     tracing::info!("source stopping: draining");
-    if let Some(mut state) = context.state.lock().expect("lock").take() {
+    if let Some(mut state) = context
+        .state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
         state.drain(&consumer);
         // The queues hold the consumer: release them before it closes.
         state.queues.clear();
     }
     consumer.unsubscribe();
-    metrics.assigned_partitions.set(0);
+    metrics.assigned_partitions(0);
     tracing::info!("source stopped");
 }
 

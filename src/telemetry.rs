@@ -1,274 +1,432 @@
-//! Telemetry: every metric name likerate exports, the registry that renders them, the
-//! subject-label cap, and log setup.
+//! Telemetry: every metric name likerate exports, the recorder that renders them, the label
+//! cap, and log setup.
 //!
 //! Guarantees:
 //! - All metric names live in this file (docs/contract.md section 7 plus the pipeline's own), following
 //!   Prometheus naming: `likerate_` prefix, base units, `_total` on counters.
-//! - No untrusted string becomes a label value without passing the cap: at most
-//!   `max_subject_labels` distinct subjects (and as many models) per process, the rest
-//!   reported as `_other`. Partition numbers, outcomes, reasons and windows are bounded sets.
-//! - Logs never carry user text (questions, answers): only ids, counts and error codes.
+//! - Rendering is `metrics-exporter-prometheus`'s (text format 0.0.4): label values are escaped
+//!   as the format requires (backslash, double quote, line feed), so no label value can end a
+//!   series, start another or forge a comment.
+//! - No untrusted string becomes a label value without passing one [`LabelCap`] rule, the same
+//!   for every metric and for the alert targets: at most `max_subject_labels` distinct subjects
+//!   (and as many models), the rest reported as `_other`; values are at most
+//!   [`MAX_LABEL_CHARS`] characters; a user value spelled like a reserved one (`_all`,
+//!   `_other`) is `_other`. Partition numbers, outcomes, reasons and windows are bounded sets.
+//! - Series that describe the present (the window gauges, the alert state, the consumer lag)
+//!   are replaced as a whole at each refresh, so a subject or partition that is gone leaves no
+//!   stale series behind.
+//! - Logs never carry user text (questions, answers): only ids, counts and error codes; labels
+//!   a user chose (subjects, models) are logged with `?` (escaped, quoted).
 
 use crate::event::Rating;
-use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
-use std::collections::HashSet;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 /// Label value for the whole stream.
 pub const ALL: &str = "_all";
 /// Label value for subjects or models past the cap.
 pub const OTHER: &str = "_other";
+/// Longest label value taken from user input, in characters (the contract's longest model).
+pub const MAX_LABEL_CHARS: usize = 128;
 
-type Labels1 = Vec<(&'static str, String)>;
-type GaugeF = Gauge<f64, AtomicU64>;
+pub const EVENTS: &str = "likerate_events_total";
+pub const DEAD_LETTERS: &str = "likerate_dead_letters_total";
+pub const VOTES: &str = "likerate_votes_total";
+pub const LIKE_RATIO: &str = "likerate_like_ratio";
+pub const WINDOW_VOTES: &str = "likerate_window_votes";
+pub const MODEL_LIKE_RATIO: &str = "likerate_model_like_ratio";
+pub const MODEL_WINDOW_VOTES: &str = "likerate_model_window_votes";
+pub const ALERT_FIRING: &str = "likerate_alert_firing";
+pub const ALERT_PUSHES: &str = "likerate_alert_pushes_total";
+pub const CONSUMER_LAG: &str = "likerate_consumer_lag_messages";
+pub const BATCH_WRITE_SECONDS: &str = "likerate_batch_write_seconds";
+pub const BATCH_EVENTS: &str = "likerate_batch_events";
+pub const DB_RETRIES: &str = "likerate_db_retries_total";
+pub const DLQ_PUBLISH_FAILURES: &str = "likerate_dlq_publish_failures_total";
+pub const PAUSED_PARTITIONS: &str = "likerate_paused_partitions";
+pub const ASSIGNED_PARTITIONS: &str = "likerate_assigned_partitions";
+pub const AGGREGATE_REFRESH_FAILURES: &str = "likerate_aggregate_refresh_failures_total";
+pub const REDACTIONS: &str = "likerate_redactions_total";
+pub const RETENTION_ROWS: &str = "likerate_retention_rows_total";
+
+/// Help texts, by metric.
+const HELP: [(&str, &str); 19] = [
+    (EVENTS, "Events by outcome"),
+    (
+        DEAD_LETTERS,
+        "Records sent to the dead-letter topic, by reason",
+    ),
+    (VOTES, "Stored votes by subject and rating"),
+    (
+        LIKE_RATIO,
+        "Likes / all votes that currently count, per subject and window",
+    ),
+    (
+        WINDOW_VOTES,
+        "Votes that currently count, per subject, window and rating",
+    ),
+    (
+        MODEL_LIKE_RATIO,
+        "Likes / all votes, per model version and window",
+    ),
+    (
+        MODEL_WINDOW_VOTES,
+        "Votes per model version, window and rating",
+    ),
+    (ALERT_FIRING, "1 while the like-rate alert fires"),
+    (ALERT_PUSHES, "Pushes to Alertmanager by result"),
+    (
+        CONSUMER_LAG,
+        "Messages behind the high watermark per assigned partition",
+    ),
+    (
+        BATCH_WRITE_SECONDS,
+        "Time to store one batch in one PostgreSQL transaction",
+    ),
+    (BATCH_EVENTS, "Events per stored batch"),
+    (
+        DB_RETRIES,
+        "Database attempts that failed and will be retried",
+    ),
+    (
+        DLQ_PUBLISH_FAILURES,
+        "Failed attempts to publish a dead letter",
+    ),
+    (PAUSED_PARTITIONS, "Partitions paused by back-pressure"),
+    (ASSIGNED_PARTITIONS, "Partitions assigned to this instance"),
+    (
+        AGGREGATE_REFRESH_FAILURES,
+        "Failed refreshes of the window gauges from PostgreSQL",
+    ),
+    (
+        REDACTIONS,
+        "Personal data replaced in stored text before the write, by kind",
+    ),
+    (
+        RETENTION_ROWS,
+        "Rows whose text retention erased or that retention deleted, by action",
+    ),
+];
+
+/// What every registration is attributed to (the recorder ignores it; the API requires it).
+static METADATA: Metadata<'static> = Metadata::new("likerate", Level::INFO, Some(module_path!()));
 
 /// The process's metrics. Cheap to clone (everything inside is shared).
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Registry>,
-    /// Events by outcome: stored, duplicate, dead_lettered.
-    pub events: Family<Labels1, Counter>,
-    /// Dead letters by reason code.
-    pub dead_letters: Family<Labels1, Counter>,
-    /// Stored votes by subject and rating (the counter SLO burn-rate rules use).
-    pub votes: Family<Labels1, Counter>,
-    /// Like ratio per subject and window (gauge 0..1), read from PostgreSQL.
-    pub like_ratio: Family<Labels1, GaugeF>,
-    /// Votes in the window per subject, window and rating.
-    pub window_votes: Family<Labels1, Gauge>,
-    /// Like ratio per model version and window.
-    pub model_like_ratio: Family<Labels1, GaugeF>,
-    /// Votes in the window per model, window and rating.
-    pub model_window_votes: Family<Labels1, Gauge>,
-    /// 1 while the like-rate alert fires for the subject (and model, for per-model rules).
-    pub alert_firing: Family<Labels1, Gauge>,
-    /// Alert pushes to Alertmanager by result (ok, error).
-    pub alert_pushes: Family<Labels1, Counter>,
-    /// Messages behind the high watermark, per assigned partition.
-    pub consumer_lag: Family<Labels1, Gauge>,
-    /// Time to write one batch in one PostgreSQL transaction.
-    pub batch_write_seconds: Histogram,
-    /// Events per written batch.
-    pub batch_events: Histogram,
-    /// Failed database attempts that will be retried.
-    pub db_retries: Counter,
-    /// Failed attempts to publish a dead letter (the partition waits until it succeeds).
-    pub dlq_publish_failures: Counter,
-    /// Partitions currently paused because the pipeline is full or the database is away.
-    pub paused_partitions: Gauge,
-    /// Partitions assigned to this instance.
-    pub assigned_partitions: Gauge,
-    /// Failed refreshes of the window gauges from PostgreSQL.
-    pub aggregate_refresh_failures: Counter,
-    /// Personal data replaced before the write, by kind (email, phone).
-    pub redactions: Family<Labels1, Counter>,
-    /// Rows touched by retention, by action (text_erased, deleted).
-    pub retention_rows: Family<Labels1, Counter>,
-    subjects: Arc<LabelCap>,
-    models: Arc<LabelCap>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Counters, histograms and the gauges that keep their series for the process's life.
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// The window gauges, replaced at each refresh.
+    windows: Replaced,
+    /// `likerate_alert_firing`, replaced at each evaluation.
+    alerts: Replaced,
+    /// `likerate_consumer_lag_messages`, replaced at each statistics report.
+    lag: Replaced,
+    batch_write_seconds: Histogram,
+    batch_events: Histogram,
+    subjects: LabelCap,
+    models: LabelCap,
+}
+
+/// A group of gauges rendered from their own recorder, which is replaced as a whole.
+#[derive(Default)]
+struct Replaced(RwLock<Option<PrometheusHandle>>);
+
+impl Replaced {
+    fn replace(&self, fill: impl FnOnce(&Gauges)) {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        describe(&recorder);
+        fill(&Gauges(&recorder));
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(recorder.handle());
+    }
+
+    fn render_into(&self, out: &mut String) {
+        if let Some(handle) = &*self.0.read().unwrap_or_else(|e| e.into_inner()) {
+            out.push_str(&handle.render());
+        }
+    }
+}
+
+/// The gauges of one [`Replaced`] group while it is filled.
+pub struct Gauges<'r>(&'r PrometheusRecorder);
+
+impl Gauges<'_> {
+    /// Sets one series. Label values must have passed a [`LabelCap`] or be from a bounded set.
+    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
+        self.0
+            .register_gauge(&key(name, labels), &METADATA)
+            .set(value);
+    }
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    for (name, help) in HELP {
+        let help = SharedString::const_str(help);
+        // The kind only decides which describe call; the exporter renders `# HELP` either way.
+        recorder.describe_gauge(name.into(), None, help);
+    }
 }
 
 impl Metrics {
     pub fn new(max_subject_labels: usize) -> Metrics {
-        let mut registry = Registry::default();
+        let builder = PrometheusBuilder::new();
+        #[allow(
+            clippy::expect_used,
+            reason = "set_buckets_for_metric fails only on an empty bucket list; these are non-empty constants"
+        )]
+        let builder = builder
+            .set_buckets_for_metric(
+                Matcher::Full(BATCH_WRITE_SECONDS.into()),
+                &exponential(0.001, 2.0, 15),
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(BATCH_EVENTS.into()),
+                    &exponential(1.0, 4.0, 9),
+                )
+            })
+            .expect("non-empty buckets");
+        let recorder = builder.build_recorder();
+        describe(&recorder);
+        let handle = recorder.handle();
+        let batch_write_seconds =
+            recorder.register_histogram(&key(BATCH_WRITE_SECONDS, &[]), &METADATA);
+        let batch_events = recorder.register_histogram(&key(BATCH_EVENTS, &[]), &METADATA);
         let m = Metrics {
-            registry: Arc::new(Registry::default()),
-            events: Family::default(),
-            dead_letters: Family::default(),
-            votes: Family::default(),
-            like_ratio: Family::default(),
-            window_votes: Family::default(),
-            model_like_ratio: Family::default(),
-            model_window_votes: Family::default(),
-            alert_firing: Family::default(),
-            alert_pushes: Family::default(),
-            consumer_lag: Family::default(),
-            batch_write_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
-            batch_events: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
-            db_retries: Counter::default(),
-            dlq_publish_failures: Counter::default(),
-            paused_partitions: Gauge::default(),
-            assigned_partitions: Gauge::default(),
-            aggregate_refresh_failures: Counter::default(),
-            redactions: Family::default(),
-            retention_rows: Family::default(),
-            subjects: Arc::new(LabelCap::new(max_subject_labels)),
-            models: Arc::new(LabelCap::new(max_subject_labels)),
+            inner: Arc::new(Inner {
+                recorder,
+                handle,
+                windows: Replaced::default(),
+                alerts: Replaced::default(),
+                lag: Replaced::default(),
+                batch_write_seconds,
+                batch_events,
+                subjects: LabelCap::new(max_subject_labels),
+                models: LabelCap::new(max_subject_labels),
+            }),
         };
-        // prometheus-client appends `_total` to counter names itself.
-        let r = &mut registry;
-        r.register("likerate_events", "Events by outcome", m.events.clone());
-        r.register(
-            "likerate_dead_letters",
-            "Records sent to the dead-letter topic, by reason",
-            m.dead_letters.clone(),
-        );
-        r.register(
-            "likerate_votes",
-            "Stored votes by subject and rating",
-            m.votes.clone(),
-        );
-        r.register(
-            "likerate_like_ratio",
-            "Likes / all votes that currently count, per subject and window",
-            m.like_ratio.clone(),
-        );
-        r.register(
-            "likerate_window_votes",
-            "Votes that currently count, per subject, window and rating",
-            m.window_votes.clone(),
-        );
-        r.register(
-            "likerate_model_like_ratio",
-            "Likes / all votes, per model version and window",
-            m.model_like_ratio.clone(),
-        );
-        r.register(
-            "likerate_model_window_votes",
-            "Votes per model version, window and rating",
-            m.model_window_votes.clone(),
-        );
-        r.register(
-            "likerate_alert_firing",
-            "1 while the like-rate alert fires",
-            m.alert_firing.clone(),
-        );
-        r.register(
-            "likerate_alert_pushes",
-            "Pushes to Alertmanager by result",
-            m.alert_pushes.clone(),
-        );
-        r.register(
-            "likerate_consumer_lag_messages",
-            "Messages behind the high watermark per assigned partition",
-            m.consumer_lag.clone(),
-        );
-        r.register(
-            "likerate_batch_write_seconds",
-            "Time to store one batch in one PostgreSQL transaction",
-            m.batch_write_seconds.clone(),
-        );
-        r.register(
-            "likerate_batch_events",
-            "Events per stored batch",
-            m.batch_events.clone(),
-        );
-        r.register(
-            "likerate_db_retries",
-            "Database attempts that failed and will be retried",
-            m.db_retries.clone(),
-        );
-        r.register(
-            "likerate_dlq_publish_failures",
-            "Failed attempts to publish a dead letter",
-            m.dlq_publish_failures.clone(),
-        );
-        r.register(
-            "likerate_paused_partitions",
-            "Partitions paused by back-pressure",
-            m.paused_partitions.clone(),
-        );
-        r.register(
-            "likerate_assigned_partitions",
-            "Partitions assigned to this instance",
-            m.assigned_partitions.clone(),
-        );
-        r.register(
-            "likerate_aggregate_refresh_failures",
-            "Failed refreshes of the window gauges from PostgreSQL",
-            m.aggregate_refresh_failures.clone(),
-        );
-        r.register(
-            "likerate_redactions",
-            "Personal data replaced in stored text before the write, by kind",
-            m.redactions.clone(),
-        );
-        r.register(
-            "likerate_retention_rows",
-            "Rows whose text retention erased or that retention deleted, by action",
-            m.retention_rows.clone(),
-        );
-        Metrics {
-            registry: Arc::new(registry),
-            ..m
+        // Series that exist from the start, so "nothing happened yet" is visible as 0.
+        for outcome in ["stored", "duplicate", "dead_lettered"] {
+            m.counter(EVENTS, &[("outcome", outcome)]).increment(0);
         }
+        m.set_gauge(ASSIGNED_PARTITIONS, 0.0);
+        m.set_gauge(PAUSED_PARTITIONS, 0.0);
+        m.alerts_replace(|g| g.set(ALERT_FIRING, &[("subject", ALL)], 0.0));
+        m
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.inner
+            .recorder
+            .register_counter(&key(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str) -> Gauge {
+        self.inner
+            .recorder
+            .register_gauge(&key(name, &[]), &METADATA)
+    }
+
+    fn set_gauge(&self, name: &'static str, value: f64) {
+        self.gauge(name).set(value);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(64 * 1024);
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        let mut out = self.inner.handle.render();
+        self.inner.windows.render_into(&mut out);
+        self.inner.alerts.render_into(&mut out);
+        self.inner.lag.render_into(&mut out);
         out
     }
 
     pub fn event(&self, outcome: &'static str, n: u64) {
         if n > 0 {
-            self.events
-                .get_or_create(&vec![("outcome", outcome.to_owned())])
-                .inc_by(n);
+            self.counter(EVENTS, &[("outcome", outcome)]).increment(n);
         }
     }
 
     pub fn dead_letter(&self, reason: &'static str) {
-        self.dead_letters
-            .get_or_create(&vec![("reason", reason.to_owned())])
-            .inc();
+        self.counter(DEAD_LETTERS, &[("reason", reason)])
+            .increment(1);
         self.event("dead_lettered", 1);
     }
 
     pub fn vote(&self, subject: &str, rating: Rating, n: u64) {
-        self.votes
-            .get_or_create(&vec![
-                ("subject", self.subject_label(subject)),
-                ("rating", rating.label().to_owned()),
-            ])
-            .inc_by(n);
+        let subject = self.subject_label(subject);
+        self.counter(VOTES, &[("subject", &subject), ("rating", rating.label())])
+            .increment(n);
     }
 
-    /// The label value for a subject: itself while under the cap, `_other` past it.
+    pub fn alert_push(&self, result: &'static str) {
+        self.counter(ALERT_PUSHES, &[("result", result)])
+            .increment(1);
+    }
+
+    pub fn batch_written(&self, seconds: f64, events: usize) {
+        self.inner.batch_write_seconds.record(seconds);
+        self.inner.batch_events.record(events as f64);
+    }
+
+    pub fn db_retry(&self) {
+        self.counter(DB_RETRIES, &[]).increment(1);
+    }
+
+    pub fn dlq_publish_failures(&self, n: u64) {
+        self.counter(DLQ_PUBLISH_FAILURES, &[]).increment(n);
+    }
+
+    pub fn paused_partitions(&self, n: usize) {
+        self.set_gauge(PAUSED_PARTITIONS, n as f64);
+    }
+
+    pub fn assigned_partitions(&self, n: usize) {
+        self.set_gauge(ASSIGNED_PARTITIONS, n as f64);
+    }
+
+    pub fn aggregate_refresh_failure(&self) {
+        self.counter(AGGREGATE_REFRESH_FAILURES, &[]).increment(1);
+    }
+
+    pub fn redactions(&self, kind: &'static str, n: u64) {
+        self.counter(REDACTIONS, &[("kind", kind)]).increment(n);
+    }
+
+    pub fn retention_rows(&self, action: &'static str, n: u64) {
+        self.counter(RETENTION_ROWS, &[("action", action)])
+            .increment(n);
+    }
+
+    /// Replaces the consumer lag series: one per partition in `lags`.
+    pub fn consumer_lag(&self, lags: &BTreeMap<i32, i64>) {
+        self.inner.lag.replace(|g| {
+            for (partition, lag) in lags {
+                g.set(
+                    CONSUMER_LAG,
+                    &[("partition", &partition.to_string())],
+                    *lag as f64,
+                );
+            }
+        });
+    }
+
+    /// Replaces the window gauges with what `fill` sets.
+    pub fn windows_replace(&self, fill: impl FnOnce(&Gauges)) {
+        self.inner.windows.replace(fill);
+    }
+
+    /// Replaces the alert gauges with what `fill` sets.
+    pub fn alerts_replace(&self, fill: impl FnOnce(&Gauges)) {
+        self.inner.alerts.replace(fill);
+    }
+
+    /// The cap of the `subject` label.
+    pub fn subjects(&self) -> &LabelCap {
+        &self.inner.subjects
+    }
+
+    /// The cap of the `model` label.
+    pub fn models(&self) -> &LabelCap {
+        &self.inner.models
+    }
+
+    /// The label value of a subject under the cap (see [`LabelCap::label`]).
     pub fn subject_label(&self, subject: &str) -> String {
-        self.subjects.label(subject)
-    }
-
-    pub fn model_label(&self, model: &str) -> String {
-        self.models.label(model)
+        self.inner.subjects.label(subject)
     }
 }
 
-/// Admits the first `max` distinct values of a label; later ones become `_other`.
-/// First come, first kept: a series, once exported, keeps its name for the process's life.
-struct LabelCap {
+/// `count` bucket bounds from `start`, each `factor` times the one before.
+fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    std::iter::successors(Some(start), |b| Some(b * factor))
+        .take(count)
+        .collect()
+}
+
+/// The one rule that decides which values of a user-chosen label keep their name; every
+/// metric and the alert targets ask the same instance, so a value is never named in one place
+/// and `_other` in another.
+///
+/// The rule: at most `max` distinct values are exported. While there are no more than `max`,
+/// all keep their name; past it, the `max - 1` values with the most votes in the last 24 hours
+/// keep it and the rest are summed into `_other`. The ranking is redone at every window refresh
+/// ([`LabelCap::rank`]; ties go to the values already named, then by name). Between refreshes a
+/// new value is named only into a free place, never in place of a named one, so a burst of new
+/// values cannot push out the busy ones: it fills the free places, and the next ranking gives
+/// them to whoever has the votes.
+pub struct LabelCap {
     max: usize,
-    admitted: Mutex<HashSet<String>>,
+    named: RwLock<HashSet<String>>,
 }
 
 impl LabelCap {
-    fn new(max: usize) -> LabelCap {
+    pub fn new(max: usize) -> LabelCap {
         LabelCap {
             max,
-            admitted: Mutex::new(HashSet::new()),
+            named: RwLock::new(HashSet::new()),
         }
     }
 
-    fn label(&self, value: &str) -> String {
-        if value == ALL {
-            return ALL.to_owned();
+    /// The label value of `value`: itself (cut to [`MAX_LABEL_CHARS`]) while named, `_other`
+    /// otherwise. `_all` and `_other` from users are `_other`.
+    pub fn label(&self, value: &str) -> String {
+        if value == ALL || value == OTHER {
+            return OTHER.to_owned();
         }
-        let mut admitted = self.admitted.lock().expect("label cap lock");
-        if admitted.contains(value) {
-            return value.to_owned();
+        let shown = || value.chars().take(MAX_LABEL_CHARS).collect::<String>();
+        if self.read().contains(value) {
+            return shown();
         }
-        if admitted.len() < self.max {
-            admitted.insert(value.to_owned());
-            return value.to_owned();
+        let mut named = self.named.write().unwrap_or_else(|e| e.into_inner());
+        // A free place: below max - 1, so that `_other` plus the named stay within max.
+        if named.contains(value) || named.len() + 1 < self.max {
+            named.insert(value.to_owned());
+            return shown();
         }
         OTHER.to_owned()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<String>> {
+        self.named.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ranks the values by their votes in the last 24 hours (`_all` and `_other` are ignored)
+    /// and names the ones the rule keeps.
+    pub fn rank<'a>(&self, votes: impl IntoIterator<Item = (&'a str, i64)>) {
+        let mut named = self.named.write().unwrap_or_else(|e| e.into_inner());
+        let mut ranked: Vec<(&str, i64, bool)> = votes
+            .into_iter()
+            .filter(|(v, _)| *v != ALL && *v != OTHER)
+            .map(|(v, n)| (v, n, named.contains(v)))
+            .collect();
+        let keep = if ranked.len() <= self.max {
+            ranked.len()
+        } else {
+            self.max.saturating_sub(1)
+        };
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(b.0)));
+        *named = ranked
+            .into_iter()
+            .take(keep)
+            .map(|(v, _, _)| v.to_owned())
+            .collect();
     }
 }
 
@@ -303,7 +461,43 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("likerate_votes_total{"))
             .count();
-        assert_eq!(series, 4, "3 admitted subjects and _other:\n{text}");
+        assert_eq!(series, 3, "2 named subjects and _other:\n{text}");
         assert!(text.contains(r#"subject="_other""#));
+    }
+
+    #[test]
+    fn a_burst_of_new_values_cannot_push_out_the_busy_ones() {
+        let cap = LabelCap::new(3);
+        cap.rank([("Math", 500), ("Physics", 400), ("Chemistry", 3)]);
+        for i in 0..1000 {
+            assert_eq!(cap.label(&format!("junk-{i}")), OTHER);
+        }
+        // The junk gets more votes than Physics: the next ranking names it instead.
+        cap.rank([
+            ("Math", 500),
+            ("Physics", 400),
+            ("Chemistry", 3),
+            ("junk-7", 401),
+        ]);
+        assert_eq!(cap.label("Math"), "Math");
+        assert_eq!(cap.label("junk-7"), "junk-7");
+        assert_eq!(cap.label("Physics"), OTHER);
+        // Reserved spellings are never a user's.
+        assert_eq!(cap.label("_all"), OTHER);
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_cut() {
+        let m = Metrics::new(10);
+        let hostile = "x\"} 1\n# EOF\\";
+        m.vote(hostile, Rating::Like, 1);
+        m.vote(&"y".repeat(500), Rating::Like, 1);
+        let text = m.render();
+        assert!(
+            text.contains(r#"subject="x\"} 1\n# EOF\\""#),
+            "escaped:\n{text}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("# EOF")));
+        assert!(text.contains(&format!("subject=\"{}\"", "y".repeat(MAX_LABEL_CHARS))));
     }
 }

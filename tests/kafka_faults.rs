@@ -112,7 +112,8 @@ async fn a_broker_frozen_for_60_seconds_then_resumed_loses_nothing() {
     let mut faults = cluster().await;
     let (world, records, ids) = world(&faults, 15_000, 12).await;
     let p = world.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "500")]);
-    let sender = world.send_in_background(records, 500, Duration::from_millis(200));
+    // A slow stream (about 500 events/s), so it is still going during the freeze.
+    let sender = world.send_in_background(records, 250, Duration::from_millis(500));
     world
         .wait_for_at_least(2000, Duration::from_secs(120))
         .await;

@@ -1,5 +1,6 @@
 //! What the benchmarks share: the raw `COPY` that measures the storage limit, and a Kafka node
-//! of their own.
+//! of their own. Each benchmark binary uses part of it.
+#![allow(dead_code)]
 
 use likerate::event::FeedbackEvent;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -133,7 +134,9 @@ impl KafkaNode {
         use std::time::{Duration, Instant};
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kafka.sh");
         let free_port = || -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
         };
         let (port, controller) = (free_port()?, free_port()?);
         let out = std::fs::File::create(log)?;

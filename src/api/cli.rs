@@ -3,8 +3,9 @@
 //! [`super::export::page`] for `json`).
 //!
 //! Guarantees:
-//! - `--out FILE` is written to `FILE.partial` and renamed at the end, so FILE exists only
-//!   when complete. Without `--out`, the data goes to stdout and everything else to stderr.
+//! - `--out FILE` is written as [`crate::output`] says: a new file (never an existing one or
+//!   through a symlink), mode 0600, that exists only when complete. Without `--out`, the data
+//!   goes to stdout and everything else to stderr.
 //! - Progress on stderr: a live bar when stderr is a terminal, otherwise a plain line every
 //!   [`PLAIN_EVERY`]. The summary (rows, skipped rows, bytes) comes last.
 //! - `json` writes one JSON array of the export rows (the fields of `GET /api/feedback/export`),
@@ -78,6 +79,7 @@ struct Progress {
 }
 
 impl Progress {
+    #[allow(clippy::expect_used, reason = "a constant template")]
     fn new() -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
@@ -136,15 +138,15 @@ pub async fn run(database: &DatabaseConfig, args: &ExportArgs) -> anyhow::Result
         .await
         .map_err(crate::db::DbError::from)
         .with_context(|| format!("database {}", target.dbname()))?;
-    let partial = args.out.as_ref().map(|p| {
-        let mut name = p.clone().into_os_string();
-        name.push(".partial");
-        PathBuf::from(name)
-    });
-    let mut out: Box<dyn Write> = match &partial {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("{}", path.display()))?,
-        )),
+    let mut file = match &args.out {
+        Some(path) => Some(
+            crate::output::OutFile::create(path)
+                .with_context(|| format!("--out {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut out: Box<dyn Write + '_> = match &mut file {
+        Some(file) => Box::new(std::io::BufWriter::new(file.file())),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut progress = Progress::new();
@@ -152,7 +154,7 @@ pub async fn run(database: &DatabaseConfig, args: &ExportArgs) -> anyhow::Result
     let written = match args.format {
         ExportFormat::Json => {
             let filter = ExportFilter { filter, rating };
-            write_json(&client, &filter, &mut out, &mut summary, &mut progress).await
+            write_json(&client, &filter, &mut *out, &mut summary, &mut progress).await
         }
         ExportFormat::Openai | ExportFormat::Dpo => {
             let format = if args.format == ExportFormat::Openai {
@@ -164,7 +166,7 @@ pub async fn run(database: &DatabaseConfig, args: &ExportArgs) -> anyhow::Result
                 client,
                 format,
                 filter,
-                &mut out,
+                &mut *out,
                 &mut summary,
                 &mut progress,
             )
@@ -174,16 +176,11 @@ pub async fn run(database: &DatabaseConfig, args: &ExportArgs) -> anyhow::Result
     progress.finish();
     let finished = written.and_then(|()| out.flush().context("writing the output"));
     drop(out);
-    match (finished, &partial, &args.out) {
-        (Ok(()), Some(partial), Some(path)) => std::fs::rename(partial, path)
-            .with_context(|| format!("renaming to {}", path.display()))?,
-        (Ok(()), _, _) => {}
-        (Err(e), partial, _) => {
-            if let Some(p) = partial {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e);
-        }
+    // On error, `file` is dropped uncommitted, which removes the partial file.
+    finished?;
+    if let (Some(file), Some(path)) = (file, &args.out) {
+        file.commit()
+            .with_context(|| format!("--out {}", path.display()))?;
     }
     Ok(summary)
 }
@@ -192,7 +189,7 @@ async fn write_training(
     client: deadpool_postgres::Client,
     format: Format,
     filter: Filter,
-    out: &mut Box<dyn Write>,
+    out: &mut dyn Write,
     summary: &mut Summary,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
@@ -211,7 +208,7 @@ async fn write_training(
 async fn write_json(
     client: &deadpool_postgres::Client,
     filter: &ExportFilter,
-    out: &mut Box<dyn Write>,
+    out: &mut dyn Write,
     summary: &mut Summary,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {

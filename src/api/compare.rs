@@ -475,9 +475,7 @@ fn analyse(
 }
 
 fn required(param: &'static str, value: Option<String>) -> Result<String, ParamError> {
-    value
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| ParamError::new(param, "is required"))
+    super::text_param(param, value.as_deref())?.ok_or_else(|| ParamError::new(param, "is required"))
 }
 
 fn effect(value: Option<&str>) -> Result<f64, ParamError> {

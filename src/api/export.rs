@@ -206,23 +206,26 @@ pub async fn export(
             "</api/feedback/export?{}>; rel=\"next\"",
             next_query(query.as_deref().unwrap_or(""), &encode_cursor(last.id))
         );
-        response.headers_mut().insert(
-            header::LINK,
-            header::HeaderValue::from_str(&link).expect("query bytes were a valid header"),
-        );
+        // The query is re-encoded by `next_query`, so it is ASCII and always a valid header.
+        if let Ok(value) = header::HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, value);
+        }
     }
     Ok(response)
 }
 
-/// The request's query with its cursor replaced, each other parameter as the client wrote it.
+/// The request's query with its cursor replaced. The parameters are decoded the way the
+/// handler read them (so `%63ursor` is the cursor too, and is replaced rather than repeated)
+/// and encoded again.
 fn next_query(query: &str, cursor: &str) -> String {
-    let mut parts: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !p.starts_with("cursor=") && *p != "cursor")
-        .collect();
-    let cursor = format!("cursor={cursor}");
-    parts.push(&cursor);
-    parts.join("&")
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if name != "cursor" {
+            out.append_pair(&name, &value);
+        }
+    }
+    out.append_pair("cursor", cursor);
+    out.finish()
 }
 
 #[cfg(test)]
@@ -256,8 +259,13 @@ mod tests {
     fn next_link_keeps_the_other_parameters() {
         assert_eq!(
             next_query("subject_id=Computer%20Science&cursor=AAA&limit=5", "BBB"),
-            "subject_id=Computer%20Science&limit=5&cursor=BBB"
+            "subject_id=Computer+Science&limit=5&cursor=BBB"
         );
         assert_eq!(next_query("", "BBB"), "cursor=BBB");
+        // An encoded parameter name is the same parameter: replaced, never repeated.
+        assert_eq!(
+            next_query("%63ursor=AAA&limit=5", "BBB"),
+            "limit=5&cursor=BBB"
+        );
     }
 }

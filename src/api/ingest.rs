@@ -1,16 +1,22 @@
 //! `POST /api/feedback`: feedback from front ends without a Kafka client.
 //!
 //! Guarantees:
-//! - The body is one event (a JSON object) or a JSON array of events, at most
-//!   [`MAX_BODY_BYTES`] in all (more: 413). Each event is checked by the pipeline's own
+//! - The body is one event (a JSON object) or a JSON array of at most [`MAX_EVENTS`] events,
+//!   at most [`MAX_BODY_BYTES`] in all (more: 413). Each event is checked by the pipeline's own
 //!   decoder ([`crate::decode::decode`]), so whatever is accepted here is stored by the
 //!   pipeline, never dead-lettered.
-//! - All or nothing: if any event is invalid, nothing is published and the 400 lists every
-//!   invalid event with its index, reason code and detail.
+//! - All or nothing: if any event is invalid, nothing is published and the 400 lists the first
+//!   [`MAX_LISTED_ERRORS`] invalid events with their index, reason code and detail, plus
+//!   `invalid_count`, the number of all of them. An array longer than [`MAX_EVENTS`] is refused
+//!   while it is read, at its first surplus element, so a body of many tiny items costs no
+//!   more than one of the allowed size.
+//! - With `LIKERATE_INGEST_TOKEN` set, the request needs `Authorization: Bearer <token>`
+//!   (401 otherwise), checked before the body is read.
 //! - Every published event has an `event_id`: an event without one gets a random (v4) UUID
 //!   before it is published, so the id returned here is the id it is stored under. Events that
-//!   carry an `event_id` are published byte for byte; the others are re-encoded with the id
-//!   added (same fields and values, key order may change).
+//!   carry an `event_id` are published byte for byte; the others get the id as their first
+//!   member, every other member kept as written (unknown fields the decoder ignored included,
+//!   whatever JSON they hold).
 //! - 202 is answered only when the broker acknowledged every event from all in-sync replicas
 //!   (`acks=all`, idempotent producer), keyed by `conversation_id`. If the broker does not
 //!   acknowledge them all, the answer is 503 and some events may have been published: a retry
@@ -34,8 +40,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Largest request body: the contract's largest event.
-pub const MAX_BODY_BYTES: usize = MAX_EVENT_BYTES;
+/// Largest request body: room for [`MAX_EVENTS`] events of a few hundred bytes, or several
+/// events of the contract's largest size ([`MAX_EVENT_BYTES`] each).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Most events in one request (CONTRACT section 6).
+pub const MAX_EVENTS: usize = 1000;
+
+/// Most invalid events listed in a 400: enough to fix a client, small enough that a body of
+/// thousands of broken items answers with a small body.
+pub const MAX_LISTED_ERRORS: usize = 100;
 
 /// Longest a send waits for room in the producer's queue before it fails.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,10 +72,22 @@ impl Publisher {
 }
 
 /// One valid event, ready to publish.
-struct Outgoing<'a> {
+pub struct Outgoing<'a> {
     event_id: Uuid,
     key: Option<String>,
     payload: Cow<'a, [u8]>,
+}
+
+impl Outgoing<'_> {
+    /// The id the event is published (and stored) under.
+    pub fn event_id(&self) -> Uuid {
+        self.event_id
+    }
+
+    /// The bytes published.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 /// An invalid event: its position and why.
@@ -78,6 +104,8 @@ pub struct Refused {
     error: &'static str,
     detail: String,
     errors: Vec<Invalid>,
+    /// All invalid events, of which `errors` lists the first [`MAX_LISTED_ERRORS`].
+    invalid_count: usize,
 }
 
 impl Refused {
@@ -87,6 +115,7 @@ impl Refused {
             error,
             detail,
             errors: Vec::new(),
+            invalid_count: 0,
         }
     }
 }
@@ -96,8 +125,12 @@ impl IntoResponse for Refused {
         if self.errors.is_empty() {
             return ApiError::new(self.status, self.error, self.detail).into_response();
         }
-        let body =
-            serde_json::json!({"error": self.error, "detail": self.detail, "errors": self.errors});
+        let body = serde_json::json!({
+            "error": self.error,
+            "detail": self.detail,
+            "errors": self.errors,
+            "invalid_count": self.invalid_count,
+        });
         (self.status, Json(body)).into_response()
     }
 }
@@ -108,12 +141,25 @@ fn split(body: &[u8]) -> Result<Vec<&[u8]>, Refused> {
     if first != Some(&b'[') {
         return Ok(vec![body]);
     }
-    let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
-        Refused::bad_request(
-            "invalid_json",
-            format!("the body is not a JSON array of events: {e}"),
-        )
-    })?;
+    let too_many = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let items = serde::Deserializer::deserialize_seq(&mut de, Items(&too_many))
+        .and_then(|items| de.end().map(|()| items));
+    let items = match items {
+        Ok(items) => items,
+        Err(_) if too_many.get() => {
+            return Err(Refused::bad_request(
+                "too_many_events",
+                format!("the array holds more than {MAX_EVENTS} events"),
+            ))
+        }
+        Err(e) => {
+            return Err(Refused::bad_request(
+                "invalid_json",
+                format!("the body is not a JSON array of events: {e}"),
+            ))
+        }
+    };
     if items.is_empty() {
         return Err(Refused::bad_request(
             "invalid_event",
@@ -123,11 +169,45 @@ fn split(body: &[u8]) -> Result<Vec<&[u8]>, Refused> {
     Ok(items.into_iter().map(|r| r.get().as_bytes()).collect())
 }
 
-/// Decodes every event; all valid or the list of what is wrong.
-fn validate<'a>(topic: &str, items: &[&'a [u8]]) -> Result<Vec<Outgoing<'a>>, Vec<Invalid>> {
+/// Reads the elements of the top-level array as raw slices, and stops with an error at the
+/// first element past [`MAX_EVENTS`] (setting the flag, so the caller can tell it from a
+/// syntax error).
+struct Items<'f>(&'f std::cell::Cell<bool>);
+
+impl<'de, 'f> serde::de::Visitor<'de> for Items<'f> {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if items.len() == MAX_EVENTS {
+                self.0.set(true);
+                return Err(serde::de::Error::custom("too many events"));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+/// What is wrong with a body's events: the first [`MAX_LISTED_ERRORS`] and how many in all.
+struct InvalidEvents {
+    listed: Vec<Invalid>,
+    count: usize,
+}
+
+/// Decodes every event; all valid or what is wrong.
+fn validate<'a>(topic: &str, items: &[&'a [u8]]) -> Result<Vec<Outgoing<'a>>, InvalidEvents> {
     let received_at = Utc::now();
     let mut valid = Vec::with_capacity(items.len());
-    let mut invalid = Vec::new();
+    let mut invalid = InvalidEvents {
+        listed: Vec::new(),
+        count: 0,
+    };
     for (index, raw) in items.iter().enumerate() {
         // Partition -1 never exists in Kafka, so the id derived here for an event without
         // `event_id` cannot collide with a real record's; it is replaced below anyway.
@@ -142,7 +222,13 @@ fn validate<'a>(topic: &str, items: &[&'a [u8]]) -> Result<Vec<Outgoing<'a>>, Ve
                 let derived = crate::event::derived_event_id(topic, -1, index as i64);
                 let (event_id, payload) = if event.event_id == derived {
                     let id = Uuid::new_v4();
-                    (id, Cow::Owned(with_event_id(raw, id)))
+                    match with_event_id(raw, id) {
+                        Ok(payload) => (id, Cow::Owned(payload)),
+                        Err(e) => {
+                            invalid.add(index, "invalid_json", e.to_string());
+                            continue;
+                        }
+                    }
                 } else {
                     (event.event_id, Cow::Borrowed(*raw))
                 };
@@ -152,29 +238,103 @@ fn validate<'a>(topic: &str, items: &[&'a [u8]]) -> Result<Vec<Outgoing<'a>>, Ve
                     payload,
                 });
             }
-            Err(e) => invalid.push(Invalid {
-                index,
-                reason: e.reason.code(),
-                detail: e.detail,
-            }),
+            Err(e) => invalid.add(index, e.reason.code(), e.detail),
         }
     }
-    if invalid.is_empty() {
+    if invalid.count == 0 {
         Ok(valid)
     } else {
         Err(invalid)
     }
 }
 
-/// The event re-encoded with `event_id` set (absent or null before).
-fn with_event_id(raw: &[u8], id: Uuid) -> Vec<u8> {
-    let mut object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(raw).expect("the decoder accepted it as a JSON object");
-    object.insert("event_id".into(), id.to_string().into());
-    serde_json::to_vec(&object).expect("a JSON value serializes")
+impl InvalidEvents {
+    fn add(&mut self, index: usize, reason: &'static str, detail: String) {
+        self.count += 1;
+        if self.listed.len() < MAX_LISTED_ERRORS {
+            self.listed.push(Invalid {
+                index,
+                reason,
+                detail,
+            });
+        }
+    }
+}
+
+/// The event with `event_id` set (it was absent or null): the id first, then every other
+/// member exactly as written. The members are read as raw JSON, never as values, so whatever
+/// the decoder let through in fields it ignores (a lone surrogate escape, a number beyond
+/// `f64`) is carried over instead of failing a second parse.
+fn with_event_id(raw: &[u8], id: Uuid) -> Result<Vec<u8>, serde_json::Error> {
+    let members: RawMembers<'_> = serde_json::from_slice(raw)?;
+    let mut out = Vec::with_capacity(raw.len() + 60);
+    out.extend_from_slice(format!(r#"{{"event_id":"{id}""#).as_bytes());
+    for (key, value) in members.0 {
+        // A key that is not valid text (a lone surrogate) cannot be `event_id`.
+        let name: Option<Cow<'_, str>> = serde_json::from_str(key.get()).ok();
+        if name.as_deref() == Some("event_id") {
+            continue;
+        }
+        out.push(b',');
+        out.extend_from_slice(key.get().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// The members of a JSON object in order, keys and values as raw JSON.
+struct RawMembers<'a>(Vec<(&'a RawValue, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for RawMembers<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = RawMembers<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = map.next_entry::<&'de RawValue, &'de RawValue>()? {
+                    members.push(entry);
+                }
+                Ok(RawMembers(members))
+            }
+        }
+        deserializer.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// The whole check of a `POST /api/feedback` body, without publishing: the events to
+/// publish, or the refusal. (Also the entry point of the `post_body` fuzz target.)
+pub fn prepare<'a>(topic: &str, body: &'a [u8]) -> Result<Vec<Outgoing<'a>>, Refused> {
+    let items = split(body)?;
+    validate(topic, &items).map_err(|invalid| {
+        let first = invalid
+            .listed
+            .first()
+            .map(|e| format!(" (first: event {}: {}: {})", e.index, e.reason, e.detail))
+            .unwrap_or_default();
+        let detail = format!(
+            "{} of {} events are invalid, nothing was published{first}",
+            invalid.count,
+            items.len()
+        );
+        Refused {
+            errors: invalid.listed,
+            invalid_count: invalid.count,
+            ..Refused::bad_request("invalid_event", detail)
+        }
+    })
 }
 
 pub async fn post(
+    _: crate::api::IngestAuthorized,
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refused> {
@@ -190,26 +350,23 @@ pub async fn post(
             error: "invalid_body",
             detail,
             errors: Vec::new(),
+            invalid_count: 0,
         }
     })?;
-    let items = split(&body)?;
+    // One event (not an array) larger than the contract allows is refused like an oversize
+    // body; inside an array, such an event is one of the invalid events (`too_large`).
+    let is_array = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if !is_array && body.len() > MAX_EVENT_BYTES {
+        return Err(Refused {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            error: "invalid_body",
+            detail: format!("the event is larger than {MAX_EVENT_BYTES} bytes"),
+            errors: Vec::new(),
+            invalid_count: 0,
+        });
+    }
     let publisher = &state.api.publisher;
-    let events = validate(&publisher.topic, &items).map_err(|errors| {
-        let detail = errors
-            .iter()
-            .map(|e| format!("event {}: {}: {}", e.index, e.reason, e.detail))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let detail = format!(
-            "{} of {} events are invalid, nothing was published: {detail}",
-            errors.len(),
-            items.len()
-        );
-        Refused {
-            errors,
-            ..Refused::bad_request("invalid_event", detail)
-        }
-    })?;
+    let events = prepare(&publisher.topic, &body)?;
     let sends = events.iter().map(|e| {
         let mut record = FutureRecord::<str, [u8]>::to(&publisher.topic).payload(&e.payload);
         if let Some(key) = &e.key {
@@ -233,6 +390,7 @@ pub async fn post(
                 events.len()
             ),
             errors: Vec::new(),
+            invalid_count: 0,
         });
     }
     let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
@@ -289,7 +447,7 @@ mod tests {
         let Err(errors) = validate("t", &items) else {
             panic!("invalid events pass")
         };
-        let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.index, e.reason)).collect();
+        let got: Vec<(usize, &str)> = errors.listed.iter().map(|e| (e.index, e.reason)).collect();
         assert_eq!(
             got,
             vec![(1, "missing_field"), (2, "not_object"), (4, "not_object")]

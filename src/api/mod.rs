@@ -21,7 +21,10 @@
 //!   token is configured, 401 (with `WWW-Authenticate: Bearer`) without it or with a wrong one.
 //!   Authorization is checked before the parameters.
 //! - User text (questions, answers, filter values) is never logged: log lines carry counts,
-//!   codes and database error messages, which never include statement parameters.
+//!   codes and database error messages, which never include statement parameters. Database
+//!   messages are logged only, never answered.
+//! - Text parameters holding a NUL character and times outside years 0001 to 9999 are a 400
+//!   naming the parameter, before any query (PostgreSQL would refuse them with a 500).
 
 pub mod assignment;
 pub mod cli;
@@ -57,7 +60,9 @@ const CONCURRENT_STREAMS: usize = 2;
 /// What the API routes need beyond the database pool.
 #[derive(Clone)]
 pub struct ApiState {
-    export_token: Option<ExportToken>,
+    export_token: Option<Token>,
+    /// `LIKERATE_INGEST_TOKEN`: `None` leaves `POST /api/feedback` open.
+    ingest_token: Option<Token>,
     pub publisher: ingest::Publisher,
     streams: Arc<Semaphore>,
     /// Experiments and the planning power of `compare`.
@@ -71,7 +76,8 @@ impl ApiState {
         export_token: Option<&str>,
     ) -> Result<ApiState, rdkafka::error::KafkaError> {
         Ok(ApiState {
-            export_token: export_token.map(ExportToken::new),
+            export_token: export_token.map(Token::new),
+            ingest_token: None,
             publisher: ingest::Publisher::new(kafka)?,
             streams: Arc::new(Semaphore::new(CONCURRENT_STREAMS)),
             ab: Arc::default(),
@@ -85,16 +91,24 @@ impl ApiState {
             ..self
         }
     }
+
+    /// Requires `Authorization: Bearer <token>` on `POST /api/feedback` (`LIKERATE_INGEST_TOKEN`).
+    pub fn with_ingest_token(self, token: Option<&str>) -> ApiState {
+        ApiState {
+            ingest_token: token.map(Token::new),
+            ..self
+        }
+    }
 }
 
-/// The configured token, kept as its SHA-256 digest: comparing digests in constant time
+/// A configured token, kept as its SHA-256 digest: comparing digests in constant time
 /// reveals neither the token's bytes nor its length through timing.
 #[derive(Clone)]
-struct ExportToken([u8; 32]);
+struct Token([u8; 32]);
 
-impl ExportToken {
-    fn new(token: &str) -> ExportToken {
-        ExportToken(Sha256::digest(token.as_bytes()).into())
+impl Token {
+    fn new(token: &str) -> Token {
+        Token(Sha256::digest(token.as_bytes()).into())
     }
 
     fn matches(&self, presented: &str) -> bool {
@@ -118,18 +132,42 @@ impl FromRequestParts<AppState> for Authorized {
             )
             .into_response());
         };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim());
-        match presented {
-            Some(t) if token.matches(t) => Ok(Authorized),
-            Some(_) => Err(unauthorized("the bearer token is wrong")),
-            None => Err(unauthorized("Authorization: Bearer <token> is required")),
+        check_bearer(parts, token)
+            .map(|()| Authorized)
+            .map_err(unauthorized)
+    }
+}
+
+/// Extractor of `POST /api/feedback`: present when no ingest token is configured or the
+/// bearer token matches it.
+pub struct IngestAuthorized;
+
+impl FromRequestParts<AppState> for IngestAuthorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match &state.api.ingest_token {
+            None => Ok(IngestAuthorized),
+            Some(token) => check_bearer(parts, token)
+                .map(|()| IngestAuthorized)
+                .map_err(unauthorized),
         }
+    }
+}
+
+/// Whether the request carries `token` as its bearer token; else why not.
+fn check_bearer(parts: &Parts, token: &Token) -> Result<(), &'static str> {
+    let presented = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    match presented {
+        Some(t) if token.matches(t) => Ok(()),
+        Some(_) => Err("the bearer token is wrong"),
+        None => Err("Authorization: Bearer <token> is required"),
     }
 }
 
@@ -181,17 +219,21 @@ impl From<ParamError> for ApiError {
     }
 }
 
-/// A database failure as an answer: 503 when retrying may help, 500 otherwise. The text is
-/// the server's message and SQLSTATE, never statement parameters.
+/// A database failure as an answer: 503 when retrying may help, 500 otherwise. The database's
+/// message is logged, never answered: it can name hosts, roles and tables.
 pub(crate) fn db_error(e: DbError) -> ApiError {
     tracing::warn!(error = %e, "API query failed");
     match e {
-        DbError::Unavailable(d) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", d)
-        }
-        DbError::Data(d) | DbError::Fatal(d) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "database_error", d)
-        }
+        DbError::Unavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is unavailable; retry later",
+        ),
+        DbError::Data(_) | DbError::Fatal(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "database_error",
+            "the query failed; the server log has the database's message",
+        ),
     }
 }
 
@@ -200,7 +242,20 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
     value.filter(|v| !v.is_empty())
 }
 
-/// A time parameter: an RFC 3339 timestamp or a date (`2026-02-05`, midnight UTC).
+/// An optional text filter: absent and empty are the same; a NUL character, which PostgreSQL
+/// cannot hold in text (and no stored value has), is a 400 naming the parameter.
+pub fn text_param(param: &'static str, value: Option<&str>) -> Result<Option<String>, ParamError> {
+    match non_empty(value) {
+        Some(v) if v.contains('\0') => {
+            Err(ParamError::new(param, "must not contain a NUL character"))
+        }
+        v => Ok(v.map(str::to_owned)),
+    }
+}
+
+/// A time parameter: an RFC 3339 timestamp or a date (`2026-02-05`, midnight UTC), with a
+/// four-digit year (0001 to 9999) and nothing else: chrono alone would also read signed and
+/// longer years, which PostgreSQL refuses or the document does not allow.
 pub fn parse_time(
     param: &'static str,
     value: Option<&str>,
@@ -208,17 +263,32 @@ pub fn parse_time(
     let Some(v) = non_empty(value) else {
         return Ok(None);
     };
+    let bad = || {
+        ParamError::new(
+            param,
+            format!(
+                "{v:?} is not an RFC 3339 timestamp (2026-02-05T10:30:00Z) or a date (2026-02-05)"
+            ),
+        )
+    };
+    let four_digit_year = v.len() >= 5
+        && v.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && v.as_bytes()[4] == b'-'
+        && !v.starts_with("0000");
+    if !four_digit_year {
+        return Err(bad());
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Ok(Some(t.with_timezone(&Utc)));
     }
+    if v.len() != 10 {
+        return Err(bad());
+    }
     NaiveDate::parse_from_str(v, "%Y-%m-%d")
-        .map(|d| Some(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc()))
-        .map_err(|_| {
-            ParamError::new(
-                param,
-                format!("{v:?} is not an RFC 3339 timestamp (2026-02-05T10:30:00Z) or a date (2026-02-05)"),
-            )
-        })
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| Some(t.and_utc()))
+        .ok_or_else(bad)
 }
 
 /// The filters most routes share. Times select `since <= created_at < until`.
@@ -245,8 +315,8 @@ impl Filter {
             }
         }
         Ok(Filter {
-            subject_id: non_empty(subject_id).map(str::to_owned),
-            model: non_empty(model).map(str::to_owned),
+            subject_id: text_param("subject_id", subject_id)?,
+            model: text_param("model", model)?,
             since,
             until,
         })
@@ -276,8 +346,11 @@ impl Routes {
         H: Handler<T, AppState>,
         T: 'static,
     {
-        let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
-        self.router = self.router.route(path, on(filter, handler));
+        // Every method passed here is one of the constants below, which MethodFilter knows;
+        // an unknown one would leave the route out, and the OpenAPI test would see it missing.
+        if let Ok(filter) = MethodFilter::try_from(method.clone()) {
+            self.router = self.router.route(path, on(filter, handler));
+        }
         self.table.push((path, method));
         self
     }
@@ -340,11 +413,28 @@ mod tests {
         assert!(e.to_string().starts_with("until: "), "{e}");
         let e = Filter::parse(None, None, Some("2026-02-05"), Some("2026-02-04")).unwrap_err();
         assert_eq!(e.param, "until");
+        // Years PostgreSQL refuses or the document does not allow.
+        for bad in [
+            "+2026-02-05",
+            "-2026-02-05",
+            "12026-02-05",
+            "0000-01-01",
+            "20260-01-01T00:00:00Z",
+            "2026-2-5",
+        ] {
+            assert_eq!(
+                parse_time("since", Some(bad)).unwrap_err().param,
+                "since",
+                "{bad}"
+            );
+        }
+        let e = Filter::parse(None, Some("a\0b"), None, None).unwrap_err();
+        assert_eq!(e.param, "model");
     }
 
     #[test]
     fn tokens_compare_by_digest() {
-        let t = ExportToken::new("0123456789abcdef");
+        let t = Token::new("0123456789abcdef");
         assert!(t.matches("0123456789abcdef"));
         assert!(!t.matches("0123456789abcdeF"));
         assert!(!t.matches("0123456789abcdef0"));

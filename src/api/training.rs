@@ -200,6 +200,10 @@ pub async fn start(
 
 /// Runs the export; returns the lines sent. Stops early, without error, when the receiver
 /// is gone (the HTTP client hung up).
+#[allow(
+    clippy::expect_used,
+    reason = "serializing structs of strings and booleans into a Vec cannot fail"
+)]
 async fn produce(
     client: &mut deadpool_postgres::Client,
     format: Format,

@@ -315,7 +315,12 @@ pub async fn run(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<usize
     };
     match &args.out {
         Some(path) => {
-            std::fs::write(path, &text).with_context(|| format!("--out {}", path.display()))?
+            let write = || -> std::io::Result<()> {
+                let mut file = crate::output::OutFile::create(path)?;
+                std::io::Write::write_all(file.file(), text.as_bytes())?;
+                file.commit()
+            };
+            write().with_context(|| format!("--out {}", path.display()))?
         }
         None => print!("{text}"),
     }

@@ -110,9 +110,7 @@ pub async fn sweep(
                 _ => swept.text_erased += n,
             }
             if let Some(m) = metrics {
-                m.retention_rows
-                    .get_or_create(&vec![("action", action.to_owned())])
-                    .inc_by(n);
+                m.retention_rows(action, n);
             }
             if n < BATCH as u64 {
                 break;
