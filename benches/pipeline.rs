@@ -723,6 +723,8 @@ impl<'r> Bench<'r> {
         self.phase_naive(&topic, &events, &first, &coords)?;
         drop(events);
         drop(coords);
+        // Before the latency phase adds records to the topic: the peer reads the same N.
+        self.phase_peer(&topic)?;
         self.phase_latency(&topic, &running)?;
         if let Some((rss, _)) = rss_kb(running.pid()) {
             self.results.latency_rss_mb = rss as f64 / 1024.0;
@@ -732,7 +734,6 @@ impl<'r> Bench<'r> {
                 self.results.likerate_peak_rss_mb.max(hwm as f64 / 1024.0);
         }
         running.stop();
-        self.phase_peer(&topic)?;
         if backlog_requested > 0 {
             self.phase_backlog(backlog_requested)?;
         }

@@ -893,3 +893,101 @@ async fn tokens_parameters_bodies_and_the_openapi_document() {
         );
     }
 }
+
+/// Experiments configured in the TOML file reach the running server. The arm of a unit is the
+/// documented hash, the same from two instances (the expected arms were computed with Python's
+/// `hashlib`, docs/ab-testing.md); `compare?experiment=` compares the experiment's first two
+/// arms over its period only, with the counts of the votes posted here.
+#[tokio::test(flavor = "multi_thread")]
+async fn experiments_from_the_config_file_assign_units_and_compare_their_arms() {
+    let env = Env::new().await;
+    let config = std::env::temp_dir().join(format!("likerate-exp-{}.toml", common::short_id()));
+    std::fs::write(
+        &config,
+        r#"[[experiments]]
+name = "tone-v2"
+start = 2026-02-01T00:00:00Z
+end = 2026-03-01T00:00:00Z
+arms = [
+  { model = "m-a", weight = 50 },
+  { model = "m-b", weight = 30 },
+  { model = "m-c", weight = 20 },
+]
+"#,
+    )
+    .unwrap();
+    let path = config.to_str().unwrap().to_owned();
+    let spawn = || {
+        Likerate::spawn(
+            "",
+            &env.broker.kafka,
+            &env.db_url(),
+            &[
+                ("LIKERATE_CONFIG", Some(path.as_str())),
+                ("LIKERATE_EXPORT_TOKEN", Some(TOKEN)),
+            ],
+        )
+    };
+    let (a, b) = (spawn(), spawn());
+    for (unit, arm) in [
+        ("user-1", "m-a"),
+        ("user-12", "m-a"),
+        ("user-6", "m-b"),
+        ("user-5", "m-c"),
+    ] {
+        for p in [&a, &b] {
+            let url = format!(
+                "{}/api/experiments/tone-v2/assignment?unit={unit}",
+                p.base_url()
+            );
+            let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            assert_eq!(v["arm"], arm, "the arm of {unit}");
+        }
+    }
+    let unknown = reqwest::get(format!(
+        "{}/api/experiments/nope/assignment?unit=u",
+        a.base_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    // In the period: m-a 120 likes of 150, m-b 60 of 150, one vote per conversation. Outside
+    // it (January): 100 dislikes of m-a, which the experiment must not count.
+    let event = |model: &str, rating: i64, day: &str, i: usize| {
+        json!({
+            "event_id": Uuid::new_v4(), "subject_id": "Math", "assistant_message": "a",
+            "rating": rating, "created_at": format!("2026-{day}T10:00:00Z"), "model": model,
+            "conversation_id": format!("c-{model}-{day}-{i}"),
+        })
+    };
+    let mut events = Vec::new();
+    for i in 0..150 {
+        events.push(event("m-a", if i < 120 { 1 } else { -1 }, "02-10", i));
+        events.push(event("m-b", if i < 60 { 1 } else { -1 }, "02-11", i));
+    }
+    for i in 0..100 {
+        events.push(event("m-a", -1, "01-15", i));
+    }
+    let proc_a = Proc {
+        base: a.base_url(),
+        _likerate: a,
+        http: reqwest::Client::new(),
+    };
+    proc_a.post_events(&events).await;
+    env.wait_for_rows(events.len() as i64).await;
+    let c = proc_a
+        .get_json("/api/feedback/compare?experiment=tone-v2")
+        .await;
+    assert_eq!(c["model_a"]["model"], "m-a");
+    assert_eq!(c["model_b"]["model"], "m-b");
+    assert_eq!(c["model_a"]["votes"], 150);
+    assert_eq!(c["model_a"]["likes"], 120);
+    assert_eq!(c["model_b"]["votes"], 150);
+    assert_eq!(c["model_b"]["likes"], 60);
+    assert_eq!(c["experiment"], "tone-v2");
+    assert_eq!(c["unit"], "conversation");
+    assert_eq!(c["verdict"], "a_better", "{c}");
+    let _ = std::fs::remove_file(&config);
+    drop(b);
+}
