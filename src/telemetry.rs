@@ -226,6 +226,11 @@ impl Metrics {
         for outcome in ["stored", "duplicate", "dead_lettered"] {
             m.counter(EVENTS, &[("outcome", outcome)]).increment(0);
         }
+        // The failure counters too: the dashboard and the Prometheus rules take their rates,
+        // which have no data (rather than 0) while a series is absent.
+        for name in [DB_RETRIES, DLQ_PUBLISH_FAILURES, AGGREGATE_REFRESH_FAILURES] {
+            m.counter(name, &[]).increment(0);
+        }
         m.set_gauge(ASSIGNED_PARTITIONS, 0.0);
         m.set_gauge(PAUSED_PARTITIONS, 0.0);
         m.alerts_replace(|g| g.set(ALERT_FIRING, &[("subject", ALL)], 0.0));
