@@ -120,54 +120,92 @@ impl App {
             self.db_timeout,
             self.run.sink_connections,
         );
-        let mut sink_task = tokio::spawn(sink.run(rx));
-        let aggregates = tokio::spawn(aggregate::run(
-            self.state.pool.clone(),
-            self.metrics.clone(),
-            self.run.alert.clone(),
-            shutdown.clone(),
+        // Supervision: every long-running task is watched below; the first to end (or panic)
+        // before a shutdown stops the process with an error naming it, after the same bounded
+        // drain as a shutdown, so the orchestrator restarts it. HTTP stops with the rest, so
+        // readiness fails at once.
+        let fault = Fault::from_env();
+        let mut sink_task = tokio::spawn(fault.wrap("sink", sink.run(rx)));
+        let mut aggregates = tokio::spawn(fault.wrap(
+            "aggregates",
+            aggregate::run(
+                self.state.pool.clone(),
+                self.metrics.clone(),
+                self.run.alert.clone(),
+                shutdown.clone(),
+            ),
         ));
-        let retention = self.run.retention.is_enabled().then(|| {
-            tokio::spawn(crate::ops::retention::run_daily(
+        let retention = if self.run.retention.is_enabled() {
+            futures::future::Either::Left(crate::ops::retention::run_daily(
                 self.target.clone(),
                 self.run.retention,
                 self.metrics.clone(),
                 shutdown.clone(),
             ))
-        });
+        } else {
+            // Nothing to run: a task that ends with the shutdown like the others.
+            let shutdown = shutdown.clone();
+            futures::future::Either::Right(async move { shutdown.cancelled().await })
+        };
+        let mut retention = tokio::spawn(fault.wrap("retention", retention));
+        let thread = source.thread;
+        let mut source_task = tokio::spawn(fault.wrap("source", async move {
+            // The poll thread ends only when told to; its end (or panic) is awaited here.
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|_| "the poll thread panicked".to_owned()))
+        }));
         let router = http::router_with(self.state, &self.run.cors_origins, &self.run.http_limits);
-        let mut http_task = tokio::spawn(http::serve(
-            self.listener,
-            router,
-            self.run.http_limits,
-            shutdown.clone(),
+        let mut http_task = tokio::spawn(fault.wrap(
+            "http",
+            http::serve(
+                self.listener,
+                router,
+                self.run.http_limits,
+                shutdown.clone(),
+            ),
         ));
 
-        let (mut sink_done, mut http_done) = (false, false);
+        let (mut sink_done, mut source_done, mut http_done) = (false, false, false);
         let outcome: anyhow::Result<()> = tokio::select! {
             biased;
             _ = shutdown.cancelled() => Ok(()),
             r = &mut sink_task => {
                 sink_done = true;
                 match r {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(())) => Err(ended("sink", "it stopped: the source closed its channel")),
                     Ok(Err(e)) => Err(e.into()),
-                    Err(e) => Err(anyhow::anyhow!("sink task failed: {e}")),
+                    Err(e) => Err(ended("sink", e)),
                 }
             }
+            r = &mut source_task => {
+                source_done = true;
+                Err(match r {
+                    Ok(Ok(())) => ended("source", "the poll thread stopped"),
+                    Ok(Err(e)) => ended("source", e),
+                    Err(e) => ended("source", e),
+                })
+            }
+            r = &mut aggregates => Err(ended("aggregates", task_end(r))),
+            r = &mut retention => Err(ended("retention", task_end(r))),
             r = &mut http_task => {
                 http_done = true;
-                Err(anyhow::anyhow!("HTTP server stopped: {r:?}"))
+                Err(ended("http", format!("{r:?}")))
             }
         };
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "a task failed: stopping");
+        }
         shutdown.cancel();
         source_stop.cancel();
         // The source drains within drain_timeout; give the sink and the group leave a little
         // more, then return whatever state they are in.
         let bound = self.run.drain_timeout + Duration::from_secs(5);
-        let thread = source.thread;
         let joined = tokio::time::timeout(bound, async {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !source_done {
+                let _ = (&mut source_task).await;
+            }
             if !sink_done {
                 let _ = (&mut sink_task).await;
             }
@@ -183,10 +221,45 @@ impl App {
             let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
         }
         aggregates.abort();
-        if let Some(retention) = retention {
-            retention.abort();
-        }
+        retention.abort();
         tracing::info!("stopped");
         outcome
+    }
+}
+
+fn ended(task: &str, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("the {task} task ended before a shutdown: {why}")
+}
+
+fn task_end(r: Result<(), tokio::task::JoinError>) -> String {
+    match r {
+        Ok(()) => "it returned".to_owned(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A test-only fault hook: `LIKERATE_TEST_FAULT=<task>` (`source`, `sink`, `aggregates`,
+/// `retention` or `http`) makes that task panic two seconds after start, so the tests can prove
+/// each task is supervised. Unset in production; any other value names no task.
+struct Fault(Option<String>);
+
+impl Fault {
+    fn from_env() -> Fault {
+        Fault(std::env::var("LIKERATE_TEST_FAULT").ok())
+    }
+
+    fn wrap<F: std::future::Future>(
+        &self,
+        task: &'static str,
+        future: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        let inject = self.0.as_deref() == Some(task);
+        async move {
+            if inject {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                panic!("LIKERATE_TEST_FAULT={task}: injected failure");
+            }
+            future.await
+        }
     }
 }

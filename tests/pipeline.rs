@@ -461,3 +461,38 @@ async fn a_writer_racing_the_fast_path_sends_the_batch_through_the_staged_insert
         .unwrap();
     assert_eq!((totals.get::<_, i64>(0), totals.get::<_, i64>(1)), (0, 1));
 }
+
+/// Every long-running task is supervised: when one fails (the test-only fault hook makes it
+/// panic two seconds after start), the process does not run on with a dead part; it stops
+/// with a non-zero status within the drain bound, and its HTTP port (readiness) goes with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_dies_stops_the_process_with_an_error() {
+    let env = Env::new().await;
+    for task in ["source", "sink", "aggregates", "retention", "http"] {
+        let mut p = env.spawn(
+            None,
+            &[
+                ("LIKERATE_TEST_FAULT", task),
+                ("LIKERATE_RETENTION_ROWS", "400d"),
+            ],
+        );
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(40),
+                "{task}: likerate still runs with that task dead"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(!status.success(), "{task}: exit status {status}");
+        assert!(
+            reqwest::get(format!("http://{}/readyz", p.http))
+                .await
+                .is_err(),
+            "{task}: readiness still answers"
+        );
+    }
+}
