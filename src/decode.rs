@@ -342,17 +342,27 @@ fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, DecodeErro
         })
 }
 
+/// An integer field. JSON has one number type, and JSON Schema (the event's schema) counts
+/// `1.0` and `1e0` as the integer 1, so a number with a zero fraction is that integer too;
+/// `2.5` is `invalid_type`, an integer beyond `i64` is `out_of_range`.
 fn integer(field: &str, raw: &RawValue) -> Result<i64, DecodeError> {
-    match serde_json::from_str::<serde_json::Number>(raw.get()) {
-        Ok(n) => match n.as_i64() {
-            Some(v) => Ok(v),
-            None if n.is_u64() => Err(DecodeError::new(
-                Reason::OutOfRange,
-                format!("{field} is out of range"),
-            )),
-            None => Err(invalid_type(field, "an integer", raw)),
-        },
-        Err(_) => Err(invalid_type(field, "an integer", raw)),
+    let out_of_range = || DecodeError::new(Reason::OutOfRange, format!("{field} is out of range"));
+    let Ok(n) = serde_json::from_str::<serde_json::Number>(raw.get()) else {
+        return Err(invalid_type(field, "an integer", raw));
+    };
+    if let Some(v) = n.as_i64() {
+        return Ok(v);
+    }
+    if n.is_u64() {
+        return Err(out_of_range());
+    }
+    match n.as_f64() {
+        // -2^63 <= f < 2^63: exactly the f64 values that are i64s (i64::MIN is -2^63 exactly).
+        Some(f) if f.fract() == 0.0 && (i64::MIN as f64..-(i64::MIN as f64)).contains(&f) => {
+            Ok(f as i64)
+        }
+        Some(f) if f.fract() == 0.0 => Err(out_of_range()),
+        _ => Err(invalid_type(field, "an integer", raw)),
     }
 }
 
@@ -525,6 +535,11 @@ mod tests {
             (with(r#""rating":2"#).into_bytes(), Reason::OutOfRange),
             (with(r#""rating":"1""#).into_bytes(), Reason::InvalidType),
             (with(r#""rating":1.5"#).into_bytes(), Reason::InvalidType),
+            (with(r#""rating":1e300"#).into_bytes(), Reason::OutOfRange),
+            (
+                with(r#""rating":1,"message_index":2147483648.0"#).into_bytes(),
+                Reason::OutOfRange,
+            ),
             (with(r#""rating":null"#).into_bytes(), Reason::MissingField),
             (
                 VALID
@@ -556,6 +571,25 @@ mod tests {
                 Err(expected),
                 "payload {:?}",
                 String::from_utf8_lossy(&payload[..payload.len().min(80)])
+            );
+        }
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        // One JSON number type: JSON Schema (and so the event's schema) counts these as integers.
+        for (rating, index) in [("1.0", "330.0"), ("1e0", "3.30e2"), ("-1.00", "0.0")] {
+            let payload = VALID.replacen(
+                "\"rating\":1",
+                &format!("\"rating\":{rating},\"message_index\":{index}"),
+                1,
+            );
+            let event = decode(payload.as_bytes(), origin()).unwrap();
+            let want = if rating.starts_with('-') { -1 } else { 1 };
+            assert_eq!(event.rating.as_i16(), want, "{payload}");
+            assert_eq!(
+                event.message_index,
+                Some(if index == "0.0" { 0 } else { 330 })
             );
         }
     }

@@ -398,6 +398,7 @@ async fn query_parameters_are_refused_before_postgres() {
     for (query, param) in [
         ("/api/feedback/compare?model_a=a&model_b=b%00", "model_b"),
         ("/api/feedback/stats?subject_id=%00", "subject_id"),
+        ("/api/feedback/daily?subject_id=a%00", "subject_id"),
         ("/api/feedback/stats?since=%2B2026-01-01", "since"),
         ("/api/feedback/stats?since=-2026-01-01", "since"),
         ("/api/feedback/stats?until=12026-01-01", "until"),

@@ -2,9 +2,11 @@
 # Quick start, the whole test suite: installs what the tests need (Debian packages for the
 # build, PostgreSQL, Java and Maven, Prometheus and Alertmanager, Chromium; Apache Kafka from
 # Maven Central), starts PostgreSQL, then runs formatting and lint checks, the configuration
-# checks of deploy/ and grafana/, a smoke run of the pipeline benchmark, and every Rust test
-# against the real services. The test binaries start their own Kafka nodes (one per binary,
-# and a three-node cluster for tests/kafka_faults.rs) on free ports.
+# checks of deploy/ and grafana/, a smoke run of the pipeline benchmark, every Rust test
+# against the real services, then 60 s of fuzzing per fuzz target (deploy/local/fuzz.sh) and
+# schemathesis against the OpenAPI document (deploy/local/schemathesis.sh). The test binaries
+# start their own Kafka nodes (one per binary, and a three-node cluster for
+# tests/kafka_faults.rs) on free ports, and so does the schemathesis run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . deploy/local/lib.sh
@@ -32,7 +34,16 @@ out="$STATE_DIR/test-output.log"
 set +e
 cargo test --all-targets -- --test-threads 2 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
+failed=()
+say "fuzzing the decoder and the POST body (cargo fuzz, 60 s each)"
+LIKERATE_FUZZ_SECS=60 bash deploy/local/fuzz.sh || failed+=(fuzzing)
+say "schemathesis: the whole API against its OpenAPI document"
+bash deploy/local/schemathesis.sh || failed+=(schemathesis)
 set -e
 # One closing line over every test binary (the bench binaries run last and print no count).
 awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$out"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]}"
+  [ "$status" -ne 0 ] || status=1
+fi
 exit "$status"

@@ -29,6 +29,7 @@
 //!
 //! `experiment=NAME` compares a configured experiment's arms (the first two unless
 //! `model_a`/`model_b` name others of its arms) over its period (narrowed by `since`/`until`).
+//! The same model as A and B is an A/A comparison: both arms hold the same votes.
 //! `plan` gives the votes per arm at which a difference of `min_detectable_effect` (default
 //! 0.02, two points) would be found with the configured power (`LIKERATE_AB_POWER`).
 
@@ -474,6 +475,25 @@ fn analyse(
     )
 }
 
+/// The groups of an A/A comparison (the same model as A and B, which the document cannot
+/// forbid: JSON Schema does not compare two query parameters) are read once, as A: both arms
+/// then hold the same votes, and the difference is exactly 0.
+fn a_a(model_a: &str, model_b: &str, groups: Vec<Group>) -> Vec<Group> {
+    if model_a != model_b {
+        return groups;
+    }
+    groups
+        .into_iter()
+        .flat_map(|g| {
+            let b = Group {
+                side: Side::B,
+                ..g.clone()
+            };
+            [g, b]
+        })
+        .collect()
+}
+
 fn required(param: &'static str, value: Option<String>) -> Result<String, ParamError> {
     super::text_param(param, value.as_deref())?.ok_or_else(|| ParamError::new(param, "is required"))
 }
@@ -540,9 +560,6 @@ pub async fn compare(
             (arm("model_a", p.model_a, 0)?, arm("model_b", p.model_b, 1)?)
         }
     };
-    if model_a == model_b {
-        return Err(ParamError::new("model_b", "must differ from model_a").into());
-    }
     let models = vec![model_a.clone(), model_b.clone()];
     let rows = match unit {
         Unit::Vote => query_rollups(&state, BY_SUBJECT_AND_MODEL, &filter, Some(models)).await,
@@ -565,6 +582,7 @@ pub async fn compare(
             }
         })
         .collect();
+    let groups = a_a(&model_a, &model_b, groups);
     let (pooled, by_subject, stratified, unit, plan) = analyse(
         &model_a,
         &model_b,
@@ -692,6 +710,24 @@ mod tests {
         assert!(close(strat.fixed_horizon_p_value, 1.302_46e-4, 1e-9));
         assert_eq!(strat.test.verdict, Verdict::ABetter);
         assert_eq!((strat.subjects, strat.votes_a), (2, 2100));
+    }
+
+    #[test]
+    fn a_model_compared_with_itself_does_not_differ() {
+        let mut g = group("Math", Side::A, 150, 200);
+        g.unit = Some("c1".to_owned());
+        let groups = a_a("m", "m", vec![g, group("Physics", Side::A, 30, 100)]);
+        assert_eq!(groups.len(), 4);
+        let (pooled, by, strat, _, _) = analyse("m", "m", &groups, Unit::Conversation, 0.02, 0.8);
+        assert_eq!(pooled.model_a, pooled.model_b);
+        assert_eq!((pooled.model_a.votes, pooled.model_a.likes), (300, 180));
+        assert_eq!(pooled.test.difference, Some(0.0));
+        assert_eq!(pooled.test.p_value, Some(1.0));
+        assert_eq!(pooled.test.verdict, Verdict::NoDifference);
+        assert_eq!(strat.test.verdict, Verdict::NoDifference);
+        assert_eq!(by.len(), 2);
+        // Two different models are left alone.
+        assert_eq!(a_a("m", "n", vec![group("Math", Side::A, 1, 2)]).len(), 1);
     }
 
     /// A: 200 votes at 80% and one conversation of 300 likes; B: 500 votes at 80%

@@ -65,16 +65,17 @@ pub struct ExportFilter {
     pub rating: Option<Rating>,
 }
 
-/// `rating`: -1, 0, 1 or their labels.
+/// `rating`: -1, 0, 1 or their labels, spelled exactly so (not `+1` or `01`: the document's
+/// enum is the whole list).
 pub fn parse_rating(value: Option<&str>) -> Result<Option<Rating>, ParamError> {
     let Some(v) = value.filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
     let rating = match v {
-        "like" => Some(Rating::Like),
-        "neutral" => Some(Rating::Neutral),
-        "dislike" => Some(Rating::Dislike),
-        n => n.parse::<i64>().ok().and_then(Rating::from_i64),
+        "like" | "1" => Some(Rating::Like),
+        "neutral" | "0" => Some(Rating::Neutral),
+        "dislike" | "-1" => Some(Rating::Dislike),
+        _ => None,
     };
     rating.map(Some).ok_or_else(|| {
         ParamError::new(
@@ -252,7 +253,13 @@ mod tests {
         }
         assert_eq!(parse_rating(Some("-1")).unwrap(), Some(Rating::Dislike));
         assert_eq!(parse_rating(Some("like")).unwrap(), Some(Rating::Like));
-        assert_eq!(parse_rating(Some("2")).unwrap_err().param, "rating");
+        for bad in ["2", "+1", "01", "-0", "Like"] {
+            assert_eq!(
+                parse_rating(Some(bad)).unwrap_err().param,
+                "rating",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

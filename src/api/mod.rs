@@ -253,9 +253,13 @@ pub fn text_param(param: &'static str, value: Option<&str>) -> Result<Option<Str
     }
 }
 
-/// A time parameter: an RFC 3339 timestamp or a date (`2026-02-05`, midnight UTC), with a
-/// four-digit year (0001 to 9999) and nothing else: chrono alone would also read signed and
-/// longer years, which PostgreSQL refuses or the document does not allow.
+/// A time parameter: an RFC 3339 timestamp or a date (`2026-02-05`, midnight UTC), exactly
+/// as the document's pattern and formats allow: a four-digit year from 0001, `T` and `Z` in
+/// either case, no leap second. chrono alone would also read a space for the `T`, a second 60
+/// at any minute, a U+2212 minus sign and signed or longer years, which JSON Schema's
+/// `date-time` refuses or PostgreSQL cannot hold. An instant past year 9999 in UTC
+/// (`9999-12-31T23:00:00-05:00`) is read as [`latest`]: it selects the same votes (none is
+/// stored that late) and can be written back in RFC 3339.
 pub fn parse_time(
     param: &'static str,
     value: Option<&str>,
@@ -271,27 +275,80 @@ pub fn parse_time(
             ),
         )
     };
-    let four_digit_year = v.len() >= 5
-        && v.as_bytes()[..4].iter().all(u8::is_ascii_digit)
-        && v.as_bytes()[4] == b'-'
-        && !v.starts_with("0000");
-    if !four_digit_year {
+    if !time_shape(v) {
         return Err(bad());
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-        return Ok(Some(t.with_timezone(&Utc)));
-    }
-    if v.len() != 10 {
-        return Err(bad());
-    }
-    NaiveDate::parse_from_str(v, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| Some(t.and_utc()))
-        .ok_or_else(bad)
+    let t = if v.len() == 10 {
+        NaiveDate::parse_from_str(v, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc())
+    } else {
+        DateTime::parse_from_rfc3339(v)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let t = t.ok_or_else(bad)?;
+    Ok(Some(match latest() {
+        Some(latest) if t > latest => latest,
+        _ => t,
+    }))
 }
 
-/// The filters most routes share. Times select `since <= created_at < until`.
+/// The last instant of year 9999, UTC.
+fn latest() -> Option<DateTime<Utc>> {
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 999_999_999))
+        .map(|t| t.and_utc())
+}
+
+/// Whether `v` is `YYYY-MM-DD`, or that followed by `THH:MM:SS`, an optional fraction and
+/// `Z` or `+HH:MM`/`-HH:MM` (`T`, `Z` in either case), with a year from 0001 and a second
+/// below 60. The digits' ranges (month 13, hour 24) are chrono's to check.
+fn time_shape(v: &str) -> bool {
+    let b = v.as_bytes();
+    let digits = |from: usize, to: usize| {
+        b.get(from..to)
+            .is_some_and(|s| s.iter().all(u8::is_ascii_digit))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let date = digits(0, 4)
+        && !v.starts_with("0000")
+        && at(4, b'-')
+        && digits(5, 7)
+        && at(7, b'-')
+        && digits(8, 10);
+    if !date || b.len() == 10 {
+        return date;
+    }
+    let time = matches!(b.get(10), Some(b'T' | b't'))
+        && digits(11, 13)
+        && at(13, b':')
+        && digits(14, 16)
+        && at(16, b':')
+        && digits(17, 19)
+        && b[17] < b'6';
+    if !time {
+        return false;
+    }
+    let mut rest = &b[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    match rest {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
+        _ => false,
+    }
+}
+
+/// The filters most routes share. Times select `since <= created_at < until`: an `until` not
+/// later than `since` is an empty range, answered as one (no votes), not refused, since the
+/// document cannot forbid it (JSON Schema does not compare two query parameters).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     pub subject_id: Option<String>,
@@ -309,11 +366,6 @@ impl Filter {
     ) -> Result<Filter, ParamError> {
         let since = parse_time("since", since)?;
         let until = parse_time("until", until)?;
-        if let (Some(s), Some(u)) = (since, until) {
-            if s >= u {
-                return Err(ParamError::new("until", "must be later than since"));
-            }
-        }
         Ok(Filter {
             subject_id: text_param("subject_id", subject_id)?,
             model: text_param("model", model)?,
@@ -411,8 +463,25 @@ mod tests {
         assert_eq!(parse_time("since", Some("")).unwrap(), None);
         let e = parse_time("until", Some("yesterday")).unwrap_err();
         assert!(e.to_string().starts_with("until: "), "{e}");
-        let e = Filter::parse(None, None, Some("2026-02-05"), Some("2026-02-04")).unwrap_err();
-        assert_eq!(e.param, "until");
+        // An empty range is a range.
+        let f = Filter::parse(None, None, Some("2026-02-05"), Some("2026-02-04")).unwrap();
+        assert!(f.since > f.until);
+        // Lower-case T and Z, fractions and offsets, as RFC 3339 (and JSON Schema) allow.
+        for good in [
+            "2026-02-05t10:30:00z",
+            "2026-02-05T10:30:00.123456789123+05:30",
+            "0001-01-01T00:00:00-23:59",
+        ] {
+            assert!(parse_time("since", Some(good)).unwrap().is_some(), "{good}");
+        }
+        // Past year 9999 in UTC: the last instant of 9999, which RFC 3339 can still write.
+        let late = parse_time("until", Some("9999-12-31T23:00:00-05:00")).unwrap();
+        assert_eq!(late, latest());
+        assert_eq!(
+            late.unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "9999-12-31T23:59:59.999999999Z"
+        );
         // Years PostgreSQL refuses or the document does not allow.
         for bad in [
             "+2026-02-05",
@@ -421,6 +490,15 @@ mod tests {
             "0000-01-01",
             "20260-01-01T00:00:00Z",
             "2026-2-5",
+            "2026-02-05 10:30:00Z",
+            "2026-02-05T23:59:60Z",
+            "2026-02-05T10:30:00\u{2212}05:00",
+            "2026-02-05T10:30:00.Z",
+            "2026-02-05T10:30Z",
+            "2026-02-05T10:30:00+0530",
+            "2026-02-30",
+            "2026-02-05T24:00:00Z",
+            "2026-02-05T10:30:00+24:00",
         ] {
             assert_eq!(
                 parse_time("since", Some(bad)).unwrap_err().param,

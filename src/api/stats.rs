@@ -14,7 +14,7 @@
 //!   grouped by UTC date and subject, newest date first, then subject; dates without votes
 //!   are absent.
 
-use super::{db_error, percent_1dp, Filter, ParamError, Params};
+use super::{db_error, percent_1dp, text_param, Filter, ParamError, Params};
 use crate::db::DbError;
 use crate::http::{ApiError, AppState};
 use axum::extract::State;
@@ -243,7 +243,7 @@ pub async fn daily(
 ) -> Result<Json<Vec<Day>>, ApiError> {
     let days = parse_days(p.days.as_deref())?;
     let filter = Filter {
-        subject_id: p.subject_id.filter(|s| !s.is_empty()),
+        subject_id: text_param("subject_id", p.subject_id.as_deref())?,
         since: Some(Utc::now() - Duration::days(days)),
         ..Filter::default()
     };
