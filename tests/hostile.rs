@@ -8,13 +8,12 @@
 
 mod common;
 
-use common::{likerate_command, Database};
+use common::{likerate_command, Database, Likerate as Server};
 use likerate::config::KafkaConfig;
 use serde_json::{json, Value};
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Fresh topics and group on the test binary's broker (`LIKERATE_TEST_BROKERS`, or one node
@@ -23,70 +22,10 @@ async fn kafka() -> KafkaConfig {
     common::Broker::new().await.kafka
 }
 
-/// `likerate run` with its stderr kept line by line, killed on drop.
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn spawn(kafka: &KafkaConfig, db: &Database, extra: &[(&str, &str)]) -> Server {
-        let mut cmd = likerate_command(&["run"], kafka, &db.url());
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        cmd.env("RUST_LOG", "likerate=info,warn");
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn likerate");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                eprintln!("[likerate] {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = log.lock().unwrap().iter().find_map(|l| {
-                l.contains("likerate running")
-                    .then(|| l.split("http=").nth(1))
-                    .flatten()
-                    .and_then(|r| r.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            });
-            if let Some(http) = found {
-                return Server { child, http, log };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("likerate exited at start: {status}");
-            }
-            assert!(Instant::now() < deadline, "likerate did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
-    fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("likerate exited: {status}");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `likerate run` on these topics and this database, with `extra` settings on top.
+fn spawn(kafka: &KafkaConfig, db: &Database, extra: &[(&str, &str)]) -> Server {
+    let extra: Vec<(&str, Option<&str>)> = extra.iter().map(|(k, v)| (*k, Some(*v))).collect();
+    Server::spawn("", kafka, &db.url(), &extra)
 }
 
 fn event(subject: &str, model: &str, rating: i64) -> Value {
@@ -160,7 +99,7 @@ fn promtool(text: &str) -> (bool, String) {
 async fn hostile_labels_cannot_break_or_forge_the_scrape() {
     let db = Database::create("hostile_labels").await;
     let kafka = kafka().await;
-    let server = Server::spawn(&kafka, &db, &[("LIKERATE_MAX_SUBJECT_LABELS", "6")]);
+    let server = spawn(&kafka, &db, &[("LIKERATE_MAX_SUBJECT_LABELS", "6")]);
     let client = reqwest::Client::new();
     let subjects = [
         "x\"} 1\n# EOF",
@@ -231,7 +170,7 @@ async fn hostile_labels_cannot_break_or_forge_the_scrape() {
 async fn unknown_fields_with_odd_json_are_accepted_not_a_panic() {
     let db = Database::create("hostile_odd").await;
     let kafka = kafka().await;
-    let mut server = Server::spawn(&kafka, &db, &[]);
+    let mut server = spawn(&kafka, &db, &[]);
     let client = reqwest::Client::new();
     let base = serde_json::to_string(&event("Math", "m1", 1)).unwrap();
     let mut ids = Vec::new();
@@ -267,7 +206,7 @@ async fn unknown_fields_with_odd_json_are_accepted_not_a_panic() {
 async fn ingest_bounds_events_errors_and_bodies() {
     let db = Database::create("hostile_ingest").await;
     let kafka = kafka().await;
-    let mut server = Server::spawn(&kafka, &db, &[]);
+    let mut server = spawn(&kafka, &db, &[]);
     let client = reqwest::Client::new();
 
     let many: Vec<Value> = (0..1001).map(|_| event("Math", "m", 1)).collect();
@@ -319,7 +258,7 @@ async fn ingest_token_and_cors() {
     let db = Database::create("hostile_auth").await;
     let kafka = kafka().await;
     let token = "ingest-token-0123456789";
-    let server = Server::spawn(
+    let server = spawn(
         &kafka,
         &db,
         &[
@@ -388,7 +327,7 @@ async fn query_parameters_are_refused_before_postgres() {
     let db = Database::create("hostile_query").await;
     let kafka = kafka().await;
     let token = "export-token-0123456789";
-    let server = Server::spawn(&kafka, &db, &[("LIKERATE_EXPORT_TOKEN", token)]);
+    let server = spawn(&kafka, &db, &[("LIKERATE_EXPORT_TOKEN", token)]);
     let client = reqwest::Client::new();
     let events: Vec<Value> = (0..3).map(|_| event("Math", "m", 1)).collect();
     let (status, _) = post(&client, &server, serde_json::to_vec(&events).unwrap()).await;
@@ -493,7 +432,7 @@ fn hold_idle(addr: SocketAddr, n: usize) -> Child {
 async fn slow_and_idle_connections_cannot_lock_out_healthz() {
     let db = Database::create("hostile_conns").await;
     let kafka = kafka().await;
-    let mut server = Server::spawn(&kafka, &db, &[]);
+    let mut server = spawn(&kafka, &db, &[]);
 
     let mut slow = std::net::TcpStream::connect(server.http).unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -543,7 +482,7 @@ async fn slow_and_idle_connections_cannot_lock_out_healthz() {
 async fn alert_targets_are_capped_and_logged_escaped() {
     let db = Database::create("hostile_alerts").await;
     let kafka = kafka().await;
-    let mut server = Server::spawn(
+    let mut server = spawn(
         &kafka,
         &db,
         &[

@@ -488,6 +488,16 @@ async fn a_task_that_dies_stops_the_process_with_an_error() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert!(!status.success(), "{task}: exit status {status}");
+        // The last lines may still be on their way from the pipe.
+        let named = format!("the {task} task ended before a shutdown");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !p.log.lock().unwrap().iter().any(|l| l.contains(&named)) {
+            assert!(
+                Instant::now() < deadline,
+                "{task}: the error does not name the task"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(
             reqwest::get(format!("http://{}/readyz", p.http))
                 .await

@@ -450,9 +450,11 @@ pub fn likerate_command(args: &[&str], kafka: &KafkaConfig, db_url: &str) -> Com
 }
 
 /// `likerate run` as a child process; killed when dropped, so a failing test leaves nothing.
+/// Its stderr is echoed and kept line by line (`log`), for tests that check what it logged.
 pub struct Likerate {
     pub child: Child,
     pub http: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Likerate {
@@ -474,27 +476,29 @@ impl Likerate {
         }
         let mut child = cmd.spawn().expect("spawn likerate");
         let stderr = child.stderr.take().unwrap();
-        let addr = Arc::new(Mutex::new(None));
-        let seen = addr.clone();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         let tag = tag.to_owned();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
-                if line.contains("likerate running") {
-                    if let Some(rest) = line.split("http=").nth(1) {
-                        let a = rest.split_whitespace().next().unwrap_or_default();
-                        *seen.lock().unwrap() = a.parse::<SocketAddr>().ok();
-                    }
-                }
                 eprintln!("[likerate{tag}] {line}");
+                lines.lock().unwrap().push(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(http) = *addr.lock().unwrap() {
-                return Likerate { child, http };
+            let found = log.lock().unwrap().iter().find_map(|l| {
+                l.contains("likerate running")
+                    .then(|| l.split("http=").nth(1))
+                    .flatten()
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            });
+            if let Some(http) = found {
+                return Likerate { child, http, log };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("likerate exited at start: {status}");
@@ -506,6 +510,10 @@ impl Likerate {
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.http)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
     }
 
     pub fn kill9(self) {
