@@ -84,7 +84,7 @@ async fn bench() {
         metrics: likerate::telemetry::Metrics::new(200),
         pool: target.pool(8).expect("pool"),
         joined: Arc::new(AtomicBool::new(true)),
-        api: likerate::api::ApiState::new(&kafka, None).expect("producer"),
+        api: likerate::http::api::ApiState::new(&kafka, None).expect("producer"),
     };
     let addr = serve_on_one_thread(state);
     let base = format!("http://{addr}");

@@ -3,8 +3,9 @@
 //! render (the bound is 5 ms). Without `--bench` (as `cargo test --all-targets` runs
 //! it) it does one render and exits.
 
-use likerate::aggregate::{export, Cells, Counts, Snapshot, WINDOWS};
+use likerate::aggregate::{export, Snapshot, WINDOWS};
 use likerate::event::Rating;
+use likerate::rollup::{Cells, Counts};
 use likerate::telemetry::Metrics;
 use std::collections::BTreeMap;
 use std::time::Instant;

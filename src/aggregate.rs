@@ -8,15 +8,19 @@
 //!   start within it, re-read every [`REFRESH`], so a stream that goes quiet ages out.
 //! - The `subject` label is capped by the one rule of [`crate::telemetry::LabelCap`], ranked
 //!   here at every refresh from the 24h window: subjects past the cap are summed into
-//!   `_other`; models likewise. The alert is evaluated over the same capped groups.
+//!   `_other`; models likewise.
+//! - Each snapshot is published on a `watch` channel ([`Snapshots`]): the alert
+//!   ([`crate::alert::run`]) evaluates the same numbers the gauges show, over the same capped
+//!   groups, and a reader never holds up the refresh.
 
-use crate::alert::Alerter;
-use crate::config::AlertConfig;
+use crate::rollup::{read, Cells, Counts};
 use crate::telemetry::{self, LabelCap, Metrics, ALL};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How often the windows are re-read (the gauges are at most this old, plus a query).
@@ -25,61 +29,6 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 /// The exported windows.
 pub const WINDOWS: [(&str, i64); 4] = [("5m", 300), ("15m", 900), ("1h", 3600), ("24h", 86_400)];
 
-/// Vote counts: likes, dislikes, neutral.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub likes: i64,
-    pub dislikes: i64,
-    pub neutral: i64,
-}
-
-impl Counts {
-    pub fn total(&self) -> i64 {
-        self.likes + self.dislikes + self.neutral
-    }
-
-    /// Likes / all votes; `None` without votes.
-    pub fn like_ratio(&self) -> Option<f64> {
-        let total = self.total();
-        (total > 0).then(|| self.likes as f64 / total as f64)
-    }
-
-    fn add(&mut self, other: &Counts) {
-        self.likes += other.likes;
-        self.dislikes += other.dislikes;
-        self.neutral += other.neutral;
-    }
-}
-
-/// Counts per (subject, model) for one window; model `""` is "no model".
-pub type Cells = BTreeMap<(String, String), Counts>;
-
-/// Reads the counts of the minute buckets that start at or after `since`.
-pub async fn window_counts(pool: &Pool, since: DateTime<Utc>) -> Result<Cells, crate::db::DbError> {
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT subject_id, model, sum(likes)::int8, sum(dislikes)::int8, sum(neutral)::int8
-             FROM feedback_rollup WHERE grain = 'm' AND bucket >= $1
-             GROUP BY subject_id, model",
-            &[&since],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1)),
-                Counts {
-                    likes: r.get(2),
-                    dislikes: r.get(3),
-                    neutral: r.get(4),
-                },
-            )
-        })
-        .collect())
-}
-
 /// Sums cells by a key (subject or model), with `_all` for everything.
 pub fn by<'a>(
     cells: &'a Cells,
@@ -87,7 +36,7 @@ pub fn by<'a>(
 ) -> BTreeMap<&'a str, Counts> {
     let mut out: BTreeMap<&str, Counts> = BTreeMap::new();
     for (k, c) in cells {
-        out.entry(key(k)).or_default().add(c);
+        *out.entry(key(k)).or_default() += *c;
     }
     out
 }
@@ -102,8 +51,8 @@ pub fn capped<'a>(
     let mut out: BTreeMap<String, Counts> = BTreeMap::new();
     let mut all = Counts::default();
     for (name, c) in by(cells, key) {
-        out.entry(cap.label(name)).or_default().add(&c);
-        all.add(&c);
+        *out.entry(cap.label(name)).or_default() += c;
+        all += c;
     }
     out.insert(ALL.to_owned(), all);
     out
@@ -116,14 +65,18 @@ pub struct Snapshot {
     pub windows: BTreeMap<&'static str, Cells>,
 }
 
+/// The latest snapshot, `None` until the first refresh succeeded.
+pub type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
+
 pub async fn snapshot(pool: &Pool) -> Result<Snapshot, crate::db::DbError> {
     let at = Utc::now();
+    let client = pool.get().await?;
     let mut windows = BTreeMap::new();
     // One grouped read per window: each returns one row per (subject, model), where a single
     // read of the 24h range would have to ship every minute row to filter here.
     for (name, seconds) in WINDOWS {
         let since = at - chrono::Duration::seconds(seconds);
-        windows.insert(name, window_counts(pool, since).await?);
+        windows.insert(name, read::window(&client, since).await?);
     }
     Ok(Snapshot { at, windows })
 }
@@ -178,9 +131,14 @@ pub fn export(metrics: &Metrics, snap: &Snapshot) {
     });
 }
 
-/// Refreshes the gauges and evaluates the alert every [`REFRESH`] until shutdown.
-pub async fn run(pool: Pool, metrics: Metrics, alert: AlertConfig, shutdown: CancellationToken) {
-    let mut alerter = Alerter::new(alert, metrics.clone());
+/// Refreshes the gauges every [`REFRESH`] and publishes each snapshot on `publish`, until
+/// shutdown.
+pub async fn run(
+    pool: Pool,
+    metrics: Metrics,
+    publish: watch::Sender<Option<Arc<Snapshot>>>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -191,7 +149,7 @@ pub async fn run(pool: Pool, metrics: Metrics, alert: AlertConfig, shutdown: Can
         match snapshot(&pool).await {
             Ok(snap) => {
                 export(&metrics, &snap);
-                alerter.evaluate(&pool, &snap).await;
+                publish.send_replace(Some(Arc::new(snap)));
             }
             Err(e) => {
                 metrics.aggregate_refresh_failure();

@@ -20,8 +20,9 @@
 //! latest set is kept, so Alertmanager being down or slow costs bounded memory; failures are
 //! retried with backoff and counted in `likerate_alert_pushes_total{result="error"}`.
 
-use crate::aggregate::{capped, window_counts, Cells, Counts, Snapshot, WINDOWS};
+use crate::aggregate::{capped, Snapshot, Snapshots, WINDOWS};
 use crate::config::AlertConfig;
+use crate::rollup::{read, Cells, Counts};
 use crate::stats::wilson;
 use crate::telemetry::{Metrics, ALERT_FIRING, ALL};
 use chrono::{DateTime, Utc};
@@ -338,6 +339,29 @@ impl Alerter {
     }
 }
 
+/// The alert task: evaluates the snapshots the aggregate task publishes (at most every
+/// [`EVALUATION`]) until shutdown, or until the aggregate task is gone (then this task ends
+/// too, and the supervisor stops the process).
+pub async fn run(
+    pool: Pool,
+    metrics: Metrics,
+    config: AlertConfig,
+    mut snapshots: Snapshots,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut alerter = Alerter::new(config, metrics);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+        }
+        let snap = snapshots.borrow_and_update().clone();
+        if let Some(snap) = snap {
+            alerter.evaluate(&pool, &snap).await;
+        }
+    }
+}
+
 /// The counts of a window: from the snapshot when it is one of the exported windows (the
 /// default 15m and 5m are), read from the rollups otherwise.
 async fn cells_for(
@@ -351,7 +375,10 @@ async fn cells_for(
         .and_then(|(name, _)| snap.windows.get(name));
     match exported {
         Some(cells) => Ok(cells.clone()),
-        None => window_counts(pool, snap.at - window).await,
+        None => {
+            let client = pool.get().await?;
+            Ok(read::window(&client, snap.at - window).await?)
+        }
     }
 }
 

@@ -12,9 +12,10 @@
 use crate::config::{DatabaseConfig, KafkaConfig, RunConfig};
 use crate::db::Target;
 use crate::dead_letter::DeadLetters;
+use crate::redact::Redactor;
 use crate::source::{self, BatchLimits};
 use crate::telemetry::Metrics;
-use crate::{aggregate, http, kafka, sink};
+use crate::{aggregate, alert, http, kafka, sink};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -55,10 +56,6 @@ impl App {
             .await
             .with_context(|| format!("creating topics on {}", kafka.brokers))?;
         let metrics = Metrics::new(run.max_subject_labels);
-        crate::ops::redact::install(Some(crate::ops::redact::Redactor::new(
-            run.redact,
-            Some(metrics.clone()),
-        )));
         let listener = TcpListener::bind(run.http_addr)
             .await
             .with_context(|| format!("LIKERATE_HTTP_ADDR: cannot listen on {}", run.http_addr))?;
@@ -69,7 +66,7 @@ impl App {
             metrics: metrics.clone(),
             pool: target.pool(8)?,
             joined: Arc::new(AtomicBool::new(false)),
-            api: crate::api::ApiState::new(&kafka, run.export_token.as_deref())
+            api: crate::http::api::ApiState::new(&kafka, run.export_token.as_deref())
                 .context("creating the producer of POST /api/feedback")?
                 .with_ab(run.ab.clone())
                 .with_ingest_token(run.ingest_token.as_deref()),
@@ -102,12 +99,15 @@ impl App {
         // batch held costs memory.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let source_stop = CancellationToken::new();
+        // Dropping this future (an embedding runtime shutting down) stops the poll thread too.
+        let _source_stop = source_stop.clone().drop_guard();
         let source = source::start(
             &self.kafka,
             limits,
             self.metrics.clone(),
             tx,
             self.state.joined.clone(),
+            Some(Redactor::new(self.run.redact, Some(self.metrics.clone()))),
             source_stop.clone(),
         )?;
         let dead_letters = DeadLetters::new(&self.kafka, self.metrics.clone())?;
@@ -126,12 +126,24 @@ impl App {
         // readiness fails at once.
         let fault = Fault::from_env();
         let mut sink_task = tokio::spawn(fault.wrap("sink", sink.run(rx)));
+        // The aggregate task publishes each snapshot of the windows; the alert reads them.
+        let (snapshots, snapshot_rx) = tokio::sync::watch::channel(None);
         let mut aggregates = tokio::spawn(fault.wrap(
             "aggregates",
             aggregate::run(
                 self.state.pool.clone(),
                 self.metrics.clone(),
+                snapshots,
+                shutdown.clone(),
+            ),
+        ));
+        let mut alert_task = tokio::spawn(fault.wrap(
+            "alert",
+            alert::run(
+                self.state.pool.clone(),
+                self.metrics.clone(),
                 self.run.alert.clone(),
+                snapshot_rx,
                 shutdown.clone(),
             ),
         ));
@@ -188,6 +200,7 @@ impl App {
                 })
             }
             r = &mut aggregates => Err(ended("aggregates", task_end(r))),
+            r = &mut alert_task => Err(ended("alert", task_end(r))),
             r = &mut retention => Err(ended("retention", task_end(r))),
             r = &mut http_task => {
                 http_done = true;
@@ -221,6 +234,7 @@ impl App {
             let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
         }
         aggregates.abort();
+        alert_task.abort();
         retention.abort();
         tracing::info!("stopped");
         outcome
@@ -239,7 +253,7 @@ fn task_end(r: Result<(), tokio::task::JoinError>) -> String {
 }
 
 /// A test-only fault hook: `LIKERATE_TEST_FAULT=<task>` (`source`, `sink`, `aggregates`,
-/// `retention` or `http`) makes that task panic two seconds after start, so the tests can prove
+/// `alert`, `retention` or `http`) makes that task panic two seconds after start, so the tests can prove
 /// each task is supervised. Unset in production; any other value names no task.
 struct Fault(Option<String>);
 

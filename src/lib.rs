@@ -4,36 +4,40 @@
 //! # Layout: the data flow, one module per stage
 //!
 //! ```text
-//!  Kafka topic ──> source ──> decode ──> (batch) ──> sink ──> PostgreSQL (rows + rollups)
-//!                    ^                                │  └──> dead_letter ──> DLQ topic
-//!                    └──────── acknowledgement ───────┘
-//!  PostgreSQL rollups ──> aggregate ──> telemetry (/metrics)
-//!                                   └─> alert ──> Alertmanager
-//!  http: /metrics, /healthz, /readyz
+//!  Kafka topic ──> source ──> decode ──> redact ──> (batch) ──> sink ──> PostgreSQL
+//!                    ^                                           │  └──> dead_letter ──> DLQ
+//!                    └────────────── acknowledgement ────────────┘
+//!  PostgreSQL rollups ──> aggregate ──(watch)──> alert ──> Alertmanager
+//!                                  └──> telemetry (/metrics)
+//!  http (+ http::api) reads PostgreSQL through rollup and votes
 //! ```
 //!
-//! | module | what it holds |
+//! Data flows one way: a module imports only modules drawn before it (left of it above, or
+//! listed above it below); the rules live in one place each.
+//!
+//! | module | what it owns |
 //! |---|---|
 //! | [`event`] | the domain `FeedbackEvent` and its valid-by-construction parts |
 //! | [`decode`] | bytes -> `FeedbackEvent` or a dead-letter reason code |
+//! | [`redact`] | `LIKERATE_REDACT`: personal data replaced before the write |
 //! | [`source`] | the Kafka consumer thread: batching, back-pressure, rebalance drain, offset acks |
-//! | [`rollup`] | the minute/hour/day like-rate counts and the one way they change |
-//! | [`sink`] | the PostgreSQL transaction per batch, on parallel connections split by partition: idempotent rows, votes, rollups |
+//! | [`rollup`] | the minute/hour/day counts: grains, `Counts`, the deltas and every read |
+//! | [`votes`] | the vote rule (which event of a `vote_id` counts) and every statement about votes |
+//! | [`sink`] | the PostgreSQL transaction per batch on parallel lanes: idempotent rows, votes, rollups |
 //! | [`dead_letter`] | publishing refused records to the dead-letter topic |
-//! | [`aggregate`] | the 5m/15m/1h/24h windows read from the rollups |
-//! | [`alert`] | the `FeedbackLikeRateLow` rule and the Alertmanager push |
+//! | [`aggregate`] | the 5m/15m/1h/24h windows, exported and published to the alert |
 //! | [`stats`] | the Wilson interval and the always-valid A/B test |
-//! | [`http`] | the HTTP server |
-//! | [`api`] | the feedback API (`/api/...`) and `likerate export` |
+//! | [`alert`] | the `FeedbackLikeRateLow` rule and the Alertmanager push |
+//! | [`http`] | the HTTP server; [`http::api`] the feedback API (`/api/...`) and `likerate export` |
 //! | [`telemetry`] | every metric name, the label cap, logging |
 //! | [`config`] | flags, environment, TOML file, defaults |
 //! | [`experiment`] | configured A/B experiments and sticky assignment |
 //! | [`db`] | connections, timeouts, TLS, migrations |
 //! | [`kafka`] | client properties and topic creation |
-//! | [`ops`] | `dlq replay`, `erase`, `retention`, `report`, and redaction before the write |
+//! | [`ops`] | `dlq replay`, `erase`, `retention`, `report` |
 //! | [`output`] | the `--out` files: exclusive, private, atomic |
 //! | [`produce`] | `likerate produce`: demo traffic and load generator |
-//! | [`app`] | wiring of `likerate run` and its bounded shutdown |
+//! | [`app`] | wiring of `likerate run`, supervision and its bounded shutdown |
 //! | [`shutdown`] | signals |
 
 // No panic reachable from input: `unwrap`/`expect` are refused outside tests; the few that
@@ -42,7 +46,6 @@
 
 pub mod aggregate;
 pub mod alert;
-pub mod api;
 pub mod app;
 pub mod config;
 pub mod db;
@@ -59,9 +62,11 @@ pub mod kafka;
 pub mod ops;
 pub mod output;
 pub mod produce;
+pub mod redact;
 pub mod rollup;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod telemetry;
+pub mod votes;

@@ -51,7 +51,7 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
         #[command(flatten)]
-        export: likerate::api::cli::ExportArgs,
+        export: likerate::http::api::cli::ExportArgs,
     },
     /// Dead-letter topic operations
     Dlq {
@@ -170,7 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export { database, export } => {
-            let s = likerate::api::cli::run(&database.resolve(&file)?, &export).await?;
+            let s = likerate::http::api::cli::run(&database.resolve(&file)?, &export).await?;
             // The summary goes with the messages: to stderr when the data is on stdout.
             let summary = format!(
                 "exported {} rows ({} skipped without user_question), {} bytes{}",

@@ -27,6 +27,7 @@ use crate::config::KafkaConfig;
 use crate::decode::{decode, DecodeError, Origin};
 use crate::event::{Coordinates, FeedbackEvent};
 use crate::kafka;
+use crate::redact::Redactor;
 use crate::telemetry::Metrics;
 use chrono::Utc;
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -194,6 +195,8 @@ impl Acker {
 pub struct SourceContext {
     topic: String,
     metrics: Metrics,
+    /// `LIKERATE_REDACT`, applied to every decoded event (`None`: off).
+    redactor: Option<Arc<Redactor>>,
     assignment: Mutex<Assignment>,
     /// Set at the first assignment (readiness).
     joined: Arc<AtomicBool>,
@@ -388,7 +391,8 @@ impl PollState {
                 };
                 match queue.poll(Duration::ZERO) {
                     Some(Ok(message)) => {
-                        let (record, bytes) = record_of(&message, topic);
+                        let (record, bytes) =
+                            record_of(&message, topic, context.redactor.as_deref());
                         let epoch = context.epoch(record.coords.partition);
                         self.push(record, bytes, epoch);
                     }
@@ -462,11 +466,13 @@ pub fn start(
     metrics: Metrics,
     tx: mpsc::Sender<Batch>,
     joined: Arc<AtomicBool>,
+    redactor: Option<Redactor>,
     shutdown: CancellationToken,
 ) -> Result<Source, rdkafka::error::KafkaError> {
     let context = SourceContext {
         topic: config.topic.clone(),
         metrics: metrics.clone(),
+        redactor: redactor.filter(Redactor::is_enabled).map(Arc::new),
         joined,
         last_error_log: Mutex::new(None),
         lags: Mutex::new(BTreeMap::new()),
@@ -513,7 +519,11 @@ impl SourceContext {
 }
 
 /// A decoded record from a message, and its size.
-fn record_of(message: &BorrowedMessage<'_>, topic: &str) -> (Record, usize) {
+fn record_of(
+    message: &BorrowedMessage<'_>,
+    topic: &str,
+    redactor: Option<&Redactor>,
+) -> (Record, usize) {
     let coords = Coordinates {
         partition: message.partition(),
         offset: message.offset(),
@@ -528,7 +538,9 @@ fn record_of(message: &BorrowedMessage<'_>, topic: &str) -> (Record, usize) {
     let payload = match decode(payload_bytes, origin) {
         Ok(mut event) => {
             // LIKERATE_REDACT: personal data is replaced before the event reaches the sink.
-            crate::ops::redact::apply(&mut event);
+            if let Some(r) = redactor {
+                r.redact(&mut event);
+            }
             Payload::Event(event)
         }
         Err(error) => Payload::Rejected(Rejected {
@@ -556,7 +568,7 @@ fn poll_loop(
         let Some(state) = guard.as_mut() else { break };
         match polled {
             Some(Ok(message)) => {
-                let (record, bytes) = record_of(&message, &topic);
+                let (record, bytes) = record_of(&message, &topic, context.redactor.as_deref());
                 let epoch = context.epoch(record.coords.partition);
                 state.push(record, bytes, epoch);
             }

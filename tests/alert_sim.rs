@@ -5,8 +5,8 @@
 //!
 //! Run with `--nocapture` to see the measured detection and resolution times.
 
-use likerate::aggregate::Counts;
 use likerate::alert::{Rule, State};
+use likerate::rollup::Counts;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;

@@ -468,7 +468,7 @@ async fn a_writer_racing_the_fast_path_sends_the_batch_through_the_staged_insert
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_that_dies_stops_the_process_with_an_error() {
     let env = Env::new().await;
-    for task in ["source", "sink", "aggregates", "retention", "http"] {
+    for task in ["source", "sink", "aggregates", "alert", "retention", "http"] {
         let mut p = env.spawn(
             None,
             &[

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use likerate::api::ingest::{prepare, MAX_EVENTS};
+use likerate::http::api::ingest::{prepare, MAX_EVENTS};
 use likerate::decode::{decode, Origin};
 
 fuzz_target!(|body: &[u8]| {

@@ -1,7 +1,7 @@
 //! `likerate erase`: deletes the stored rows of a conversation (or one event) on request and
 //! corrects the aggregates, in one transaction.
 //!
-//! For each deleted row that counted (no `vote_id`, or the current vote of its `vote_id`), its
+//! The votes are recounted by [`crate::votes::after_erase`]. For each deleted row that counted (no `vote_id`, or the current vote of its `vote_id`), its
 //! like/dislike/neutral is subtracted from the rollups at every grain. When the current vote of
 //! a `vote_id` is deleted and older events of that vote remain, the newest remaining one (by
 //! `created_at`, then `event_id`, as the sink decides) becomes the current vote and is counted;
@@ -13,10 +13,11 @@
 //! topic from the beginning would store them again.
 
 use crate::config::DatabaseConfig;
+use crate::votes;
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use uuid::Uuid;
 
 #[derive(Args, Debug, Clone, Default)]
@@ -67,14 +68,6 @@ impl std::fmt::Display for Erased {
     }
 }
 
-/// The events left of the vote ids `$1`, through the two partial indexes on `vote_id` that
-/// together cover every event with one (see `schemas/migrations/0004_vote_slot.sql`).
-const REMAINING: &str = "
-(SELECT * FROM feedback WHERE vote_id = ANY($1::text[]) AND vote_slot
- UNION ALL
- SELECT * FROM feedback
- WHERE vote_id = ANY($1::text[]) AND vote_id IS NOT NULL AND NOT vote_slot) f";
-
 struct Gone {
     event_id: Uuid,
     vote_id: Option<String>,
@@ -95,22 +88,20 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
             (None, Some(e)) => ("event_id = $1", e),
             _ => bail!("give exactly one of --conversation-id and --event-id"),
         };
-    // Every vote touched gets its `feedback_vote` row first (a vote without re-votes has only
-    // its slot holder), so that row is the current vote of each below.
-    tx.execute(
-        &format!(
-            "INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
-             SELECT vote_id, event_id, created_at, subject_id, coalesce(model, ''), rating
-             FROM feedback
-             WHERE vote_slot
-               AND vote_id IN (SELECT vote_id FROM feedback
-                               WHERE {filter} AND vote_id IS NOT NULL)
-             ORDER BY vote_id
-             ON CONFLICT (vote_id) DO NOTHING"
-        ),
-        &[key],
-    )
-    .await?;
+    let touched: Vec<String> = tx
+        .query(
+            &format!(
+                "SELECT DISTINCT vote_id FROM feedback
+                 WHERE {filter} AND vote_id IS NOT NULL ORDER BY 1"
+            ),
+            &[key],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+    votes::before_erase(&tx, &touched).await?;
     let rows = tx
         .query(
             &format!(
@@ -147,79 +138,12 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
         );
         out.uncounted += 1;
     }
-    let mut vote_ids: Vec<&str> = gone.iter().filter_map(|g| g.vote_id.as_deref()).collect();
-    vote_ids.sort_unstable();
-    vote_ids.dedup();
-    if !vote_ids.is_empty() {
+    if !touched.is_empty() {
         let deleted: HashSet<Uuid> = gone.iter().map(|g| g.event_id).collect();
-        // Locked in key order, like the sink.
-        let current = tx
-            .query(
-                "SELECT vote_id, event_id, created_at, subject_id, model, rating
-                 FROM feedback_vote WHERE vote_id = ANY($1::text[])
-                 ORDER BY vote_id FOR UPDATE",
-                &[&vote_ids],
-            )
-            .await?;
-        let mut orphaned: Vec<String> = Vec::new();
-        for row in &current {
-            let event_id: Uuid = row.get(1);
-            if deleted.contains(&event_id) {
-                let (subject, model): (String, String) = (row.get(3), row.get(4));
-                deltas.add(row.get(2), subject, model, row.get(5), -1);
-                out.uncounted += 1;
-                orphaned.push(row.get(0));
-            }
-        }
-        if !orphaned.is_empty() {
-            let newest: BTreeMap<String, tokio_postgres::Row> = tx
-                .query(
-                    &format!(
-                        "SELECT DISTINCT ON (vote_id) vote_id, event_id, created_at, subject_id,
-                                coalesce(model, ''), rating
-                         FROM {REMAINING}
-                         ORDER BY vote_id, created_at DESC, event_id DESC"
-                    ),
-                    &[&orphaned],
-                )
-                .await?
-                .into_iter()
-                .map(|r| (r.get(0), r))
-                .collect();
-            for vote_id in &orphaned {
-                match newest.get(vote_id) {
-                    Some(r) => {
-                        let (subject, model): (String, String) = (r.get(3), r.get(4));
-                        let created: DateTime<Utc> = r.get(2);
-                        deltas.add(created, subject.clone(), model.clone(), r.get(5), 1);
-                        tx.execute(
-                            "UPDATE feedback_vote SET event_id = $2, created_at = $3,
-                                    subject_id = $4, model = $5, rating = $6
-                             WHERE vote_id = $1",
-                            &[
-                                vote_id,
-                                &r.get::<_, Uuid>(1),
-                                &created,
-                                &subject,
-                                &model,
-                                &r.get::<_, i16>(5),
-                            ],
-                        )
-                        .await?;
-                        out.promoted += 1;
-                    }
-                    None => {
-                        tx.execute("DELETE FROM feedback_vote WHERE vote_id = $1", &[vote_id])
-                            .await?;
-                        out.votes_removed += 1;
-                    }
-                }
-            }
-        }
-    }
-    if !vote_ids.is_empty() {
-        // A vote whose slot holder was deleted passes the slot to its newest remaining event.
-        tx.execute(super::PASS_SLOTS, &[&vote_ids]).await?;
+        let recounted = votes::after_erase(&tx, &touched, &deleted, &mut deltas).await?;
+        out.uncounted += recounted.uncounted;
+        out.promoted = recounted.promoted;
+        out.votes_removed = recounted.removed;
     }
     out.rollup_cells = deltas.apply(&tx, crate::rollup::UPSERT_ROLLUP).await?;
     deltas.remove_empty(&tx).await?;

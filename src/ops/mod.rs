@@ -1,33 +1,19 @@
-//! Operations on stored feedback: dead-letter replay, erasure on request, retention,
-//! redaction of personal data before the write, and the weekly report.
+//! Operations on stored feedback: dead-letter replay, erasure on request, retention and the
+//! weekly report.
 //!
 //! | module | command or hook |
 //! |---|---|
 //! | [`replay`] | `likerate dlq replay`: republish dead letters after a fix, once each |
 //! | [`erase`] | `likerate erase`: delete rows on request and correct the aggregates |
 //! | [`retention`] | `likerate retention` and the daily task of `likerate run` |
-//! | [`redact`] | `LIKERATE_REDACT`: e-mail addresses and phone numbers replaced before the write |
 //! | [`report`] | `likerate report`: HTML or Markdown like-rate report with SVG charts |
 
 pub mod erase;
-pub mod redact;
 pub mod replay;
 pub mod report;
 pub mod retention;
 
 use chrono::{DateTime, Utc};
-
-/// Of the vote ids `$1`, each that has events left but no slot holder (erasure or retention
-/// deleted it) passes the slot to its newest remaining event, keeping the invariant of
-/// `schemas/migrations/0004_vote_slot.sql`. Without a slot holder every remaining event is a
-/// re-vote, so the partial index of re-votes finds them.
-pub const PASS_SLOTS: &str = "
-UPDATE feedback f SET vote_slot = true
-FROM (SELECT DISTINCT ON (vote_id) vote_id, event_id FROM feedback
-      WHERE vote_id = ANY($1::text[]) AND vote_id IS NOT NULL AND NOT vote_slot
-      ORDER BY vote_id, created_at DESC, event_id DESC) n
-WHERE f.event_id = n.event_id
-  AND NOT EXISTS (SELECT 1 FROM feedback h WHERE h.vote_id = n.vote_id AND h.vote_slot)";
 
 /// A point in time given as an age (`7d`, `36h`: that long before `now`) or an RFC 3339
 /// timestamp.

@@ -11,9 +11,8 @@
 //! lists the hours in which the like rate over the hour was below `--threshold` with at least
 //! `--min-samples` votes, the condition `FeedbackLikeRateLow` evaluates on its own window.
 
-use crate::aggregate::Counts;
 use crate::config::DatabaseConfig;
-use crate::rollup::truncate;
+use crate::rollup::{read, truncate, Counts, Range};
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Duration as CDuration, NaiveDate, Utc};
 use clap::{Args, ValueEnum};
@@ -120,39 +119,34 @@ pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Rep
     let since = truncate(since, 60);
     let previous = since - (until - since);
     let target = crate::db::Target::new(db)?;
-    let mut client = target.connect().await?;
-    crate::db::migrate(&mut client).await?;
+    crate::db::migrate(&mut target.connect().await?).await?;
+    let pool = target.pool(1)?;
+    let client = pool.get().await?;
 
-    let grouped = |column: &'static str| {
-        format!(
-            "SELECT {column}::text,
-               coalesce(sum(likes) FILTER (WHERE bucket >= $2), 0)::int8,
-               coalesce(sum(dislikes) FILTER (WHERE bucket >= $2), 0)::int8,
-               coalesce(sum(neutral) FILTER (WHERE bucket >= $2), 0)::int8,
-               coalesce(sum(likes) FILTER (WHERE bucket < $2), 0)::int8,
-               coalesce(sum(dislikes) FILTER (WHERE bucket < $2), 0)::int8,
-               coalesce(sum(neutral) FILTER (WHERE bucket < $2), 0)::int8
-             FROM feedback_rollup
-             WHERE grain = 'm' AND bucket >= $1 AND bucket < $3
-             GROUP BY 1"
-        )
+    // Minute buckets that start in each period (the last one may hold `until`).
+    let period = |since, until| Range {
+        since: Some(since),
+        until: Some(until),
+        ..Range::default()
     };
-    let lines = |rows: Vec<tokio_postgres::Row>| -> Vec<Line> {
-        let mut v: Vec<Line> = rows
-            .iter()
-            .map(|r| Line {
-                name: r.get(0),
-                now: Counts {
-                    likes: r.get(1),
-                    dislikes: r.get(2),
-                    neutral: r.get(3),
-                },
-                before: Counts {
-                    likes: r.get(4),
-                    dislikes: r.get(5),
-                    neutral: r.get(6),
-                },
-            })
+    let end = crate::rollup::ceil(until, 60);
+    let now_cells = read::cells(&client, &period(since, end)).await?;
+    let before_cells = read::cells(&client, &period(previous, since)).await?;
+    let lines = |key: fn(&(String, String)) -> &str| -> Vec<Line> {
+        let mut by: BTreeMap<String, Line> = BTreeMap::new();
+        for (cells, now) in [(&now_cells, true), (&before_cells, false)] {
+            for (k, c) in cells {
+                let name = key(k);
+                let line = by.entry(name.to_owned()).or_insert_with(|| Line {
+                    name: name.to_owned(),
+                    now: Counts::default(),
+                    before: Counts::default(),
+                });
+                *if now { &mut line.now } else { &mut line.before } += *c;
+            }
+        }
+        let mut v: Vec<Line> = by
+            .into_values()
             .filter(|l| l.now.total() + l.before.total() > 0)
             .collect();
         v.sort_by(|a, b| {
@@ -163,26 +157,18 @@ pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Rep
         });
         v
     };
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&previous, &since, &until];
-    let subjects = lines(client.query(&grouped("subject_id"), &params).await?);
-    let mut models = lines(client.query(&grouped("model"), &params).await?);
+    let subjects = lines(|k| &k.0);
+    let mut models = lines(|k| &k.1);
     for m in &mut models {
         if m.name.is_empty() {
             m.name = "(none)".into();
         }
     }
-    let mut total = Line {
+    let total = Line {
         name: ALL.into(),
-        now: Counts::default(),
-        before: Counts::default(),
+        now: subjects.iter().map(|s| s.now).sum(),
+        before: subjects.iter().map(|s| s.before).sum(),
     };
-    for s in &subjects {
-        for (t, c) in [(&mut total.now, s.now), (&mut total.before, s.before)] {
-            t.likes += c.likes;
-            t.dislikes += c.dislikes;
-            t.neutral += c.neutral;
-        }
-    }
     let mut most_dislikes: Vec<Line> = subjects
         .iter()
         .filter(|s| s.now.dislikes > 0)
@@ -209,22 +195,8 @@ pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Rep
     });
     biggest_drops.truncate(5);
 
-    let alert_hours = client
-        .query(
-            "SELECT bucket, coalesce(subject_id::text, '_all'),
-                    sum(likes)::float8 / sum(likes + dislikes + neutral), sum(likes + dislikes + neutral)::int8
-             FROM feedback_rollup
-             WHERE grain = 'h' AND bucket >= $1 AND bucket < $2
-             GROUP BY GROUPING SETS ((bucket), (bucket, subject_id))
-             HAVING sum(likes + dislikes + neutral) >= $3::int8
-                AND sum(likes)::float8 / sum(likes + dislikes + neutral) < $4::float8
-             ORDER BY 1, 2",
-            &[&since, &until, &args.min_samples, &args.threshold],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
+    let alert_hours =
+        read::low_hours(&client, since, until, args.min_samples, args.threshold).await?;
 
     let first_day = truncate(since, 86_400);
     let mut days = Vec::new();
@@ -234,28 +206,10 @@ pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Rep
         d += CDuration::days(1);
     }
     let mut daily: BTreeMap<String, BTreeMap<NaiveDate, Counts>> = BTreeMap::new();
-    for r in client
-        .query(
-            "SELECT bucket, subject_id::text, sum(likes)::int8, sum(dislikes)::int8,
-                    sum(neutral)::int8
-             FROM feedback_rollup
-             WHERE grain = 'd' AND bucket >= $1 AND bucket < $2
-             GROUP BY 1, 2",
-            &[&first_day, &until],
-        )
-        .await?
-    {
-        let day = r.get::<_, DateTime<Utc>>(0).date_naive();
-        let c = Counts {
-            likes: r.get(2),
-            dislikes: r.get(3),
-            neutral: r.get(4),
-        };
-        for key in [r.get::<_, String>(1), ALL.to_owned()] {
-            let e = daily.entry(key).or_default().entry(day).or_default();
-            e.likes += c.likes;
-            e.dislikes += c.dislikes;
-            e.neutral += c.neutral;
+    let whole_days = period(first_day, crate::rollup::ceil(until, 86_400));
+    for (day, subject, c) in read::daily(&client, &whole_days).await? {
+        for key in [subject, ALL.to_owned()] {
+            *daily.entry(key).or_default().entry(day).or_default() += c;
         }
     }
 

@@ -20,6 +20,7 @@
 use crate::config::RetentionConfig;
 use crate::db::Target;
 use crate::telemetry::Metrics;
+use crate::votes::{self, seed_votes};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -53,19 +54,20 @@ WHERE id IN (SELECT id FROM feedback
 /// Deletes a batch of old rows. A vote whose slot holder goes keeps its bookkeeping: the
 /// holder, unless `feedback_vote` already names the current vote, becomes its row there.
 /// Returns the number of rows deleted and the vote ids whose slot holder went.
-const DELETE_ROWS: &str = "
+const DELETE_ROWS: &str = concat!(
+    "
 WITH gone AS (
     DELETE FROM feedback
     WHERE id IN (SELECT id FROM feedback WHERE created_at < $1
                  LIMIT $2 FOR UPDATE SKIP LOCKED)
     RETURNING vote_id, event_id, created_at, subject_id, model, rating, vote_slot
 ), kept AS (
-    INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
-    SELECT vote_id, event_id, created_at, subject_id, coalesce(model, ''), rating
-    FROM gone WHERE vote_slot ORDER BY vote_id
-    ON CONFLICT (vote_id) DO NOTHING
+    ",
+    seed_votes!("(SELECT * FROM gone WHERE vote_slot) s"),
+    "
 )
-SELECT count(*), coalesce(array_agg(vote_id) FILTER (WHERE vote_slot), '{}') FROM gone";
+SELECT count(*), coalesce(array_agg(vote_id) FILTER (WHERE vote_slot), '{}') FROM gone"
+);
 
 /// One batch of each kind, in its own transaction; returns the rows it changed.
 async fn sweep_batch(
@@ -80,7 +82,7 @@ async fn sweep_batch(
     let row = tx.query_one(DELETE_ROWS, &[&before, &BATCH]).await?;
     let slots: Vec<String> = row.get(1);
     if !slots.is_empty() {
-        tx.execute(super::PASS_SLOTS, &[&slots]).await?;
+        tx.execute(votes::PASS_SLOTS, &[&slots]).await?;
     }
     tx.commit().await?;
     Ok(row.get::<_, i64>(0) as u64)

@@ -11,15 +11,14 @@
 //!   separators counts only with a leading `+` (`+4915112345678`), so `1234567890` in a math
 //!   answer stays. Numbers glued to letters, or decimals (`3.14159265`), are not phones.
 //!
-//! The redactor is installed once per process by `likerate run` ([`install`]); the consumer
-//! calls [`apply`] on every decoded event. Dead letters keep the original bytes of records that
+//! `likerate run` builds one [`Redactor`] from the configuration and hands it to the source,
+//! which applies it to every decoded event. Dead letters keep the original bytes of records that
 //! failed decoding (they are not events): the dead-letter topic's Kafka retention bounds them.
 
 use crate::config::RedactConfig;
 use crate::event::{FeedbackEvent, Text};
 use crate::telemetry::Metrics;
 use regex::{Captures, Regex};
-use std::sync::{Arc, RwLock};
 
 pub const EMAIL: &str = "[email]";
 pub const PHONE: &str = "[phone]";
@@ -148,22 +147,6 @@ fn is_date(candidate: &str) -> bool {
 /// `3.14159265` and `1.000.000,5`-like numbers: one dot-separated run with a short head.
 fn is_decimal(candidate: &str) -> bool {
     !candidate.contains([' ', '-', '(', '+']) && candidate.matches('.').count() == 1
-}
-
-static INSTALLED: RwLock<Option<Arc<Redactor>>> = RwLock::new(None);
-
-/// Makes `redactor` the one [`apply`] uses (the last installed wins; `None` turns it off).
-pub fn install(redactor: Option<Redactor>) {
-    let redactor = redactor.filter(Redactor::is_enabled).map(Arc::new);
-    *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = redactor;
-}
-
-/// Redacts a decoded event with the installed redactor, if any.
-pub fn apply(event: &mut FeedbackEvent) {
-    let redactor = INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Some(r) = redactor {
-        r.redact(event);
-    }
 }
 
 #[cfg(test)]

@@ -334,7 +334,7 @@ pub fn prepare<'a>(topic: &str, body: &'a [u8]) -> Result<Vec<Outgoing<'a>>, Ref
 }
 
 pub async fn post(
-    _: crate::api::IngestAuthorized,
+    _: crate::http::api::IngestAuthorized,
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Refused> {

@@ -1,26 +1,30 @@
-//! `GET /api/feedback/stats` and `GET /api/feedback/daily`: the product guide's two read
-//! endpoints, answered from `feedback_rollup` instead of scanning `feedback`.
+//! The read side of the rollups: every question asked of `feedback_rollup` is answered here.
 //!
 //! Guarantees:
-//! - The counts are those of the votes that currently count (a later event with the same
-//!   `vote_id` replaced the earlier one), because the rollups hold exactly those (see
-//!   [`crate::sink`]).
-//! - Resolution is one minute: `since` and `until` are rounded down to the start of their UTC
-//!   minute, and a vote counts when its minute is in `[since, until)`. Within that, the answer
-//!   is exact: a range is covered by whole days, then whole hours, then minutes at its edges
-//!   ([`cover`]), so a query reads at most a few thousand rollup rows whatever the volume.
-//! - `like_percentage` / `like_pct` = `ROUND(likes * 100.0 / total, 1)`; 0.0 without votes.
-//! - `daily` follows the product guide's SQL: the last `days` days (from now, to the minute),
-//!   grouped by UTC date and subject, newest date first, then subject; dates without votes
-//!   are absent.
+//! - Resolution is one minute: a range's `since` and `until` are rounded down to the start of
+//!   their UTC minute, and a vote counts when its minute bucket is in `[since, until)`.
+//! - Within that the answer is exact: a range is covered by whole days, then whole hours, then
+//!   minutes at its edges ([`cover`]), each segment one range scan of the primary key, so a
+//!   read touches at most a few thousand rows whatever the volume.
 
-use super::{db_error, percent_1dp, text_param, Filter, ParamError, Params};
-use crate::db::DbError;
-use crate::http::{ApiError, AppState};
-use axum::extract::State;
-use axum::Json;
-use chrono::{DateTime, Duration, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
+use super::{ceil, truncate, Counts, GRAINS};
+use chrono::{DateTime, NaiveDate, Utc};
+use deadpool_postgres::GenericClient;
+use std::collections::BTreeMap;
+use tokio_postgres::Error;
+
+/// Counts per (subject, model); model `""` is "no model".
+pub type Cells = BTreeMap<(String, String), Counts>;
+
+/// What a read covers: a time range (open ends unbounded), optionally one subject and some
+/// models.
+#[derive(Debug, Clone, Default)]
+pub struct Range {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub subject: Option<String>,
+    pub models: Option<Vec<String>>,
+}
 
 /// One rollup grain and the range of bucket starts read from it (`None`: unbounded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,28 +34,12 @@ pub struct Segment {
     pub to: Option<DateTime<Utc>>,
 }
 
-/// The grains from the coarsest, with their bucket length in seconds.
-const GRAINS: [(char, i64); 3] = [('d', 86_400), ('h', 3_600), ('m', 60)];
-
-fn floor(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
-    crate::rollup::truncate(t, seconds)
-}
-
-fn ceil(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
-    let f = floor(t, seconds);
-    if f == t {
-        t
-    } else {
-        f + Duration::seconds(seconds)
-    }
-}
-
 /// The fewest rollup segments covering `[since, until)` (both rounded down to the minute):
 /// the whole days inside the range from the day grain, the whole hours left at either edge
 /// from the hour grain, the rest from the minute grain.
 pub fn cover(since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> Vec<Segment> {
-    let since = since.map(|t| floor(t, 60));
-    let until = until.map(|t| floor(t, 60));
+    let since = since.map(|t| truncate(t, 60));
+    let until = until.map(|t| truncate(t, 60));
     let mut out = Vec::new();
     if matches!((since, until), (Some(s), Some(u)) if s >= u) {
         return out;
@@ -76,7 +64,7 @@ fn cover_level(
         return;
     }
     let inner_lo = lo.map(|t| ceil(t, seconds));
-    let inner_hi = hi.map(|t| floor(t, seconds));
+    let inner_hi = hi.map(|t| truncate(t, seconds));
     let inner_empty = matches!((inner_lo, inner_hi), (Some(a), Some(b)) if a >= b);
     if inner_empty {
         cover_level(lo, hi, level + 1, out);
@@ -104,7 +92,7 @@ fn cover_level(
 /// Each segment must be one range scan of the primary key `(grain, bucket, ...)`: `OFFSET 0`
 /// keeps PostgreSQL from flattening the LATERAL subquery into a hash join, which would read
 /// the whole table (1.5 s instead of 2 ms with 10 million events).
-macro_rules! rollup_scan {
+macro_rules! scan {
     () => {
         "
 FROM unnest($1::\"char\"[], $2::timestamptz[], $3::timestamptz[]) AS s(grain, lo, hi)
@@ -119,156 +107,131 @@ CROSS JOIN LATERAL (
 ) r"
     };
 }
-pub(crate) use rollup_scan;
 
-const STATS: &str = concat!(
+const TOTAL: &str = concat!(
     "SELECT coalesce(sum(r.likes), 0)::int8, coalesce(sum(r.dislikes), 0)::int8,
             coalesce(sum(r.neutral), 0)::int8",
-    rollup_scan!()
+    scan!()
+);
+
+const CELLS: &str = concat!(
+    "SELECT r.subject_id::text, r.model::text, sum(r.likes)::int8, sum(r.dislikes)::int8,
+            sum(r.neutral)::int8",
+    scan!(),
+    "
+GROUP BY 1, 2"
 );
 
 const DAILY: &str = concat!(
     "SELECT (r.bucket AT TIME ZONE 'UTC')::date, r.subject_id::text, sum(r.likes)::int8,
-            sum(r.likes + r.dislikes + r.neutral)::int8",
-    rollup_scan!(),
+            sum(r.dislikes)::int8, sum(r.neutral)::int8",
+    scan!(),
     "
 GROUP BY 1, 2 HAVING sum(r.likes + r.dislikes + r.neutral) > 0
 ORDER BY 1 DESC, 2"
 );
 
-/// Runs a query over [`rollup_scan!`] with the segments covering the filter's range.
-pub(crate) async fn query_rollups(
-    state: &AppState,
+/// Runs a query over [`scan!`] with the segments covering the range (a prepared statement,
+/// cached per connection).
+async fn query(
+    client: &impl GenericClient,
     sql: &str,
-    filter: &Filter,
-    models: Option<Vec<String>>,
-) -> Result<Vec<tokio_postgres::Row>, DbError> {
-    let segments = cover(filter.since, filter.until);
+    range: &Range,
+) -> Result<Vec<tokio_postgres::Row>, Error> {
+    let segments = cover(range.since, range.until);
     let grains: Vec<i8> = segments.iter().map(|s| s.grain as i8).collect();
     let from: Vec<Option<DateTime<Utc>>> = segments.iter().map(|s| s.from).collect();
     let to: Vec<Option<DateTime<Utc>>> = segments.iter().map(|s| s.to).collect();
-    let client = state.pool.get().await?;
     let statement = client.prepare_cached(sql).await?;
-    Ok(client
+    client
         .query(
             &statement,
-            &[&grains, &from, &to, &filter.subject_id, &models],
+            &[&grains, &from, &to, &range.subject, &range.models],
         )
-        .await?)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatsParams {
-    subject_id: Option<String>,
-    model: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-}
-
-#[derive(Serialize, Debug, PartialEq)]
-pub struct Stats {
-    pub total_feedback: i64,
-    pub likes: i64,
-    pub dislikes: i64,
-    pub neutral: i64,
-    pub like_percentage: f64,
-    pub subject_id: Option<String>,
-}
-
-pub async fn stats(
-    State(state): State<AppState>,
-    Params(p): Params<StatsParams>,
-) -> Result<Json<Stats>, ApiError> {
-    let filter = Filter::parse(
-        p.subject_id.as_deref(),
-        p.model.as_deref(),
-        p.since.as_deref(),
-        p.until.as_deref(),
-    )?;
-    let models = filter.model.clone().map(|m| vec![m]);
-    let rows = query_rollups(&state, STATS, &filter, models)
         .await
-        .map_err(db_error)?;
-    let (likes, dislikes, neutral): (i64, i64, i64) =
-        (rows[0].get(0), rows[0].get(1), rows[0].get(2));
-    let total = likes + dislikes + neutral;
-    Ok(Json(Stats {
-        total_feedback: total,
-        likes,
-        dislikes,
-        neutral,
-        like_percentage: percent_1dp(likes, total),
-        subject_id: filter.subject_id,
-    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DailyParams {
-    days: Option<String>,
-    subject_id: Option<String>,
+fn counts(r: &tokio_postgres::Row, first: usize) -> Counts {
+    Counts {
+        likes: r.get(first),
+        dislikes: r.get(first + 1),
+        neutral: r.get(first + 2),
+    }
 }
 
-#[derive(Serialize, Debug, PartialEq)]
-pub struct Day {
-    pub date: NaiveDate,
-    pub subject_id: String,
-    pub total: i64,
-    pub likes: i64,
-    pub like_pct: f64,
+/// All votes of the range.
+pub async fn total(client: &impl GenericClient, range: &Range) -> Result<Counts, Error> {
+    let rows = query(client, TOTAL, range).await?;
+    Ok(rows.first().map(|r| counts(r, 0)).unwrap_or_default())
 }
 
-/// Longest `daily` range: ten years of day rows per subject is still a small answer.
-pub const MAX_DAYS: i64 = 3650;
+/// The votes of the range per (subject, model).
+pub async fn cells(client: &impl GenericClient, range: &Range) -> Result<Cells, Error> {
+    let rows = query(client, CELLS, range).await?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), counts(r, 2)))
+        .collect())
+}
 
-fn parse_days(value: Option<&str>) -> Result<i64, ParamError> {
-    let Some(v) = value.filter(|v| !v.is_empty()) else {
-        return Ok(30);
+/// The minute buckets that start at or after `since` (a sliding window), per (subject, model).
+pub async fn window(client: &impl GenericClient, since: DateTime<Utc>) -> Result<Cells, Error> {
+    let range = Range {
+        since: Some(ceil(since, 60)),
+        ..Range::default()
     };
-    v.parse::<i64>()
-        .ok()
-        .filter(|d| (1..=MAX_DAYS).contains(d))
-        .ok_or_else(|| {
-            ParamError::new(
-                "days",
-                format!("must be an integer from 1 to {MAX_DAYS}, got {v:?}"),
-            )
-        })
+    cells(client, &range).await
 }
 
+/// The votes of the range per UTC date and subject, newest date first, then subject; dates
+/// without votes are absent.
 pub async fn daily(
-    State(state): State<AppState>,
-    Params(p): Params<DailyParams>,
-) -> Result<Json<Vec<Day>>, ApiError> {
-    let days = parse_days(p.days.as_deref())?;
-    let filter = Filter {
-        subject_id: text_param("subject_id", p.subject_id.as_deref())?,
-        since: Some(Utc::now() - Duration::days(days)),
-        ..Filter::default()
-    };
-    let rows = query_rollups(&state, DAILY, &filter, None)
-        .await
-        .map_err(db_error)?;
-    Ok(Json(
-        rows.iter()
-            .map(|r| {
-                let (likes, total) = (r.get(2), r.get(3));
-                Day {
-                    date: r.get(0),
-                    subject_id: r.get(1),
-                    total,
-                    likes,
-                    like_pct: percent_1dp(likes, total),
-                }
-            })
-            .collect(),
-    ))
+    client: &impl GenericClient,
+    range: &Range,
+) -> Result<Vec<(NaiveDate, String, Counts)>, Error> {
+    let rows = query(client, DAILY, range).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), counts(r, 2)))
+        .collect())
+}
+
+/// One hour bucket in which a subject (or `_all`) had at least `min_samples` votes and a like
+/// rate below `threshold`: (hour, subject or `_all`, like rate, votes).
+pub type LowHour = (DateTime<Utc>, String, f64, i64);
+
+/// The hours of `[since, until)` below the threshold, per subject and for `_all`, in time
+/// order (the report's "when the alert would have fired").
+pub async fn low_hours(
+    client: &impl GenericClient,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    min_samples: i64,
+    threshold: f64,
+) -> Result<Vec<LowHour>, Error> {
+    let rows = client
+        .query(
+            "SELECT bucket, coalesce(subject_id::text, '_all'),
+                    sum(likes)::float8 / sum(likes + dislikes + neutral), sum(likes + dislikes + neutral)::int8
+             FROM feedback_rollup
+             WHERE grain = 'h' AND bucket >= $1 AND bucket < $2
+             GROUP BY GROUPING SETS ((bucket), (bucket, subject_id))
+             HAVING sum(likes + dislikes + neutral) >= $3::int8
+                AND sum(likes)::float8 / sum(likes + dislikes + neutral) < $4::float8
+             ORDER BY 1, 2",
+            &[&since, &until, &min_samples, &threshold],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -374,22 +337,13 @@ mod tests {
                 .iter()
                 .filter(|s| {
                     let len = GRAINS.iter().find(|g| g.0 == s.grain).unwrap().1;
-                    let bucket = floor(minute, len);
+                    let bucket = truncate(minute, len);
                     s.from.is_none_or(|f| bucket >= f) && s.to.is_none_or(|e| bucket < e)
                 })
                 .count();
             let inside = minute >= since && minute < until;
             assert_eq!(hits, usize::from(inside), "minute {minute}");
             minute += Duration::minutes(1);
-        }
-    }
-
-    #[test]
-    fn days_are_checked() {
-        assert_eq!(parse_days(None).unwrap(), 30);
-        assert_eq!(parse_days(Some("7")).unwrap(), 7);
-        for bad in ["0", "-3", "abc", "3651", "1.5"] {
-            assert_eq!(parse_days(Some(bad)).unwrap_err().param, "days");
         }
     }
 }

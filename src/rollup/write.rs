@@ -1,10 +1,6 @@
-//! Rollups: the like/dislike/neutral counts of `feedback_rollup`, per minute, hour and day
-//! (UTC) bucket, subject and model (`''` when absent).
-//!
-//! Guarantee: every change to the counts, by the sink (new rows, superseded votes) or by
-//! erasure, goes through [`RollupDeltas`], which applies them in key order, the one lock order
-//! all writers share.
+//! The write side of the rollups: [`RollupDeltas`], the only way their counts change.
 
+use super::{bucket, GRAINS};
 use crate::event::Rating;
 use chrono::{DateTime, Utc};
 use std::borrow::Cow;
@@ -12,23 +8,6 @@ use std::collections::BTreeMap;
 
 /// A rollup row's key: (grain, bucket, subject, model).
 type RollupKey<'a> = (char, DateTime<Utc>, &'a str, &'a str);
-
-/// The grains, with their bucket length in seconds.
-const GRAINS: [(char, i64); 3] = [('d', 86_400), ('h', 3_600), ('m', 60)];
-
-/// The start of the UTC bucket of `seconds` length that holds `t`.
-pub fn truncate(t: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
-    bucket(t.timestamp(), seconds)
-}
-
-#[allow(
-    clippy::expect_used,
-    reason = "created_at is clamped around the receive time by the decoder (event::clamp_created_at), so a bucket start is always representable"
-)]
-fn bucket(timestamp: i64, seconds: i64) -> DateTime<Utc> {
-    let s = timestamp.div_euclid(seconds) * seconds;
-    DateTime::from_timestamp(s, 0).expect("in range")
-}
 
 /// Rollup changes: [likes, dislikes, neutral] per minute (seconds since the epoch), subject
 /// and model (`''` when absent), borrowed from the events where they can be. [`apply`]
@@ -143,19 +122,6 @@ impl<'a> RollupDeltas<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_truncate_in_utc() {
-        let t: DateTime<Utc> = "2026-02-05T10:30:59.9Z".parse().unwrap();
-        assert_eq!(truncate(t, 60).to_rfc3339(), "2026-02-05T10:30:00+00:00");
-        assert_eq!(truncate(t, 3600).to_rfc3339(), "2026-02-05T10:00:00+00:00");
-        assert_eq!(truncate(t, 86400).to_rfc3339(), "2026-02-05T00:00:00+00:00");
-        let before_epoch: DateTime<Utc> = "1969-12-31T23:59:30Z".parse().unwrap();
-        assert_eq!(
-            truncate(before_epoch, 60).to_rfc3339(),
-            "1969-12-31T23:59:00+00:00"
-        );
-    }
 
     #[test]
     fn deltas_cover_three_grains() {

@@ -373,6 +373,16 @@ impl Filter {
             until,
         })
     }
+
+    /// The rollup read of this filter's subject and range, for `models` (`None`: all).
+    pub fn rollup_range(&self, models: Option<Vec<String>>) -> crate::rollup::Range {
+        crate::rollup::Range {
+            since: self.since,
+            until: self.until,
+            subject: self.subject_id.clone(),
+            models,
+        }
+    }
 }
 
 /// `100 * part / total` rounded half away from zero to one decimal, in integers so that it

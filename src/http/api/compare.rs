@@ -20,11 +20,11 @@
 //!
 //! The unit (`unit=conversation`, the default): votes of one `conversation_id` are one unit
 //! of the variance; votes without one are each their own. This reads current votes from
-//! `feedback` (the rule of [`super::training`]'s `current_votes!`), one group per
+//! `feedback` (the rule of [`crate::votes`]'s `current_votes!`), one group per
 //! (subject, model, conversation) over the period: a scan of the period's rows through
 //! `ix_feedback_created`, linear in the votes compared. `unit=vote` reads the rollups instead
 //! (a few thousand rows whatever the volume) and treats every vote as independent. Either way
-//! `since`/`until` have the rollups' one-minute resolution (see [`super::stats`]), so the
+//! `since`/`until` have the rollups' one-minute resolution (see [`crate::rollup::read`]), so the
 //! counts are the same.
 //!
 //! `experiment=NAME` compares a configured experiment's arms (the first two unless
@@ -33,12 +33,11 @@
 //! `plan` gives the votes per arm at which a difference of `min_detectable_effect` (default
 //! 0.02, two points) would be found with the configured power (`LIKERATE_AB_POWER`).
 
-use super::stats::{query_rollups, rollup_scan};
-use super::training::current_votes;
 use super::{db_error, Filter, ParamError, Params};
-use crate::aggregate::Counts;
 use crate::http::{ApiError, AppState};
+use crate::rollup::Counts;
 use crate::stats::{estimate, sequential, two_sided_p, votes_needed, wilson, Cell, Side, Z95};
+use crate::votes::current_votes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -54,14 +53,6 @@ pub const MIN_VOTES: i64 = 100;
 pub const ALPHA: f64 = 0.05;
 /// The smallest difference worth planning for when the request does not say: two points.
 const DEFAULT_EFFECT: f64 = 0.02;
-
-const BY_SUBJECT_AND_MODEL: &str = concat!(
-    "SELECT r.subject_id::text, r.model::text, NULL::text, sum(r.likes)::int8,
-            sum(r.dislikes)::int8, sum(r.neutral)::int8",
-    rollup_scan!(),
-    "
-GROUP BY 1, 2"
-);
 
 /// `$1` ratings, `$2` subject, `$3` NULL, `$4`/`$5` range, `$6` the two models.
 const BY_CONVERSATION: &str = concat!(
@@ -224,8 +215,8 @@ fn totals(groups: &[&Group]) -> (Counts, Counts) {
     groups.iter().fold(
         (Counts::default(), Counts::default()),
         |(a, b), g| match g.side {
-            Side::A => (add(a, g.counts), b),
-            Side::B => (a, add(b, g.counts)),
+            Side::A => (a + g.counts, b),
+            Side::B => (a, b + g.counts),
         },
     )
 }
@@ -289,8 +280,8 @@ fn stratified(groups: &[(usize, &Group)], clustered: bool) -> Stratified {
     for (s, g) in groups {
         let cell = &mut per[*s];
         match g.side {
-            Side::A => cell.0 = add(cell.0, g.counts),
-            Side::B => cell.1 = add(cell.1, g.counts),
+            Side::A => cell.0 += g.counts,
+            Side::B => cell.1 += g.counts,
         }
     }
     let compared: Vec<bool> = per
@@ -364,7 +355,7 @@ pub struct Plan {
 
 fn plan(pooled: &[&Group], clustered: bool, effect: f64, power: f64) -> Plan {
     let (a, b) = totals(pooled);
-    let both = add(a, b);
+    let both = a + b;
     let cells: Vec<Cell> = pooled.iter().map(|g| g.cell(0)).collect();
     let design_effect = match (estimate(&cells, clustered), estimate(&cells, false)) {
         (Some(u), Some(v)) if v.variance > 0.0 => Some((u.variance / v.variance).max(1.0)),
@@ -561,27 +552,41 @@ pub async fn compare(
         }
     };
     let models = vec![model_a.clone(), model_b.clone()];
-    let rows = match unit {
-        Unit::Vote => query_rollups(&state, BY_SUBJECT_AND_MODEL, &filter, Some(models)).await,
-        Unit::Conversation => by_conversation(&state, &filter, models).await,
-    }
-    .map_err(db_error)?;
-    let groups: Vec<Group> = rows
-        .iter()
-        .map(|r| {
-            let model: String = r.get(1);
-            Group {
+    let side = |model: &str| if model == model_a { Side::A } else { Side::B };
+    let groups: Vec<Group> = match unit {
+        Unit::Vote => {
+            let range = filter.rollup_range(Some(models));
+            async {
+                let client = state.pool.get().await?;
+                Ok::<_, crate::db::DbError>(crate::rollup::read::cells(&client, &range).await?)
+            }
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(|((subject, model), counts)| Group {
+                side: side(&model),
+                subject,
+                unit: None,
+                counts,
+            })
+            .collect()
+        }
+        Unit::Conversation => by_conversation(&state, &filter, models)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(|r| Group {
                 subject: r.get(0),
-                side: if model == model_a { Side::A } else { Side::B },
+                side: side(r.get(1)),
                 unit: r.get(2),
                 counts: Counts {
                     likes: r.get(3),
                     dislikes: r.get(4),
                     neutral: r.get(5),
                 },
-            }
-        })
-        .collect();
+            })
+            .collect(),
+    };
     let groups = a_a(&model_a, &model_b, groups);
     let (pooled, by_subject, stratified, unit, plan) = analyse(
         &model_a,
@@ -639,14 +644,6 @@ async fn by_conversation(
             ],
         )
         .await?)
-}
-
-fn add(a: Counts, b: Counts) -> Counts {
-    Counts {
-        likes: a.likes + b.likes,
-        dislikes: a.dislikes + b.dislikes,
-        neutral: a.neutral + b.neutral,
-    }
 }
 
 #[cfg(test)]

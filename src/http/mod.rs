@@ -1,4 +1,4 @@
-//! HTTP: `/metrics`, `/healthz`, `/readyz` and the feedback API of [`crate::api`]
+//! HTTP: `/metrics`, `/healthz`, `/readyz` and the feedback API of [`crate::http::api`]
 //! (docs/contract.md section 6) on one axum server.
 //!
 //! Guarantees: errors are JSON `{"error", "detail"}` with a 4xx/5xx status; readiness is true
@@ -13,8 +13,10 @@
 //! - requests: at most `max_requests` API requests are handled at once; more are answered 503
 //!   at once (load shedding) rather than queued. `/healthz`, `/readyz` and `/metrics` stay
 //!   outside that bound, so probes and scrapes answer while the API is saturated;
-//! - bodies: per route ([`crate::api`]): `POST /api/feedback` up to its limit, other routes
+//! - bodies: per route ([`crate::http::api`]): `POST /api/feedback` up to its limit, other routes
 //!   read none.
+
+pub mod api;
 
 use crate::config::{CorsOrigins, HttpLimits};
 use crate::telemetry::Metrics;
@@ -44,7 +46,7 @@ pub struct AppState {
     /// Set once the consumer received its first assignment (possibly empty).
     pub joined: Arc<AtomicBool>,
     /// The feedback API's export token and producer.
-    pub api: crate::api::ApiState,
+    pub api: crate::http::api::ApiState,
 }
 
 /// An error answer: `{"error": "...", "detail": "..."}`.
@@ -79,7 +81,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The server's routes: the API behind load shedding, a body read timeout and CORS.
 pub fn router_with(state: AppState, cors: &CorsOrigins, limits: &HttpLimits) -> Router {
-    let api = crate::api::router().layer(
+    let api = crate::http::api::router().layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(overloaded))
             .load_shed()

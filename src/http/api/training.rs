@@ -80,24 +80,7 @@ impl Format {
     }
 }
 
-/// The rows whose vote currently counts, of the given ratings (`$1`), matching the filters
-/// (`$2` subject, `$3` model, `$4`/`$5` created_at range). A row with a `vote_id` counts when
-/// it is the event `feedback_vote` holds for that id, or, for a vote id without a
-/// `feedback_vote` row (no re-votes), when it holds the vote's slot.
-macro_rules! current_votes {
-    () => {
-        "
-FROM feedback f
-LEFT JOIN feedback_vote v ON v.vote_id = f.vote_id
-WHERE (f.vote_id IS NULL OR v.event_id = f.event_id OR (v.vote_id IS NULL AND f.vote_slot))
-  AND f.rating = ANY($1::int2[])
-  AND ($2::text IS NULL OR f.subject_id = $2)
-  AND ($3::text IS NULL OR f.model = $3)
-  AND ($4::timestamptz IS NULL OR f.created_at >= $4)
-  AND ($5::timestamptz IS NULL OR f.created_at < $5)"
-    };
-}
-pub(crate) use current_votes;
+use crate::votes::current_votes;
 
 const SKIPPED: &str = concat!(
     "SELECT count(*)",
