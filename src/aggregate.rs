@@ -65,8 +65,19 @@ pub struct Snapshot {
     pub windows: BTreeMap<&'static str, Cells>,
 }
 
-/// The latest snapshot, `None` until the first refresh succeeded.
-pub type Snapshots = watch::Receiver<Option<Arc<Snapshot>>>;
+/// What the aggregate task last managed to read, published on a `watch` channel.
+#[derive(Clone)]
+pub enum Reading {
+    /// No refresh has finished yet.
+    Starting,
+    /// The latest snapshot.
+    Counted(Arc<Snapshot>),
+    /// The latest refresh failed (the database is unreachable or too slow) at this time; the
+    /// numbers cannot be trusted until a refresh succeeds again.
+    Failed(DateTime<Utc>),
+}
+
+pub type Snapshots = watch::Receiver<Reading>;
 
 pub async fn snapshot(pool: &Pool) -> Result<Snapshot, crate::db::DbError> {
     let at = Utc::now();
@@ -136,7 +147,7 @@ pub fn export(metrics: &Metrics, snap: &Snapshot) {
 pub async fn run(
     pool: Pool,
     metrics: Metrics,
-    publish: watch::Sender<Option<Arc<Snapshot>>>,
+    publish: watch::Sender<Reading>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(REFRESH);
@@ -149,10 +160,11 @@ pub async fn run(
         match snapshot(&pool).await {
             Ok(snap) => {
                 export(&metrics, &snap);
-                publish.send_replace(Some(Arc::new(snap)));
+                publish.send_replace(Reading::Counted(Arc::new(snap)));
             }
             Err(e) => {
                 metrics.aggregate_refresh_failure();
+                publish.send_replace(Reading::Failed(Utc::now()));
                 tracing::warn!(error = %e, "window refresh failed");
             }
         }

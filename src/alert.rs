@@ -20,7 +20,7 @@
 //! latest set is kept, so Alertmanager being down or slow costs bounded memory; failures are
 //! retried with backoff and counted in `likerate_alert_pushes_total{result="error"}`.
 
-use crate::aggregate::{capped, Snapshot, Snapshots, WINDOWS};
+use crate::aggregate::{capped, Reading, Snapshot, Snapshots, WINDOWS};
 use crate::config::AlertConfig;
 use crate::rollup::{read, Cells, Counts};
 use crate::stats::wilson;
@@ -33,7 +33,7 @@ use std::time::Duration;
 /// How often the rule is evaluated.
 pub const EVALUATION: Duration = Duration::from_secs(15);
 /// z of the 99.9% two-sided Wilson interval: a stream whose true rate is a few points above the
-/// threshold must not page over a day of overlapping windows (see tests/alert_sim.rs).
+/// threshold must not page over a day of overlapping windows (see tests/suite/alert_sim.rs).
 const Z: f64 = 3.29;
 /// Consecutive low evaluations before firing (a one-minute `for`): a chance dip of a noisy
 /// window rarely lasts that long, a real drop always does.
@@ -103,8 +103,37 @@ pub struct Alerter {
     rule: Rule,
     metrics: Metrics,
     tracked: BTreeMap<Target, Tracked>,
-    last: Option<std::time::Instant>,
+    /// `FeedbackPipelineStalled`: the cause and since when while likerate cannot count, or
+    /// when it resolved (re-sent as resolved for a while).
+    stall: Option<Stalled>,
     push: Option<tokio::sync::watch::Sender<Vec<serde_json::Value>>>,
+}
+
+/// Why likerate cannot count: the `cause` label of `FeedbackPipelineStalled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The rollups cannot be read: the database is unreachable or too slow.
+    Database,
+    /// The consumer has lag and acknowledged no batch for `LIKERATE_STALL_AFTER`.
+    Consumer,
+    /// The evaluation itself failed.
+    Evaluation,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Database => "database_unavailable",
+            Cause::Consumer => "consumer_stalled",
+            Cause::Evaluation => "evaluation_failing",
+        }
+    }
+}
+
+struct Stalled {
+    cause: Cause,
+    starts_at: DateTime<Utc>,
+    resolved_at: Option<DateTime<Utc>>,
 }
 
 impl Alerter {
@@ -122,20 +151,14 @@ impl Alerter {
             config,
             metrics,
             tracked: BTreeMap::new(),
-            last: None,
+            stall: None,
             push,
         }
     }
 
-    /// Evaluates when [`EVALUATION`] has passed since the last time.
-    pub async fn evaluate(&mut self, pool: &Pool, snap: &Snapshot) {
-        if self
-            .last
-            .is_some_and(|t| t.elapsed() < EVALUATION - Duration::from_millis(500))
-        {
-            return;
-        }
-        self.last = Some(std::time::Instant::now());
+    /// Evaluates the rule on a snapshot. Fails (changing nothing) when a window cannot be
+    /// read; the caller then holds the alerts ([`Alerter::hold`]).
+    pub async fn evaluate(&mut self, pool: &Pool, snap: &Snapshot) -> Result<(), String> {
         // The configuration bounds the window to 24h, which always fits.
         let window =
             chrono::Duration::from_std(self.config.window).unwrap_or(chrono::Duration::MAX);
@@ -144,10 +167,7 @@ impl Alerter {
             cells_for(pool, snap, window / 3).await,
         ) {
             (Ok(long), Ok(short)) => (long, short),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "alert evaluation skipped");
-                return;
-            }
+            (Err(e), _) | (_, Err(e)) => return Err(e.to_string()),
         };
         let mut targets: Vec<(Target, Counts, Counts)> = Vec::new();
         let subjects = self.metrics.subjects();
@@ -244,8 +264,54 @@ impl Alerter {
                 || t.state.pending > 0
                 || t.resolved_at.is_some_and(|r| now - r < RESOLVED_RESEND)
         });
+        if let Some(stall) = self.stall.as_mut().filter(|s| s.resolved_at.is_none()) {
+            stall.resolved_at = Some(now);
+            tracing::info!(
+                cause = stall.cause.as_str(),
+                "pipeline counting again: stall resolved"
+            );
+        }
+        self.stall
+            .take_if(|s| s.resolved_at.is_some_and(|r| now - r >= RESOLVED_RESEND));
         self.export_state();
         self.send(now);
+        Ok(())
+    }
+
+    /// While likerate cannot count: nothing is evaluated, firing alerts stay firing (re-sent,
+    /// so Alertmanager keeps them), and `FeedbackPipelineStalled` with `cause` is pushed. The
+    /// next successful evaluation resolves the stall and decides the held alerts on fresh
+    /// numbers.
+    pub fn hold(&mut self, now: DateTime<Utc>, cause: Cause) {
+        match &mut self.stall {
+            Some(s) if s.resolved_at.is_none() => {
+                if s.cause != cause {
+                    tracing::warn!(cause = cause.as_str(), "pipeline stall: cause changed");
+                    s.cause = cause;
+                }
+            }
+            _ => {
+                tracing::warn!(
+                    cause = cause.as_str(),
+                    "pipeline cannot count: alerts held, FeedbackPipelineStalled firing"
+                );
+                self.stall = Some(Stalled {
+                    cause,
+                    starts_at: now,
+                    resolved_at: None,
+                });
+            }
+        }
+        self.export_state();
+        self.send(now);
+    }
+
+    /// Whether `FeedbackPipelineStalled` is firing, and why.
+    pub fn stalled(&self) -> Option<Cause> {
+        self.stall
+            .as_ref()
+            .filter(|s| s.resolved_at.is_none())
+            .map(|s| s.cause)
     }
 
     fn annotations(
@@ -334,30 +400,80 @@ impl Alerter {
                     "generatorURL": self.config.dashboard_url,
                 })
             })
+            .chain(self.stall.as_ref().map(|s| {
+                let ends = s.resolved_at.unwrap_or(now + resend_horizon);
+                serde_json::json!({
+                    "labels": {
+                        "alertname": "FeedbackPipelineStalled",
+                        "service": "likerate",
+                        "severity": "page",
+                        "cause": s.cause.as_str(),
+                    },
+                    "annotations": {
+                        "summary": format!("likerate cannot count feedback ({})", s.cause.as_str()),
+                        "description": "The like-rate alerts are held (a firing page stays firing) until likerate counts again; see the runbook.",
+                        "runbook_url": format!("{}#feedbackpipelinestalled", self.config.runbook_url),
+                        "dashboard_url": self.config.dashboard_url,
+                    },
+                    "startsAt": s.starts_at.to_rfc3339(),
+                    "endsAt": ends.to_rfc3339(),
+                    "generatorURL": self.config.dashboard_url,
+                })
+            }))
             .collect();
         push.send_replace(alerts);
     }
 }
 
-/// The alert task: evaluates the snapshots the aggregate task publishes (at most every
-/// [`EVALUATION`]) until shutdown, or until the aggregate task is gone (then this task ends
-/// too, and the supervisor stops the process).
+/// How old the latest snapshot may be before the numbers count as lost: a few refreshes.
+const STALE: chrono::Duration =
+    chrono::Duration::seconds(3 * crate::aggregate::REFRESH.as_secs() as i64);
+
+/// The alert task: every [`EVALUATION`], evaluates the latest snapshot the aggregate task
+/// published, or holds the alerts when likerate cannot count (the snapshot failed or is stale,
+/// the consumer is stalled, the evaluation fails), until shutdown or until the aggregate task
+/// is gone (then this task ends too, and the supervisor stops the process).
 pub async fn run(
     pool: Pool,
     metrics: Metrics,
     config: AlertConfig,
-    mut snapshots: Snapshots,
+    snapshots: Snapshots,
+    progress: std::sync::Arc<crate::source::Progress>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let stall_after = config.stall_after;
     let mut alerter = Alerter::new(config, metrics);
+    let mut tick = tokio::time::interval(EVALUATION);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
         }
-        let snap = snapshots.borrow_and_update().clone();
-        if let Some(snap) = snap {
-            alerter.evaluate(&pool, &snap).await;
+        if snapshots.has_changed().is_err() {
+            return;
+        }
+        let reading = snapshots.borrow().clone();
+        let now = Utc::now();
+        let snap = match reading {
+            Reading::Starting => continue,
+            Reading::Failed(_) => {
+                alerter.hold(now, Cause::Database);
+                continue;
+            }
+            Reading::Counted(snap) if now - snap.at > STALE => {
+                alerter.hold(now, Cause::Database);
+                continue;
+            }
+            Reading::Counted(snap) => snap,
+        };
+        if progress.stalled(stall_after) {
+            alerter.hold(now, Cause::Consumer);
+            continue;
+        }
+        if let Err(e) = alerter.evaluate(&pool, &snap).await {
+            tracing::warn!(error = %e, "alert evaluation failed: alerts held");
+            alerter.hold(now, Cause::Evaluation);
         }
     }
 }

@@ -99,6 +99,7 @@ impl App {
         // batch held costs memory.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let source_stop = CancellationToken::new();
+        let progress = Arc::new(source::Progress::default());
         // Dropping this future (an embedding runtime shutting down) stops the poll thread too.
         let _source_stop = source_stop.clone().drop_guard();
         let source = source::start(
@@ -108,6 +109,7 @@ impl App {
             tx,
             self.state.joined.clone(),
             Some(Redactor::new(self.run.redact, Some(self.metrics.clone()))),
+            progress.clone(),
             source_stop.clone(),
         )?;
         let dead_letters = DeadLetters::new(&self.kafka, self.metrics.clone())?;
@@ -127,7 +129,7 @@ impl App {
         let fault = Fault::from_env();
         let mut sink_task = tokio::spawn(fault.wrap("sink", sink.run(rx)));
         // The aggregate task publishes each snapshot of the windows; the alert reads them.
-        let (snapshots, snapshot_rx) = tokio::sync::watch::channel(None);
+        let (snapshots, snapshot_rx) = tokio::sync::watch::channel(aggregate::Reading::Starting);
         let mut aggregates = tokio::spawn(fault.wrap(
             "aggregates",
             aggregate::run(
@@ -144,6 +146,7 @@ impl App {
                 self.metrics.clone(),
                 self.run.alert.clone(),
                 snapshot_rx,
+                progress,
                 shutdown.clone(),
             ),
         ));

@@ -279,6 +279,10 @@ pub struct RunArgs {
     /// Also evaluate the alert per model version [default: true]
     #[arg(long, env = "LIKERATE_ALERT_PER_MODEL")]
     pub alert_per_model: Option<bool>,
+    /// The consumer counts as stalled when it has lag but acknowledged no batch for this long:
+    /// a firing page is then held and FeedbackPipelineStalled pushed [default: 2m]
+    #[arg(long, env = "LIKERATE_STALL_AFTER")]
+    pub stall_after: Option<String>,
     /// Runbook linked from the alert
     #[arg(long, env = "LIKERATE_RUNBOOK_URL")]
     pub runbook_url: Option<String>,
@@ -509,6 +513,8 @@ pub struct AlertConfig {
     pub window: Duration,
     pub min_samples: u64,
     pub per_model: bool,
+    /// `LIKERATE_STALL_AFTER`: lag without an acknowledged batch for this long is a stall.
+    pub stall_after: Duration,
     pub runbook_url: String,
     pub dashboard_url: String,
 }
@@ -530,6 +536,13 @@ impl RunArgs {
             ));
         }
         let window = duration("LIKERATE_ALERT_WINDOW", s.alert_window, "15m")?;
+        let stall_after = duration("LIKERATE_STALL_AFTER", s.stall_after, "2m")?;
+        if stall_after < Duration::from_secs(10) || stall_after > Duration::from_secs(24 * 3600) {
+            return Err(invalid(
+                "LIKERATE_STALL_AFTER",
+                "must be between 10s and 24h",
+            ));
+        }
         if window < Duration::from_secs(60) || window > Duration::from_secs(24 * 3600) {
             return Err(invalid(
                 "LIKERATE_ALERT_WINDOW",
@@ -611,6 +624,7 @@ impl RunArgs {
                 window,
                 min_samples: s.alert_min_samples.unwrap_or(50),
                 per_model: s.alert_per_model.unwrap_or(true),
+                stall_after,
                 runbook_url: s.runbook_url.unwrap_or_else(|| {
                     "https://github.com/likerate/likerate/blob/main/deploy/RUNBOOK.md".to_owned()
                 }),

@@ -37,7 +37,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -102,6 +102,43 @@ struct Assignment {
 pub struct Acker {
     consumer: Arc<BaseConsumer<SourceContext>>,
     topic: String,
+}
+
+/// How far the consumer is: the lag it last saw on its partitions and when it last
+/// acknowledged a batch. Written by the source, read by the alert ([`Progress::stalled`]) to
+/// tell a stream that went quiet from a pipeline that stopped counting.
+#[derive(Debug)]
+pub struct Progress {
+    started: Instant,
+    /// Sum of the assigned partitions' last known lag.
+    lag: AtomicI64,
+    /// Milliseconds after `started` of the last acknowledged batch; -1 before the first.
+    last_ack_ms: AtomicI64,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            started: Instant::now(),
+            lag: AtomicI64::new(0),
+            last_ack_ms: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl Progress {
+    fn acked(&self) {
+        let ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.last_ack_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether records wait (lag > 0) while no batch was acknowledged for `after` (counted
+    /// from the start when none was yet).
+    pub fn stalled(&self, after: Duration) -> bool {
+        let last = self.last_ack_ms.load(Ordering::Relaxed).max(0);
+        let last = Duration::from_millis(u64::try_from(last).unwrap_or(0));
+        self.lag.load(Ordering::Relaxed) > 0 && self.started.elapsed().saturating_sub(last) > after
+    }
 }
 
 /// What acknowledging a batch does, taken from the batch once it is durable so that its
@@ -185,6 +222,7 @@ impl Acker {
                 tracing::warn!(error = %e, "could not store offsets");
             }
         }
+        self.consumer.context().progress.acked();
         if let Some(done) = ack.flushed {
             let _ = done.send(());
         }
@@ -197,6 +235,7 @@ pub struct SourceContext {
     metrics: Metrics,
     /// `LIKERATE_REDACT`, applied to every decoded event (`None`: off).
     redactor: Option<Arc<Redactor>>,
+    progress: Arc<Progress>,
     assignment: Mutex<Assignment>,
     /// Set at the first assignment (readiness).
     joined: Arc<AtomicBool>,
@@ -229,6 +268,9 @@ impl ClientContext for SourceContext {
             }
         }
         self.metrics.consumer_lag(&lags);
+        self.progress
+            .lag
+            .store(lags.values().sum(), Ordering::Relaxed);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
@@ -460,6 +502,7 @@ pub struct Source {
 
 /// Subscribes and starts the poll thread. Batches go to `tx`; the thread drains, commits and
 /// leaves the group when `shutdown` is cancelled.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     config: &KafkaConfig,
     limits: BatchLimits,
@@ -467,12 +510,14 @@ pub fn start(
     tx: mpsc::Sender<Batch>,
     joined: Arc<AtomicBool>,
     redactor: Option<Redactor>,
+    progress: Arc<Progress>,
     shutdown: CancellationToken,
 ) -> Result<Source, rdkafka::error::KafkaError> {
     let context = SourceContext {
         topic: config.topic.clone(),
         metrics: metrics.clone(),
         redactor: redactor.filter(Redactor::is_enabled).map(Arc::new),
+        progress,
         joined,
         last_error_log: Mutex::new(None),
         lags: Mutex::new(BTreeMap::new()),

@@ -164,14 +164,7 @@ async fn database_sessions_killed_and_server_restarted_lose_nothing() {
     let before = env.count().await;
     env.wait_for_at_least(before + 500, Duration::from_secs(60))
         .await;
-    let restart = Command::new("bash")
-        .args([
-            "-c",
-            "pg_ctlcluster $(pg_lsclusters -h | awk 'NR==1{print $1, $2}') restart",
-        ])
-        .status()
-        .expect("pg_ctlcluster");
-    assert!(restart.success(), "PostgreSQL restart failed");
+    postgres("restart");
     sender.await.unwrap();
     env.wait_for_rows(ids.len() as i64, Duration::from_secs(120))
         .await;
@@ -505,4 +498,118 @@ async fn a_task_that_dies_stops_the_process_with_an_error() {
             "{task}: readiness still answers"
         );
     }
+}
+
+/// `pg_ctlcluster <action>` on the first Debian cluster (the one the tests use).
+fn postgres(action: &str) {
+    let status = Command::new("bash")
+        .args([
+            "-c",
+            &format!("pg_ctlcluster $(pg_lsclusters -h | awk 'NR==1{{print $1, $2}}') {action}"),
+        ])
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(status.success(), "PostgreSQL {action} failed");
+}
+
+/// Failure is never silence (issue 16 item 2): a page that fires before the database goes away
+/// stays in a real Alertmanager for the whole outage (its windows cannot be read, so it is held,
+/// not resolved), and `FeedbackPipelineStalled{cause="database_unavailable"}` arrives; once the
+/// database is back the stall resolves. The outage lasts `LIKERATE_TEST_OUTAGE_SECS` (default
+/// 90 s: longer than the `endsAt` horizon of a push, so a page that was not re-sent would
+/// have vanished; the contract's 5 minutes is `LIKERATE_TEST_OUTAGE_SECS=300`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_holds_the_page_and_pages_the_stall() {
+    use common::observe::{
+        alertmanager, alerts_named, brief, eventually, label, wait_ready, TempDir,
+    };
+    let outage = Duration::from_secs(
+        std::env::var("LIKERATE_TEST_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(90),
+    );
+    let env = Env::with_guard(true).await;
+    let dir = TempDir::new("outage");
+    let (mut am, am_url) = alertmanager(&dir);
+    wait_ready(&mut am, &am_url).await;
+    let mut p = env.spawn(
+        None,
+        &[
+            ("LIKERATE_ALERTMANAGER_URL", am_url.as_str()),
+            ("LIKERATE_ALERT_MIN_SAMPLES", "50"),
+        ],
+    );
+    let (low, _, _) = traffic(
+        400,
+        2,
+        &[
+            "--subjects",
+            "Math",
+            "--like-ratio",
+            "0.6",
+            "--spread",
+            "5m",
+        ],
+    );
+    env.send(&low).await;
+    let math_page = |alerts: &[serde_json::Value]| {
+        alerts
+            .iter()
+            .any(|a| label(a, "subject") == "Math" && label(a, "source").is_empty())
+    };
+    eventually(
+        "the Math page in Alertmanager",
+        Duration::from_secs(150),
+        Duration::from_secs(2),
+        async || {
+            let alerts = alerts_named(&am_url, "FeedbackLikeRateLow").await?;
+            math_page(&alerts).then_some(()).ok_or(brief(&alerts))
+        },
+    )
+    .await;
+
+    postgres("stop");
+    let stopped = Instant::now();
+    let mut stall_seen = None;
+    while stopped.elapsed() < outage {
+        let pages = alerts_named(&am_url, "FeedbackLikeRateLow").await.unwrap();
+        if !math_page(&pages) {
+            postgres("start");
+            panic!(
+                "the Math page left Alertmanager {:?} into the outage: {}",
+                stopped.elapsed(),
+                brief(&pages)
+            );
+        }
+        let stalls = alerts_named(&am_url, "FeedbackPipelineStalled")
+            .await
+            .unwrap();
+        if stall_seen.is_none()
+            && stalls.iter().any(|a| {
+                label(a, "cause") == "database_unavailable" && label(a, "severity") == "page"
+            })
+        {
+            stall_seen = Some(stopped.elapsed());
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    postgres("start");
+    p.assert_alive();
+    let Some(after) = stall_seen else {
+        panic!("FeedbackPipelineStalled never reached Alertmanager during a {outage:?} outage")
+    };
+    println!("FeedbackPipelineStalled in Alertmanager {after:?} after the database stopped");
+    eventually(
+        "the stall to resolve once the database is back",
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        async || {
+            let stalls = alerts_named(&am_url, "FeedbackPipelineStalled").await?;
+            stalls.is_empty().then_some(()).ok_or(brief(&stalls))
+        },
+    )
+    .await;
+    env.wait_for_rows(400, Duration::from_secs(60)).await;
+    env.assert_rollups_exact().await;
 }

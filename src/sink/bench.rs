@@ -1,6 +1,6 @@
 //! The sink's write path without the Kafka side (`bench` feature, so not in the production
 //! build): for benchmarks and for tests that need batches of their own making
-//! (`tests/votes.rs`).
+//! (`tests/suite/votes.rs`).
 
 use super::sql::Conn;
 use super::transaction::{write, Aggregates, Row};

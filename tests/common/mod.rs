@@ -1,12 +1,15 @@
 //! The harness every integration test binary shares: a fresh PostgreSQL database, topics of
 //! the test's own on a real Apache Kafka broker (`kafka.rs`), synthetic traffic, and
-//! `likerate run` as a child process with HTTP on port 0. Each binary uses part of it.
+//! `likerate run` with HTTP on port 0: in this process ([`TestApp`], for everything that does
+//! not need a process to die) or as a child process ([`Likerate`], for kill -9, signals and
+//! what it logs). Each binary uses part of it.
 #![allow(dead_code)]
 
 mod kafka;
+pub mod observe;
 // Each test binary uses part of the harness.
 #[allow(unused_imports)]
-pub use kafka::{shared_brokers, Cluster};
+pub use kafka::{free_port, shared_brokers, Cluster};
 
 use chrono::{DateTime, Utc};
 use likerate::config::KafkaConfig;
@@ -447,6 +450,60 @@ pub fn likerate_command(args: &[&str], kafka: &KafkaConfig, db_url: &str) -> Com
         cmd.env(name, value);
     }
     cmd
+}
+
+/// `likerate run` in the test process: `App::build` binds port 0 and says which port it got,
+/// then the app runs on the test's runtime until the `TestApp` is dropped (which stops it:
+/// dropping the running app cancels its source, and the test runtime ends the rest).
+pub struct TestApp {
+    pub http: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl TestApp {
+    /// Starts the app for this Kafka config and database with `run`'s settings (HTTP on port 0
+    /// and short drain and database timeouts unless `run` says otherwise) over the TOML file
+    /// `file`, if any.
+    pub async fn spawn(
+        kafka: &KafkaConfig,
+        db_url: &str,
+        run: likerate::config::RunArgs,
+        file: Option<&std::path::Path>,
+    ) -> TestApp {
+        let file = likerate::config::ConfigFile::load(file).expect("config file");
+        let run = likerate::config::RunArgs {
+            http_addr: run.http_addr.or(Some("127.0.0.1:0".into())),
+            drain_timeout: run.drain_timeout.or(Some("5s".into())),
+            ..run
+        }
+        .resolve(&file)
+        .expect("run settings");
+        let db = likerate::config::DatabaseConfig {
+            url: db_url.to_owned(),
+            timeout: Duration::from_secs(5),
+        };
+        let app = likerate::app::App::build(kafka.clone(), db, run)
+            .await
+            .expect("likerate app");
+        let http = app.http_addr();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestApp { http, shutdown }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 /// `likerate run` as a child process; killed when dropped, so a failing test leaves nothing.

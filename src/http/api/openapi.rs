@@ -4,7 +4,7 @@
 //! Guarantee: the document and the router cannot drift apart unnoticed. [`route_table`] is
 //! recorded while the router is built, and the tests check that the document's `/api` operations
 //! are exactly those routes (here) and that every documented operation is answered by the
-//! running server (`tests/api.rs`).
+//! running server (`tests/suite/api.rs`).
 
 use axum::http::{header, Method};
 use axum::response::IntoResponse;

@@ -6,7 +6,7 @@
 //! `LIKERATE_TEST_BROKERS`, or one node it starts), the `likerate` binary, Prometheus'
 //! `promtool` to judge the exposition, and `python3` to hold idle connections.
 
-mod common;
+use crate::common;
 
 use common::{likerate_command, Database, Likerate as Server};
 use likerate::config::KafkaConfig;

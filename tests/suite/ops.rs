@@ -2,7 +2,7 @@
 //! binary (the harness of tests/pipeline.rs, trimmed): dead-letter replay, erasure on request,
 //! retention and redaction.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration as CDuration, Utc};
 use common::{dead_letters, likerate_command, send, Broker, Database, Likerate};

@@ -1,15 +1,17 @@
-//! The feedback API against real services: PostgreSQL, Apache Kafka (`common::kafka`) and the
-//! `likerate` binary itself (`likerate run`, fresh database and topic per test, HTTP on port 0).
+//! The feedback API against real services: PostgreSQL, Apache Kafka (`common::kafka`) and
+//! likerate itself, in process (`common::TestApp`: fresh database and topic per test, HTTP on
+//! port 0).
 //!
 //! Data always takes the real path: `POST /api/feedback` -> topic -> consumer -> sink ->
 //! `feedback` rows and rollups. Every figure the API returns is compared with an independent
 //! computation over the `feedback` table, where the current vote of a `vote_id` is the row with
 //! the latest `(created_at, event_id)`.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use common::{Broker, Database, Likerate};
+use common::{Broker, Database, TestApp};
+use likerate::config::RunArgs;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
@@ -48,16 +50,15 @@ impl Env {
     }
 
     /// `likerate run`, with the export token or without one.
-    fn spawn(&self, token: Option<&str>) -> Proc {
-        let likerate = Likerate::spawn(
-            "",
-            &self.broker.kafka,
-            &self.db.url(),
-            &[("LIKERATE_EXPORT_TOKEN", token)],
-        );
+    async fn spawn(&self, token: Option<&str>) -> Proc {
+        let run = RunArgs {
+            export_token: token.map(str::to_owned),
+            ..RunArgs::default()
+        };
+        let app = TestApp::spawn(&self.broker.kafka, &self.db.url(), run, None).await;
         Proc {
-            base: likerate.base_url(),
-            _likerate: likerate,
+            base: app.base_url(),
+            _app: app,
             http: reqwest::Client::new(),
         }
     }
@@ -79,7 +80,7 @@ impl Env {
 
 /// A running `likerate run` and an HTTP client for it.
 struct Proc {
-    _likerate: Likerate,
+    _app: TestApp,
     base: String,
     http: reqwest::Client,
 }
@@ -226,7 +227,7 @@ async fn expected_stats(
 #[tokio::test(flavor = "multi_thread")]
 async fn stats_daily_export_and_training_data_match_the_table() {
     let env = Env::new().await;
-    let p = env.spawn(Some(TOKEN));
+    let p = env.spawn(Some(TOKEN)).await;
     let now = Utc::now();
     let events = traffic(now);
     let ids = p.post_events(&events).await;
@@ -589,7 +590,7 @@ async fn stats_daily_export_and_training_data_match_the_table() {
 #[tokio::test(flavor = "multi_thread")]
 async fn compare_finds_the_known_answer_and_flags_simpsons_paradox() {
     let env = Env::new().await;
-    let p = env.spawn(None);
+    let p = env.spawn(None).await;
     let now = Utc::now();
     let mut events = Vec::new();
     let mut add = |model: &str, subject: &str, likes: usize, votes: usize| {
@@ -732,7 +733,7 @@ async fn compare_finds_the_known_answer_and_flags_simpsons_paradox() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_parameters_bodies_and_the_openapi_document() {
     let env = Env::new().await;
-    let p = env.spawn(Some(TOKEN));
+    let p = env.spawn(Some(TOKEN)).await;
 
     // Tokens: 401 without or with a wrong one, 200 with it; 403 when none is configured.
     for path in [
@@ -757,7 +758,7 @@ async fn tokens_parameters_bodies_and_the_openapi_document() {
         assert_eq!(p.get(path, Some(TOKEN)).await.status(), 200);
     }
     {
-        let open = env.spawn(None);
+        let open = env.spawn(None).await;
         for path in [
             "/api/feedback/export",
             "/api/feedback/training-data?format=openai",
@@ -883,7 +884,7 @@ async fn tokens_parameters_bodies_and_the_openapi_document() {
         }
     }
     documented.sort();
-    let mut served: Vec<(String, String)> = likerate::api::openapi::route_table()
+    let mut served: Vec<(String, String)> = likerate::http::api::openapi::route_table()
         .into_iter()
         .map(|(p, m)| (p.to_owned(), m.to_string()))
         .collect();
@@ -931,19 +932,15 @@ arms = [
 "#,
     )
     .unwrap();
-    let path = config.to_str().unwrap().to_owned();
+    let db_url = env.db_url();
     let spawn = || {
-        Likerate::spawn(
-            "",
-            &env.broker.kafka,
-            &env.db_url(),
-            &[
-                ("LIKERATE_CONFIG", Some(path.as_str())),
-                ("LIKERATE_EXPORT_TOKEN", Some(TOKEN)),
-            ],
-        )
+        let run = RunArgs {
+            export_token: Some(TOKEN.to_owned()),
+            ..RunArgs::default()
+        };
+        TestApp::spawn(&env.broker.kafka, &db_url, run, Some(config.as_path()))
     };
-    let (a, b) = (spawn(), spawn());
+    let (a, b) = (spawn().await, spawn().await);
     for (unit, arm) in [
         ("user-1", "m-a"),
         ("user-12", "m-a"),
@@ -986,7 +983,7 @@ arms = [
     }
     let proc_a = Proc {
         base: a.base_url(),
-        _likerate: a,
+        _app: a,
         http: reqwest::Client::new(),
     };
     proc_a.post_events(&events).await;

@@ -3,7 +3,7 @@
 //! newest by `(created_at, event_id)` counts, whether its other events are in the same batch,
 //! in an earlier one, or arrive again in a replay.
 
-mod common;
+use crate::common;
 
 use common::Database;
 use likerate::config::DatabaseConfig;

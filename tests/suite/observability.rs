@@ -15,131 +15,24 @@
 //! Every child process is killed and every temporary directory removed on drop, also when an
 //! assertion fails. Run with `--nocapture` to see the measured detection and resolution times.
 
-mod common;
+use crate::common;
 
-use chrono::{DateTime, Utc};
+use common::observe::{
+    alertmanager, alerts_named, brief, daemon, eventually, get_ok, http, label, repo, wait_ready,
+    Daemon, TempDir, PROMETHEUS,
+};
 use common::{send, Broker, Database, Likerate, Records};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
-use uuid::Uuid;
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
-const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
 const ALERT: &str = "FeedbackLikeRateLow";
 /// The `for:` of every rule in the temporary copy of the rules file.
 const RULE_FOR: &str = "10s";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("likerate-obs-{what}-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed on drop; its log (a file in its directory, if any) is printed
-/// when the test is failing.
-struct Daemon {
-    name: &'static str,
-    child: Child,
-    log: Option<PathBuf>,
-}
-
-impl Daemon {
-    fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited: {status}", self.name);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            if let Some(log) = &self.log {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(40)..];
-                eprintln!("---- last lines of {} ----", self.name);
-                for l in tail {
-                    eprintln!("[{}] {l}", self.name);
-                }
-            }
-        }
-    }
-}
-
-/// A free TCP port on 127.0.0.1 (closed again: the child binds it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `f` until it returns `Ok`, every `every`, panicking with its last error after
-/// `within`.
-async fn eventually<T>(
-    what: &str,
-    within: Duration,
-    every: Duration,
-    mut f: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: not within {within:?}; last: {e}")
-            }
-            Err(_) => tokio::time::sleep(every).await,
-        }
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-async fn get_ok(url: &str) -> Result<String, String> {
-    let r = http().get(url).send().await.map_err(|e| e.to_string())?;
-    let status = r.status();
-    let body = r.text().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!("{url}: {status}: {body}"))
-    }
-}
 
 /// Synthetic records from `likerate produce`'s generator, with its command-line flags.
 fn records(n: u64, seed: u64, flags: &[&str]) -> Records {
@@ -159,40 +52,6 @@ fn spawn_likerate(tag: &str, broker: &Broker, db: &Database, alertmanager_url: &
             ("LIKERATE_ALERT_WINDOW", None),
         ],
     )
-}
-
-/// A Prometheus-family daemon (`binary`) serving on a free port, with `args` plus its listen
-/// address, its log in `dir`; its base URL.
-fn daemon(dir: &TempDir, name: &'static str, binary: &str, args: &[String]) -> (Daemon, String) {
-    let port = free_port();
-    let log = dir.path().join(format!("{name}.log"));
-    let child = Command::new(binary)
-        .args(args)
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{binary}: {e} (run deploy/local/observability.sh)"));
-    (
-        Daemon {
-            name,
-            child,
-            log: Some(log),
-        },
-        format!("http://127.0.0.1:{port}"),
-    )
-}
-
-/// Alertmanager with a copy of `deploy/alertmanager/alertmanager.yml`.
-fn alertmanager(dir: &TempDir) -> (Daemon, String) {
-    let config = dir.path().join("alertmanager.yml");
-    std::fs::copy(repo().join("deploy/alertmanager/alertmanager.yml"), &config).unwrap();
-    let args = [
-        format!("--config.file={}", config.display()),
-        format!("--storage.path={}", dir.path().join("data").display()),
-        "--cluster.listen-address=".to_owned(),
-    ];
-    daemon(dir, "alertmanager", ALERTMANAGER, &args)
 }
 
 /// Writes the Prometheus config and the rules copy (only `for:` shortened) into `dir`.
@@ -248,19 +107,6 @@ fn prometheus(dir: &TempDir, config: &Path) -> (Daemon, String) {
     daemon(dir, "prometheus", PROMETHEUS, &args)
 }
 
-async fn wait_ready(daemon: &mut Daemon, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get_ok(&format!("{base}/-/ready")).await.is_err() {
-        daemon.assert_alive();
-        assert!(
-            Instant::now() < deadline,
-            "{} not ready at {base}",
-            daemon.name
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// An instant PromQL query: the result vector.
 async fn prom_query(prometheus: &str, query: &str) -> Result<Vec<Value>, String> {
     let r = http()
@@ -279,39 +125,13 @@ async fn prom_query(prometheus: &str, query: &str) -> Result<Vec<Value>, String>
         .unwrap_or_default())
 }
 
-/// The `FeedbackLikeRateLow` alerts Alertmanager holds (active, suppressed or unprocessed;
-/// resolved alerts are not listed).
+/// The `FeedbackLikeRateLow` alerts Alertmanager holds.
 async fn am_alerts(alertmanager: &str) -> Result<Vec<Value>, String> {
-    let body = get_ok(&format!("{alertmanager}/api/v2/alerts")).await?;
-    let all: Vec<Value> = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    let now = Utc::now();
-    Ok(all
-        .into_iter()
-        .filter(|a| a["labels"]["alertname"] == ALERT)
-        // Belt and braces: the API leaves resolved alerts out, whatever their state.
-        .filter(|a| {
-            a["endsAt"]
-                .as_str()
-                .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
-                .is_none_or(|e| e > now)
-        })
-        .collect())
+    alerts_named(alertmanager, ALERT).await
 }
 
 fn from_prometheus(a: &Value) -> bool {
     a["labels"]["source"] == "prometheus"
-}
-
-fn label(a: &Value, name: &str) -> String {
-    a["labels"][name].as_str().unwrap_or_default().to_owned()
-}
-
-fn brief(alerts: &[Value]) -> String {
-    alerts
-        .iter()
-        .map(|a| format!("{} {}", a["labels"], a["status"]["state"]))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// `promtool check config` / `amtool check-config` on a generated or copied file.
@@ -653,7 +473,7 @@ async fn alertmanager_down_costs_no_crash() {
     let db = Database::create("likerate_obs").await;
     let broker = Broker::new().await;
     // Nothing listens there.
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
     let mut likerate = spawn_likerate(" am-down", &broker, &db, &closed);
 
     let low = records(
