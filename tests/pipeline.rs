@@ -540,18 +540,7 @@ async fn a_database_outage_holds_the_page_and_pages_the_stall() {
             ("LIKERATE_ALERT_MIN_SAMPLES", "50"),
         ],
     );
-    let (low, _, _) = traffic(
-        400,
-        2,
-        &[
-            "--subjects",
-            "Math",
-            "--like-ratio",
-            "0.6",
-            "--spread",
-            "5m",
-        ],
-    );
+    let low = common::low_math(400, 2);
     env.send(&low).await;
     let math_page = |alerts: &[serde_json::Value]| {
         alerts

@@ -425,6 +425,23 @@ pub fn traffic(n: u64, seed: u64, flags: &[&str]) -> (Records, HashSet<Uuid>, us
     (records, ids, invalid)
 }
 
+/// `n` votes for Math at a 60% like ratio spread over the last 5 minutes: enough to page.
+pub fn low_math(n: u64, seed: u64) -> Records {
+    traffic(
+        n,
+        seed,
+        &[
+            "--subjects",
+            "Math",
+            "--like-ratio",
+            "0.6",
+            "--spread",
+            "5m",
+        ],
+    )
+    .0
+}
+
 /// A `likerate` command line with this test's Kafka and database settings (librdkafka
 /// pass-through options included).
 pub fn likerate_command(args: &[&str], kafka: &KafkaConfig, db_url: &str) -> Command {

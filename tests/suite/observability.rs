@@ -236,18 +236,7 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
     eprintln!("healthy traffic: no page, after {:?}", started.elapsed());
 
     // 2. Math drops to ~60%.
-    let low = records(
-        400,
-        2,
-        &[
-            "--subjects",
-            "Math",
-            "--like-ratio",
-            "0.6",
-            "--spread",
-            "5m",
-        ],
-    );
+    let low = common::low_math(400, 2);
     let dropped = Instant::now();
     send(&broker.kafka, &low).await;
     let (ours, theirs) = eventually(
@@ -476,18 +465,7 @@ async fn alertmanager_down_costs_no_crash() {
     let closed = format!("http://127.0.0.1:{}", common::free_port());
     let mut likerate = spawn_likerate(" am-down", &broker, &db, &closed);
 
-    let low = records(
-        300,
-        4,
-        &[
-            "--subjects",
-            "Math",
-            "--like-ratio",
-            "0.6",
-            "--spread",
-            "5m",
-        ],
-    );
+    let low = common::low_math(300, 4);
     send(&broker.kafka, &low).await;
     eventually(
         "likerate_alert_firing{subject=\"Math\"} 1",
