@@ -121,6 +121,7 @@ impl App {
             self.metrics.clone(),
             self.db_timeout,
             self.run.sink_connections,
+            self.run.retention.rows,
         );
         // Supervision: every long-running task is watched below; the first to end (or panic)
         // before a shutdown stops the process with an error naming it, after the same bounded

@@ -252,6 +252,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "vote_slot",
         include_str!("../schemas/migrations/0004_vote_slot.sql"),
     ),
+    (
+        5,
+        "tombstones",
+        include_str!("../schemas/migrations/0005_tombstones.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.

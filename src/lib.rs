@@ -23,6 +23,7 @@
 //! | [`source`] | the Kafka consumer thread: batching, back-pressure, rebalance drain, offset acks |
 //! | [`rollup`] | the minute/hour/day counts: grains, `Counts`, the deltas and every read |
 //! | [`votes`] | the vote rule (which event of a `vote_id` counts) and every statement about votes |
+//! | [`tombstone`] | what erasure removed for good, which the sink refuses when it is read again |
 //! | [`sink`] | the PostgreSQL transaction per batch on parallel lanes: idempotent rows, votes, rollups |
 //! | [`dead_letter`] | publishing refused records to the dead-letter topic |
 //! | [`aggregate`] | the 5m/15m/1h/24h windows, exported and published to the alert |
@@ -69,4 +70,5 @@ pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod telemetry;
+pub mod tombstone;
 pub mod votes;

@@ -223,7 +223,7 @@ impl Metrics {
             }),
         };
         // Series that exist from the start, so "nothing happened yet" is visible as 0.
-        for outcome in ["stored", "duplicate", "dead_lettered"] {
+        for outcome in ["stored", "duplicate", "dead_lettered", "erased"] {
             m.counter(EVENTS, &[("outcome", outcome)]).increment(0);
         }
         // The failure counters too: the dashboard and the Prometheus rules take their rates,

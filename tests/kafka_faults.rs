@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{traffic, Cluster, World};
+use common::{traffic, Cluster, Served, World};
 use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{traffic, World};
+use common::{traffic, Served, World};
 use std::collections::HashSet;
 use std::ops::Deref;
 use std::process::Command;

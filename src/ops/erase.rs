@@ -8,12 +8,15 @@
 //! when none remains the vote is forgotten. Afterwards the rollups equal their recomputation
 //! from the remaining rows.
 //!
+//! Erasure lasts: the erased event id or conversation id is recorded as a tombstone
+//! ([`crate::tombstone`]), so when the topic is read again (a new consumer group, an offset
+//! reset) the sink refuses those events and counts them as `outcome="erased"`.
+//!
 //! Not covered: copies outside PostgreSQL. The feedback topic and the dead-letter topic keep
-//! the records until Kafka's retention removes them, and a consumer group that re-reads the
-//! topic from the beginning would store them again.
+//! the records until Kafka's retention removes them.
 
 use crate::config::DatabaseConfig;
-use crate::votes;
+use crate::{tombstone, votes};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -88,6 +91,16 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
             (None, Some(e)) => ("event_id = $1", e),
             _ => bail!("give exactly one of --conversation-id and --event-id"),
         };
+    // No batch interleaves (see crate::tombstone): those in flight commit first, and their
+    // rows are erased below with the rest; later ones see the tombstone.
+    tx.batch_execute(tombstone::LOCK_EXCLUSIVE).await?;
+    let (kind, text) = match (&args.conversation_id, &args.event_id) {
+        (Some(c), _) => ("c", c.clone()),
+        (None, Some(e)) => ("e", e.to_string()),
+        (None, None) => bail!("give exactly one of --conversation-id and --event-id"),
+    };
+    tx.execute(tombstone::RECORD, &[&(kind.as_bytes()[0] as i8), &text])
+        .await?;
     let touched: Vec<String> = tx
         .query(
             &format!(

@@ -10,7 +10,9 @@
 //!   after the rows are gone (they hold counts per minute/hour/day, subject and model, no
 //!   text). The vote bookkeeping stays too (a vote whose events are deleted keeps its
 //!   `feedback_vote` row: vote id, subject, model, rating, time), so a late change of an old
-//!   vote still moves its count. Erasure on request
+//!   vote still moves its count. While `likerate run` has this limit, its sink refuses events
+//!   older than it (`outcome="erased"`), so a re-read of the topic does not bring deleted rows
+//!   back. Erasure on request
 //!   (`likerate erase`) is different: it corrects the aggregates.
 //!
 //! Both run in bounded batches, one short transaction per batch of [`BATCH`] rows picked with

@@ -37,6 +37,7 @@ impl BenchWriter {
             .collect();
         Ok(write(&mut self.conn, &self.topic, &rows, aggregates)
             .await?
+            .inserted
             .len())
     }
 }

@@ -22,6 +22,8 @@ pub(super) struct Lane {
     pub(super) dead_letters: DeadLetters,
     pub(super) metrics: Metrics,
     pub(super) timeout: Duration,
+    /// `LIKERATE_RETENTION_ROWS`: events older than this are refused as erased.
+    pub(super) keep_rows: Option<Duration>,
 }
 
 impl Lane {
@@ -46,8 +48,18 @@ impl Lane {
         let mut letters = Vec::new();
         let mut seen = HashSet::with_capacity(batch.records.len());
         let mut in_batch_duplicates = 0;
+        // Rows older than LIKERATE_RETENTION_ROWS would be deleted by the next retention pass:
+        // a replay must not bring them back.
+        let horizon = self
+            .keep_rows
+            .and_then(|age| chrono::Duration::from_std(age).ok())
+            .and_then(|age| chrono::Utc::now().checked_sub_signed(age));
+        let mut too_old = 0;
         for r in &batch.records {
             match &r.payload {
+                Payload::Event(event) if horizon.is_some_and(|h| event.created_at < h) => {
+                    too_old += 1;
+                }
                 Payload::Event(event) => {
                     if seen.insert(event.event_id) {
                         rows.push(Row {
@@ -84,6 +96,7 @@ impl Lane {
             self.dead_letters.publish(&letters).await;
         }
         self.metrics.event("stored", written.stored);
+        self.metrics.event("erased", written.erased + too_old);
         self.metrics
             .event("duplicate", written.duplicates + in_batch_duplicates);
         Ok(())
@@ -137,11 +150,13 @@ impl Lane {
                 Ok::<_, DbError>(inserted)
             };
             let error = match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(inserted)) => {
+                Ok(Ok(outcome)) => {
+                    let inserted = outcome.inserted;
                     self.record_votes(rows, &inserted);
                     return Ok(Written {
                         stored: inserted.len() as u64,
-                        duplicates: (rows.len() - inserted.len()) as u64,
+                        duplicates: (rows.len() - inserted.len() - outcome.erased) as u64,
+                        erased: outcome.erased as u64,
                     });
                 }
                 Ok(Err(DbError::Unavailable(e))) => e,

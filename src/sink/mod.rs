@@ -65,12 +65,15 @@ pub enum SinkError {
 pub struct Written {
     pub stored: u64,
     pub duplicates: u64,
+    /// Refused: erased for good ([`crate::tombstone`]) or older than the rows' retention.
+    pub erased: u64,
 }
 
 impl std::ops::AddAssign for Written {
     fn add_assign(&mut self, other: Written) {
         self.stored += other.stored;
         self.duplicates += other.duplicates;
+        self.erased += other.erased;
     }
 }
 
@@ -96,6 +99,7 @@ impl Sink {
         metrics: Metrics,
         timeout: Duration,
         connections: usize,
+        keep_rows: Option<Duration>,
     ) -> Sink {
         let lanes = (0..connections.max(1))
             .map(|_| Lane {
@@ -105,6 +109,7 @@ impl Sink {
                 dead_letters: dead_letters.clone(),
                 metrics: metrics.clone(),
                 timeout,
+                keep_rows,
             })
             .collect();
         Sink { lanes, acker }

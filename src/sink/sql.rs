@@ -103,6 +103,7 @@ pub struct Statements {
     pub insert_revotes: Statement,
     pub votes: votes::Statements,
     pub upsert_rollup: Statement,
+    pub erased: Statement,
 }
 
 impl Conn {
@@ -117,6 +118,7 @@ impl Conn {
             insert_revotes: client.prepare(INSERT_REVOTES).await?,
             votes: votes::Statements::prepare(&client).await?,
             upsert_rollup: client.prepare(UPSERT_ROLLUP).await?,
+            erased: client.prepare(crate::tombstone::ERASED).await?,
         };
         Ok(Conn { client, statements })
     }

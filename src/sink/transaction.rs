@@ -5,7 +5,7 @@ use super::sql::{Conn, Statements, FEEDBACK_TYPES};
 use crate::db::DbError;
 use crate::event::{Coordinates, FeedbackEvent};
 use crate::rollup::RollupDeltas;
-use crate::votes;
+use crate::{tombstone, votes};
 use std::collections::HashSet;
 use std::time::Instant;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -31,8 +31,15 @@ pub(super) struct Row<'a> {
     pub coords: Coordinates,
 }
 
-/// The write of one chunk: feedback rows, votes and rollups in one transaction. Returns the
-/// ids of the rows it created (the others were already stored).
+/// What the write of one chunk did.
+pub struct Outcome {
+    /// The ids of the rows it created (of the others, the erased ones aside, a copy was stored).
+    pub inserted: HashSet<Uuid>,
+    /// How many were refused because erasure removed them for good ([`crate::tombstone`]).
+    pub erased: usize,
+}
+
+/// The write of one chunk: feedback rows, votes and rollups in one transaction.
 ///
 /// Statements that do not depend on each other's answers go out together (tokio-postgres
 /// pipelines the requests of futures polled at once, in the order they are first polled, and
@@ -43,7 +50,7 @@ pub(super) async fn write(
     topic: &str,
     rows: &[Row<'_>],
     aggregates: Aggregates,
-) -> Result<HashSet<Uuid>, DbError> {
+) -> Result<Outcome, DbError> {
     let st = &conn.statements;
     let started = Instant::now();
     let mut tx = conn.client.transaction().await?;
@@ -51,13 +58,17 @@ pub(super) async fn write(
         mut counted,
         revotes,
         registered,
+        erased,
     } = insert(&mut tx, st, topic, rows, aggregates).await?;
     let stored = started.elapsed();
     #[cfg(feature = "bench")]
     if aggregates == Aggregates::Skip {
         tx.commit().await?;
         counted.extend(revotes);
-        return Ok(counted);
+        return Ok(Outcome {
+            inserted: counted,
+            erased,
+        });
     }
 
     let mut deltas = RollupDeltas::default();
@@ -84,6 +95,10 @@ pub(super) async fn write(
     let rolled = started.elapsed();
     tx.commit().await?;
     counted.extend(revotes);
+    let counted = Outcome {
+        inserted: counted,
+        erased,
+    };
     // Where a slow batch spends its time (`RUST_LOG=likerate::sink=debug`).
     tracing::debug!(
         rows = rows.len(),
@@ -103,9 +118,11 @@ struct Created {
     counted: HashSet<Uuid>,
     /// Rows stored without the slot: re-votes.
     revotes: HashSet<Uuid>,
-    /// The batch's vote ids that have a `feedback_vote` row ([`REGISTERED`]); empty when the
-    /// write skips the aggregates.
+    /// The batch's vote ids that have a `feedback_vote` row; empty when the write skips the
+    /// aggregates.
     registered: HashSet<String>,
+    /// Rows refused as erased.
+    erased: usize,
 }
 
 /// Inserts the rows that are not stored yet. The fast path asks which event ids are stored and
@@ -125,16 +142,39 @@ async fn insert(
         .iter()
         .filter_map(|r| r.event.vote_id.as_ref().map(|v| v.as_str()))
         .collect();
-    // One round trip. REGISTERED runs after HELD_SLOTS, on a newer snapshot: a vote whose slot
-    // holder retention deleted just before HELD_SLOTS looked is seen with the row retention
-    // kept for it, so its new event is weighed against that row instead of counted anew.
+    let keys: Vec<(Uuid, Option<&str>)> = rows
+        .iter()
+        .map(|r| {
+            let conversation = r.event.conversation_id.as_ref().map(|c| c.as_str());
+            (r.event.event_id, conversation)
+        })
+        .collect();
+    // One round trip, run in this order: the tombstone lock (so no erasure interleaves), the
+    // tombstones, then the lookups. REGISTERED runs after HELD_SLOTS, on a newer snapshot: a
+    // vote whose slot holder retention deleted just before HELD_SLOTS looked is seen with the
+    // row retention kept for it, so its new event is weighed against that row instead of
+    // counted anew.
     let ids: &[&(dyn ToSql + Sync)] = &[&ids];
-    let (stored, mut held, registered, ()) = tokio::try_join!(
+    let ((), erased, stored, mut held, registered, ()) = tokio::try_join!(
+        tx.batch_execute(tombstone::LOCK_SHARED),
+        tombstone::erased(tx, &st.erased, &keys),
         tx.query(&st.stored_ids, ids),
         st.votes.held_slots(tx, &votes),
         registered_votes(tx, st, &votes, aggregates),
         tx.batch_execute("SAVEPOINT direct"),
     )?;
+    let kept: Vec<Row<'_>>;
+    let rows = if erased.is_empty() {
+        rows
+    } else {
+        kept = rows
+            .iter()
+            .filter(|r| !erased.contains(&r.event.event_id))
+            .copied()
+            .collect();
+        &kept
+    };
+    let erased = erased.len();
     let stored: HashSet<Uuid> = stored.iter().map(|r| r.get(0)).collect();
     // In event_id order, as the staged insert: the same lock order, the same slot holders.
     let mut seen = HashSet::with_capacity(rows.len());
@@ -171,6 +211,7 @@ async fn insert(
                 counted,
                 revotes,
                 registered,
+                erased,
             })
         }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
@@ -182,6 +223,7 @@ async fn insert(
                 counted,
                 revotes,
                 registered,
+                erased,
             })
         }
         Err(e) => Err(e.into()),

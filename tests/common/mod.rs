@@ -469,12 +469,56 @@ pub fn likerate_command(args: &[&str], kafka: &KafkaConfig, db_url: &str) -> Com
     cmd
 }
 
+/// What a running likerate serves, in this process ([`TestApp`]) or a child ([`Likerate`]).
+#[allow(async_fn_in_trait)]
+pub trait Served {
+    fn http(&self) -> SocketAddr;
+
+    fn base_url(&self) -> String {
+        format!("http://{}", self.http())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http())
+    }
+
+    async fn metrics(&self) -> Result<String, String> {
+        let r = reqwest::get(self.url("/metrics"))
+            .await
+            .map_err(|e| e.to_string())?;
+        r.text().await.map_err(|e| e.to_string())
+    }
+
+    /// The value of one series (exact name and labels as rendered), if present.
+    async fn metric(&self, series: &str) -> Result<Option<f64>, String> {
+        Ok(series_value(&self.metrics().await?, series))
+    }
+
+    /// A counter's value; 0 while the series does not exist yet (nothing counted).
+    async fn metric_or_zero(&self, series: &str) -> f64 {
+        self.metric(series).await.unwrap().unwrap_or(0.0)
+    }
+}
+
+impl Served for TestApp {
+    fn http(&self) -> SocketAddr {
+        self.http
+    }
+}
+
+impl Served for Likerate {
+    fn http(&self) -> SocketAddr {
+        self.http
+    }
+}
+
 /// `likerate run` in the test process: `App::build` binds port 0 and says which port it got,
 /// then the app runs on the test's runtime until the `TestApp` is dropped (which stops it:
 /// dropping the running app cancels its source, and the test runtime ends the rest).
 pub struct TestApp {
     pub http: SocketAddr,
     shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl TestApp {
@@ -504,16 +548,16 @@ impl TestApp {
             .expect("likerate app");
         let http = app.http_addr();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        TestApp { http, shutdown }
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestApp {
+            http,
+            shutdown,
+            task,
+        }
     }
 
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+    pub fn assert_alive(&mut self) {
+        assert!(!self.task.is_finished(), "likerate stopped");
     }
 }
 
@@ -582,14 +626,6 @@ impl Likerate {
         }
     }
 
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
-    }
-
     pub fn kill9(self) {
         drop(self);
     }
@@ -610,23 +646,6 @@ impl Likerate {
             assert!(Instant::now() < deadline, "likerate ignored SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    pub async fn metrics(&self) -> Result<String, String> {
-        let r = reqwest::get(format!("{}/metrics", self.base_url()))
-            .await
-            .map_err(|e| e.to_string())?;
-        r.text().await.map_err(|e| e.to_string())
-    }
-
-    /// The value of one series (exact name and labels as rendered), if present.
-    pub async fn metric(&self, series: &str) -> Result<Option<f64>, String> {
-        Ok(series_value(&self.metrics().await?, series))
-    }
-
-    /// A counter's value; 0 while the series does not exist yet (nothing counted).
-    pub async fn metric_or_zero(&self, series: &str) -> f64 {
-        self.metric(series).await.unwrap().unwrap_or(0.0)
     }
 
     pub fn assert_alive(&mut self) {

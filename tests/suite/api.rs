@@ -10,7 +10,7 @@
 use crate::common;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use common::{Broker, Database, TestApp};
+use common::{Broker, Database, Served, TestApp};
 use likerate::config::RunArgs;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -8,7 +8,7 @@
 
 use crate::common;
 
-use common::{likerate_command, Database, Likerate as Server};
+use common::{likerate_command, Database, Likerate as Server, Served};
 use likerate::config::KafkaConfig;
 use serde_json::{json, Value};
 use std::io::{BufRead, Read, Write};

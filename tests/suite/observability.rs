@@ -1,6 +1,6 @@
 //! The alert and the dashboard end to end with the real thing (issue 3 item 8, issue 5 item 5):
 //! Debian's `prometheus` and `prometheus-alertmanager` (installed by
-//! `deploy/local/observability.sh`), the `likerate` binary, PostgreSQL and Apache Kafka,
+//! `deploy/local/observability.sh`), likerate in process (`common::TestApp`), PostgreSQL and Apache Kafka,
 //! all on 127.0.0.1 with free ports and temporary directories.
 //!
 //! - `page_from_likerate_and_prometheus_then_resolve`: Alertmanager runs the example config of
@@ -21,7 +21,8 @@ use common::observe::{
     alertmanager, alerts_named, brief, daemon, eventually, get_ok, http, label, repo, wait_ready,
     Daemon, TempDir, PROMETHEUS,
 };
-use common::{send, Broker, Database, Likerate, Records};
+use common::{send, Broker, Database, Records, Served, TestApp};
+use likerate::config::RunArgs;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,18 +41,13 @@ fn records(n: u64, seed: u64, flags: &[&str]) -> Records {
 }
 
 /// `likerate run` pushing to `alertmanager_url`, with the contract's alert defaults.
-fn spawn_likerate(tag: &str, broker: &Broker, db: &Database, alertmanager_url: &str) -> Likerate {
-    Likerate::spawn(
-        tag,
-        &broker.kafka,
-        &db.url(),
-        &[
-            ("LIKERATE_ALERTMANAGER_URL", Some(alertmanager_url)),
-            ("LIKERATE_ALERT_MIN_SAMPLES", Some("50")),
-            ("LIKERATE_LIKE_RATE_THRESHOLD", None),
-            ("LIKERATE_ALERT_WINDOW", None),
-        ],
-    )
+async fn spawn_likerate(broker: &Broker, db: &Database, alertmanager_url: &str) -> TestApp {
+    let run = RunArgs {
+        alertmanager_url: Some(alertmanager_url.to_owned()),
+        alert_min_samples: Some(50),
+        ..RunArgs::default()
+    };
+    TestApp::spawn(&broker.kafka, &db.url(), run, None).await
 }
 
 /// Writes the Prometheus config and the rules copy (only `for:` shortened) into `dir`.
@@ -166,7 +162,7 @@ async fn page_from_likerate_and_prometheus_then_resolve() {
         &dir.path().join("alertmanager.yml"),
     );
     wait_ready(&mut am, &am_url).await;
-    let mut likerate = spawn_likerate(" page", &broker, &db, &am_url);
+    let mut likerate = spawn_likerate(&broker, &db, &am_url).await;
     let prom_config = prometheus_config(&dir, likerate.http, &am_url);
     check_tool("promtool", &["check", "config"], &prom_config);
     let (mut prom, prom_url) = prometheus(&dir, &prom_config);
@@ -463,7 +459,7 @@ async fn alertmanager_down_costs_no_crash() {
     let broker = Broker::new().await;
     // Nothing listens there.
     let closed = format!("http://127.0.0.1:{}", common::free_port());
-    let mut likerate = spawn_likerate(" am-down", &broker, &db, &closed);
+    let mut likerate = spawn_likerate(&broker, &db, &closed).await;
 
     let low = common::low_math(300, 4);
     send(&broker.kafka, &low).await;

@@ -5,7 +5,7 @@
 use crate::common;
 
 use chrono::{DateTime, Duration as CDuration, Utc};
-use common::{dead_letters, likerate_command, send, Broker, Database, Likerate};
+use common::{dead_letters, likerate_command, send, Broker, Database, Likerate, Served};
 use likerate::config::KafkaConfig;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -390,6 +390,35 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
         "erase needs a conversation or an event"
     );
     p.kill9();
+
+    // Erasure lasts: a new consumer group reads the whole topic again. The six erased events
+    // are refused and counted as erased; every other event is a duplicate of a stored row.
+    let group = format!("again-{}", common::short_id());
+    let again = env.spawn(&[("LIKERATE_KAFKA_GROUP", group.as_str())]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (erased, duplicates) = loop {
+        let erased = again
+            .metric_or_zero(r#"likerate_events_total{outcome="erased"}"#)
+            .await;
+        let duplicates = again
+            .metric_or_zero(r#"likerate_events_total{outcome="duplicate"}"#)
+            .await;
+        if erased + duplicates >= total as f64 || std::time::Instant::now() > deadline {
+            break (erased, duplicates);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(erased, 6.0, "erased events refused on the re-read");
+    assert_eq!(duplicates, (total - 6) as f64);
+    assert_eq!(
+        again
+            .metric_or_zero(r#"likerate_events_total{outcome="stored"}"#)
+            .await,
+        0.0
+    );
+    assert_eq!(env.count().await, total - 6);
+    env.assert_rollups_exact(None).await;
+    again.kill9();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -451,13 +480,24 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     env.assert_rollups_exact(Some(now - CDuration::days(7)))
         .await;
 
-    // More old data arrives; the command applies the limits now.
+    // More old data arrives. The running instance refuses what is past its rows' retention
+    // (counted as erased: a replay must not bring deleted rows back) and stores the rest; the
+    // command then applies the text limit now.
     let late = mixed(12, now - CDuration::days(20));
     let late_text = mixed(8, now - CDuration::days(4));
     let mut more = records(&late);
     more.extend(records(&late_text));
     env.send(&more).await;
-    env.wait_for_rows(total, Duration::from_secs(60)).await;
+    env.wait_for_rows(total - 12, Duration::from_secs(60)).await;
+    let refused = r#"likerate_events_total{outcome="erased"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.metric_or_zero(refused).await < 12.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the 20 days old events were not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let out = env.ok(
         &[
             "retention",
@@ -470,7 +510,7 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     );
     assert_eq!(
         out.trim(),
-        "retention: text erased from 8 rows, 12 rows deleted"
+        "retention: text erased from 8 rows, 0 rows deleted"
     );
     let out = env.ok(&["retention"], &[("LIKERATE_RETENTION_TEXT", "2d")]);
     assert_eq!(
@@ -479,16 +519,20 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     );
     let out = env.likerate(&["retention"], &[("LIKERATE_RETENTION_ROWS", "soon")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("LIKERATE_RETENTION_ROWS"));
-    assert_eq!(env.count().await, total - 12, "the 20 days old rows went");
+    assert_eq!(
+        env.count().await,
+        total - 12,
+        "the 20 days old rows are not stored"
+    );
     env.assert_rollups_exact(Some(now - CDuration::days(7)))
         .await;
 
     // A vote whose only event retention deleted keeps its count and its bookkeeping: a later
     // re-vote moves the count out of the old bucket instead of adding a second vote.
-    let lone = Ev::new("Math", 1, now - CDuration::days(20)).vote("lone");
+    let lone = Ev::new("Math", 1, now - CDuration::days(6)).vote("lone");
     env.send(&records(std::slice::from_ref(&lone))).await;
     env.wait_for_rows(total - 11, Duration::from_secs(60)).await;
-    let out = env.ok(&["retention", "--retention-rows", "7d"], &[]);
+    let out = env.ok(&["retention", "--retention-rows", "5d"], &[]);
     assert_eq!(
         out.trim(),
         "retention: text erased from 0 rows, 1 rows deleted"
