@@ -500,6 +500,47 @@ async fn a_task_that_dies_stops_the_process_with_an_error() {
     }
 }
 
+/// A PostgreSQL backend frozen mid-transaction (issue 16 item 6): likerate's sessions are
+/// SIGSTOPped for 20 s under load, holding their locks and never answering. The lanes time out
+/// (`LIKERATE_DATABASE_TIMEOUT` 5s), reconnect and retry; the retries wait on the frozen
+/// sessions' locks and time out too, until the sessions are resumed, see their clients gone
+/// and roll back. Nothing is lost or stored twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_database_backend_costs_retries_not_data() {
+    // Exclusive: a frozen backend may hold a lock of the whole cluster (a WAL insertion lock).
+    let env = Env::with_guard(true).await;
+    let (records, ids, _) = traffic(8000, 5, &["--revotes", "0.05"]);
+    let p = env.spawn(None, &[("LIKERATE_BATCH_MAX_EVENTS", "200")]);
+    let sender = env.send_in_background(records, 400, Duration::from_millis(100));
+    env.wait_for_at_least(400, Duration::from_secs(60)).await;
+    let admin = env.client().await;
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE application_name = 'likerate' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!pids.is_empty(), "no likerate session to freeze");
+    let signal = |sig: &str| {
+        for pid in &pids {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    signal("-CONT");
+    sender.await.unwrap();
+    env.assert_stored_exactly(&ids, Duration::from_secs(180)).await;
+    env.assert_rollups_exact().await;
+    assert!(p.metric_or_zero("likerate_db_retries_total").await > 0.0);
+    p.kill9();
+}
+
 /// `pg_ctlcluster <action>` on the first Debian cluster (the one the tests use).
 fn postgres(action: &str) {
     let status = Command::new("bash")

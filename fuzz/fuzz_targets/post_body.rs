@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use likerate::http::api::ingest::{prepare, MAX_EVENTS};
 use likerate::decode::{decode, Origin};
+use likerate::http::api::ingest::{prepare, MAX_EVENTS};
 
 fuzz_target!(|body: &[u8]| {
     if let Ok(events) = prepare("feedback-events", body) {

@@ -259,11 +259,17 @@ impl Broker {
     }
 
     /// On the given brokers (a test's own [`Cluster`]).
+    /// The topics are created with a few retries: on a cluster that is still healing from the
+    /// previous fault test, an admin request can fail once (seen: "Broker handle destroyed").
     pub async fn on(brokers: String) -> Broker {
         let kafka = kafka_config(brokers);
-        likerate::kafka::ensure_topics(&kafka)
-            .await
-            .expect("topics created on the test broker");
+        let mut attempt = 1;
+        while let Err(e) = likerate::kafka::ensure_topics(&kafka).await {
+            assert!(attempt < 5, "topics created on the test broker: {e}");
+            eprintln!("creating the test topics failed (attempt {attempt}), retrying: {e}");
+            attempt += 1;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         Broker { kafka }
     }
 }
