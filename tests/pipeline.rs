@@ -535,7 +535,8 @@ async fn a_frozen_database_backend_costs_retries_not_data() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     signal("-CONT");
     sender.await.unwrap();
-    env.assert_stored_exactly(&ids, Duration::from_secs(180)).await;
+    env.assert_stored_exactly(&ids, Duration::from_secs(180))
+        .await;
     env.assert_rollups_exact().await;
     assert!(p.metric_or_zero("likerate_db_retries_total").await > 0.0);
     p.kill9();
