@@ -102,7 +102,9 @@ async fn bench() {
         warmup: 100,
         budget: Duration::MAX,
     };
-    for (name, _, p50, p99) in common::read_latency(&client, &base, &shapes, &samples).await {
+    for (name, _, failed, p50, p99) in common::read_latency(&client, &base, &shapes, &samples).await
+    {
+        assert_eq!(failed, 0, "{name}: {failed} requests failed");
         println!("  {name:<52} p50 {p50:>7.2} ms   p99 {p99:>7.2} ms");
     }
 

@@ -39,6 +39,9 @@
 //! run creates are dropped at the end unless `LIKERATE_BENCH_KEEP=1`. The binary is
 //! `LIKERATE_BIN`, or `target/release/likerate` (honouring `CARGO_TARGET_DIR`).
 //!
+//! `LIKERATE_BENCH_MODE=scale` runs the scale mode instead (issue 14: the same events into an
+//! empty table and one that holds N rows; `benches/pipeline/scale.rs` opens with its method).
+//!
 //! Under `cargo test --all-targets` this binary is started without `--bench` and returns at
 //! once.
 
@@ -225,6 +228,16 @@ fn rss_kb(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn mem_available_kb() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
@@ -354,6 +367,14 @@ fn origin(topic: &str) -> Origin<'_> {
 struct Likerate {
     child: Child,
     http: String,
+}
+
+/// A likerate the run did not stop (a failed or panicking run) does not outlive it.
+impl Drop for Likerate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Likerate {
@@ -509,6 +530,13 @@ struct Bench<'r> {
     children: Vec<Likerate>,
     results: Results,
     tck: f64,
+}
+
+/// A panicking run still stops its processes and drops its databases.
+impl Drop for Bench<'_> {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
 }
 
 impl<'r> Bench<'r> {
@@ -1619,6 +1647,15 @@ impl<'r> Bench<'r> {
         Ok(())
     }
 
+    /// Prints the run's table and writes it to `table.md` in the run's folder.
+    fn publish_table(&self, out: &str) {
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+        let path = self.log_dir.join("table.md");
+        let _ = std::fs::write(&path, out);
+        say(format!("table written to {}", path.display()));
+    }
+
     fn print_table(&self) {
         let r = &self.results;
         let tighter = r.copy_rate.min(r.consume_rate);
@@ -1670,7 +1707,7 @@ impl<'r> Bench<'r> {
             "Machine: {nproc} cores ({model}), {mem_gib:.0} GiB RAM; PostgreSQL {pg_version}; Apache Kafka {} (one KRaft node); extra consumer properties: {}; load average at the end: {}",
             kafka_version(),
             std::env::var("LIKERATE_BENCH_KAFKA_OPTIONS").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "none (librdkafka defaults)".into()),
-            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            load_average()
         ));
         line(String::new());
         line("| measurement | events/s | notes |".into());
@@ -1776,11 +1813,7 @@ impl<'r> Bench<'r> {
         for l in &r.latency_cpu_lines {
             line(format!("    {l}"));
         }
-        print!("{out}");
-        let _ = std::io::stdout().flush();
-        let path = self.log_dir.join("table.md");
-        let _ = std::fs::write(&path, &out);
-        say(format!("table written to {}", path.display()));
+        self.publish_table(&out);
     }
 }
 
