@@ -21,7 +21,6 @@ mod common;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use likerate::config::{DatabaseConfig, KafkaConfig};
 use likerate::http::AppState;
-use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -91,84 +90,22 @@ async fn bench() {
     let client = reqwest::Client::new();
 
     println!("\nread latency, {SAMPLES} sequential requests per shape (10M events, 90 days):");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let start = end - ChronoDuration::days(DAYS);
-    let random_time = |rng: &mut rand::rngs::StdRng| {
-        start + ChronoDuration::seconds(rng.random_range(0..DAYS * 86_400))
+    let shapes = common::ReadShapes {
+        subjects: (0..SUBJECTS).map(|s| format!("subject-{s}")).collect(),
+        model_a: MODELS[0].into(),
+        model_b: MODELS[1].into(),
+        start: end - ChronoDuration::days(DAYS),
+        end,
     };
-    type Shape<'a> = (
-        &'a str,
-        Box<dyn FnMut(&mut rand::rngs::StdRng) -> String + 'a>,
-    );
-    let shapes: Vec<Shape> = vec![
-        (
-            "stats, everything",
-            Box::new(|_| "/api/feedback/stats".into()),
-        ),
-        (
-            "stats, one subject",
-            Box::new(|rng| {
-                format!(
-                    "/api/feedback/stats?subject_id=subject-{}",
-                    rng.random_range(0..SUBJECTS)
-                )
-            }),
-        ),
-        (
-            "stats, subject + model + range cut inside minutes",
-            Box::new(|rng| {
-                let (a, b) = (random_time(rng), random_time(rng));
-                let (since, until) = if a < b { (a, b) } else { (b, a) };
-                format!(
-                    "/api/feedback/stats?subject_id=subject-{}&model=model-b&since={}&until={}",
-                    rng.random_range(0..SUBJECTS),
-                    rfc3339(since + ChronoDuration::seconds(17)),
-                    rfc3339(until + ChronoDuration::seconds(43))
-                )
-            }),
-        ),
-        (
-            "daily, 30 days",
-            Box::new(|_| "/api/feedback/daily?days=30".into()),
-        ),
-        (
-            "daily, 90 days, one subject",
-            Box::new(|rng| {
-                format!(
-                    "/api/feedback/daily?days=90&subject_id=subject-{}",
-                    rng.random_range(0..SUBJECTS)
-                )
-            }),
-        ),
-        (
-            "compare, since a random time",
-            Box::new(|rng| {
-                format!(
-                    "/api/feedback/compare?model_a=model-a&model_b=model-b&since={}",
-                    rfc3339(random_time(rng) + ChronoDuration::seconds(29))
-                )
-            }),
-        ),
-    ];
-    for (name, mut path) in shapes {
-        let mut took = Vec::with_capacity(SAMPLES);
-        for i in 0..SAMPLES + 100 {
-            let url = format!("{base}{}", path(&mut rng));
-            let t = Instant::now();
-            let r = client.get(&url).send().await.expect("request");
-            assert!(r.status().is_success(), "{url}: {}", r.status());
-            r.bytes().await.expect("body");
-            // The first 100 warm the connection pool and the statement caches.
-            if i >= 100 {
-                took.push(t.elapsed());
-            }
-        }
-        took.sort();
-        println!(
-            "  {name:<52} p50 {:>7.2} ms   p99 {:>7.2} ms",
-            ms(took[took.len() / 2]),
-            ms(took[took.len() * 99 / 100])
-        );
+    let samples = common::ReadSamples {
+        samples: SAMPLES,
+        warmup: 100,
+        budget: Duration::MAX,
+    };
+    for (name, _, failed, p50, p99) in common::read_latency(&client, &base, &shapes, &samples).await
+    {
+        assert_eq!(failed, 0, "{name}: {failed} requests failed");
+        println!("  {name:<52} p50 {p50:>7.2} ms   p99 {p99:>7.2} ms");
     }
 
     println!("\nPOST /api/feedback, {POSTS} requests of one event, {POST_CONCURRENCY} concurrent clients, server on one thread:");
@@ -183,7 +120,7 @@ async fn bench() {
                     "subject_id": format!("subject-{}", i % SUBJECTS),
                     "assistant_message": "Newton's third law states that for every action there is an equal and opposite reaction.",
                     "user_question": "Explain Newton's third law",
-                    "rating": 1, "created_at": rfc3339(Utc::now()),
+                    "rating": 1, "created_at": common::rfc3339(Utc::now()),
                     "model": "model-a", "conversation_id": format!("conv-{i}"),
                 });
                 let t = Instant::now();
@@ -221,10 +158,6 @@ async fn bench() {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Serves the app's router on a single-threaded runtime of its own thread.

@@ -39,11 +39,16 @@
 //! run creates are dropped at the end unless `LIKERATE_BENCH_KEEP=1`. The binary is
 //! `LIKERATE_BIN`, or `target/release/likerate` (honouring `CARGO_TARGET_DIR`).
 //!
+//! `LIKERATE_BENCH_MODE=scale` runs the scale mode instead (issue 14: the same events into an
+//! empty table and one that holds N rows; `benches/pipeline/scale.rs` opens with its method).
+//!
 //! Under `cargo test --all-targets` this binary is started without `--bench` and returns at
 //! once.
 
 use chrono::{DateTime, Utc};
 mod common;
+#[path = "pipeline/scale.rs"]
+mod scale;
 
 use common::{kafka_version, Columns, KafkaNode, VoteSlots, COLUMNS};
 use likerate::config::KafkaConfig;
@@ -85,6 +90,18 @@ fn main() {
 
 // ---------------------------------------------------------------------------------------------
 // Settings and helpers
+
+/// The sink's connections (`LIKERATE_SINK_CONNECTIONS`, default 2): the raw COPYs write on as
+/// many at once.
+fn sink_connections() -> usize {
+    env_u64("LIKERATE_SINK_CONNECTIONS", 2).max(1) as usize
+}
+
+/// Which distinct rows hold their vote's slot, as the sink decides (see [`VoteSlots`]).
+fn vote_slots(p: &Produced) -> Vec<bool> {
+    let mut slots = VoteSlots::default();
+    p.first.iter().map(|&i| slots.take(&p.events[i])).collect()
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -209,6 +226,16 @@ fn rss_kb(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn mem_available_kb() -> u64 {
@@ -342,6 +369,14 @@ struct Likerate {
     http: String,
 }
 
+/// A likerate the run did not stop (a failed or panicking run) does not outlive it.
+impl Drop for Likerate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Likerate {
     fn pid(&self) -> u32 {
         self.child.id()
@@ -423,6 +458,66 @@ struct Results {
     backlog_secs: f64,
 }
 
+/// The run's events, produced: the decoded events, the index of the first event of each
+/// distinct `event_id`, and the (partition, offset) each record landed at.
+struct Produced {
+    events: Vec<FeedbackEvent>,
+    first: Vec<usize>,
+    coords: Vec<(i32, i64)>,
+}
+
+/// What one drain by `likerate run` measured ([`Bench::drain`]); `app` still runs.
+struct Drained {
+    app: Likerate,
+    /// Events per second after the first commit.
+    rate: f64,
+    wall: f64,
+    first_commit_s: f64,
+    max_rss_mb: f64,
+    hwm_mb: f64,
+    cpu: Vec<String>,
+    /// The sink's batch totals at the end ([`batch_totals`]).
+    batches: (f64, f64, f64),
+}
+
+/// What a database holds, for checking what a drain added: rows after `after_id`, their
+/// distinct event ids, and the votes counted in the minute rollups.
+#[derive(Default, Clone, Copy)]
+struct Stored {
+    max_id: i64,
+    rows: i64,
+    distinct: i64,
+    votes: i64,
+}
+
+impl Stored {
+    /// Rows stored after `before.max_id`, and the votes of the minute rollups now.
+    async fn since(url: &str, before: Stored) -> anyhow::Result<Stored> {
+        let client = connect(url).await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(max(id), $1), count(*), count(DISTINCT event_id)
+                 FROM feedback WHERE id > $1",
+                &[&before.max_id],
+            )
+            .await?;
+        let votes: i64 = client
+            .query_one(
+                "SELECT coalesce(sum(likes + dislikes + neutral), 0)::int8
+                 FROM feedback_rollup WHERE grain = 'm'",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(Stored {
+            max_id: row.get(0),
+            rows: row.get(1),
+            distinct: row.get(2),
+            votes,
+        })
+    }
+}
+
 struct Bench<'r> {
     rt: &'r tokio::runtime::Runtime,
     id: String,
@@ -435,6 +530,13 @@ struct Bench<'r> {
     children: Vec<Likerate>,
     results: Results,
     tck: f64,
+}
+
+/// A panicking run still stops its processes and drops its databases.
+impl Drop for Bench<'_> {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
 }
 
 impl<'r> Bench<'r> {
@@ -565,6 +667,10 @@ impl<'r> Bench<'r> {
         ]
     }
 
+    fn db_url(&self, db: &str) -> String {
+        format!("{}/{db}", self.pg_base)
+    }
+
     /// Creates the database `name` anew, empty; returns a connection to `postgres` (admin).
     async fn empty_database(&self, name: &str) -> anyhow::Result<Client> {
         let admin = connect(&format!("{}/postgres", self.pg_base)).await?;
@@ -613,6 +719,7 @@ impl<'r> Bench<'r> {
             .env("LIKERATE_DATABASE_URL", format!("{}/{db}", self.pg_base))
             .env("LIKERATE_HTTP_ADDR", "127.0.0.1:0")
             .env("LIKERATE_LOG_FORMAT", "json")
+            .env("LIKERATE_EXPORT_TOKEN", scale::EXPORT_TOKEN)
             .env(
                 "RUST_LOG",
                 std::env::var("LIKERATE_BENCH_LOG").unwrap_or_else(|_| "info".into()),
@@ -648,25 +755,17 @@ impl<'r> Bench<'r> {
         Ok(Likerate { child, http })
     }
 
-    fn run(&mut self) -> anyhow::Result<()> {
-        let n = env_u64("LIKERATE_BENCH_EVENTS", 1_000_000).max(1000);
-        let backlog_requested = env_u64("LIKERATE_BENCH_BACKLOG", 10_000_000);
-        self.results.n = n;
-        self.results.backlog_requested = backlog_requested;
-        say(format!(
-            "pipeline benchmark: N = {}, run id {}, logs in {}",
-            thousands(n as f64),
-            self.id,
-            self.log_dir.display()
-        ));
-        self.start_broker()?;
-        let topic = format!("bench-{}", self.id);
-        let kafka = self.kafka(&topic);
-        self.rt.block_on(likerate::kafka::ensure_topics(&kafka))?;
-
-        // The events, once.
+    /// Makes the N events once (the generator with `args`) and produces them to `topic`
+    /// beforehand; sets the run's generation and produce figures.
+    fn produce_events(
+        &mut self,
+        kafka: &KafkaConfig,
+        n: u64,
+        args: &ProduceArgs,
+    ) -> anyhow::Result<Produced> {
+        let topic = kafka.topic.clone();
         let t = Instant::now();
-        let mut generator = Generator::new(&generator_args(42, SUBJECTS, 0.9, 0.01))?;
+        let mut generator = Generator::new(args)?;
         let records: Vec<(String, Vec<u8>)> = (0..n).map(|_| generator.next_record()).collect();
         let events: Vec<FeedbackEvent> = records
             .iter()
@@ -694,7 +793,7 @@ impl<'r> Bench<'r> {
             coords: Mutex::new(vec![(-1, -1); records.len()]),
             ..Delivered::default()
         });
-        let p = producer(&kafka, delivered.clone());
+        let p = producer(kafka, delivered.clone());
         let t = Instant::now();
         for (i, (k, v)) in records.iter().enumerate() {
             send(&p, &topic, i, k.as_bytes(), v);
@@ -714,15 +813,38 @@ impl<'r> Bench<'r> {
             thousands(self.results.produce_rate)
         ));
         let coords = std::mem::take(&mut *delivered.coords.lock().expect("lock"));
-        drop(records);
+        Ok(Produced {
+            events,
+            first,
+            coords,
+        })
+    }
 
-        self.phase_copy(&topic, &events, &first, &coords)?;
+    fn run(&mut self) -> anyhow::Result<()> {
+        if scale::chosen() {
+            return self.run_scale();
+        }
+        let n = env_u64("LIKERATE_BENCH_EVENTS", 1_000_000).max(1000);
+        let backlog_requested = env_u64("LIKERATE_BENCH_BACKLOG", 10_000_000);
+        self.results.n = n;
+        self.results.backlog_requested = backlog_requested;
+        say(format!(
+            "pipeline benchmark: N = {}, run id {}, logs in {}",
+            thousands(n as f64),
+            self.id,
+            self.log_dir.display()
+        ));
+        self.start_broker()?;
+        let topic = format!("bench-{}", self.id);
+        let kafka = self.kafka(&topic);
+        self.rt.block_on(likerate::kafka::ensure_topics(&kafka))?;
+        let produced = self.produce_events(&kafka, n, &generator_args(42, SUBJECTS, 0.9, 0.01))?;
+        self.phase_copy(&topic, &produced)?;
         self.phase_consume(&kafka, n, false)?;
         self.phase_consume(&kafka, n, true)?;
         let running = self.phase_likerate(&topic, n)?;
-        self.phase_naive(&topic, &events, &first, &coords)?;
-        drop(events);
-        drop(coords);
+        self.phase_naive(&topic, &produced)?;
+        drop(produced);
         // Before the latency phase adds records to the topic: the peer reads the same N.
         self.phase_peer(&topic)?;
         self.phase_latency(&topic, &running)?;
@@ -741,59 +863,69 @@ impl<'r> Bench<'r> {
         Ok(())
     }
 
-    // a. Storage limit: raw binary COPY of the same rows.
-    fn phase_copy(
-        &mut self,
+    /// Writes the distinct rows into the existing database `db` by binary `COPY`, on
+    /// `connections` connections at once (the rows split by partition, as the sink splits its
+    /// batches); `slot` is each distinct row's `vote_slot`. Returns the seconds it took.
+    fn copy_into(
+        &self,
+        db: &str,
         topic: &str,
-        events: &[FeedbackEvent],
-        first: &[usize],
-        coords: &[(i32, i64)],
-    ) -> anyhow::Result<()> {
+        p: &Produced,
+        slot: &[bool],
+        connections: usize,
+    ) -> anyhow::Result<f64> {
+        let (events, first, coords) = (&p.events, &p.first, &p.coords);
+        self.rt.block_on(async {
+            let mut clients = Vec::new();
+            for _ in 0..connections {
+                clients.push(connect(&format!("{}/{db}", self.pg_base)).await?);
+            }
+            let t = Instant::now();
+            let copies = clients.iter().enumerate().map(|(lane, client)| {
+                let rows = first.iter().zip(slot).filter_map(move |(&i, &slot)| {
+                    let (partition, offset) = coords[i];
+                    (partition as usize % connections == lane)
+                        .then(|| Columns::of(&events[i], topic, partition, offset, slot))
+                });
+                common::copy_rows(client, rows)
+            });
+            let rows: u64 = futures::future::try_join_all(copies).await?.iter().sum();
+            let seconds = t.elapsed().as_secs_f64();
+            anyhow::ensure!(rows == first.len() as u64, "COPY wrote {rows} rows");
+            Ok::<_, anyhow::Error>(seconds)
+        })
+    }
+
+    // a. Storage limit: raw binary COPY of the same rows.
+    fn phase_copy(&mut self, topic: &str, p: &Produced) -> anyhow::Result<()> {
         // A single COPY's rate swung from 19k to 37k rows/s between runs (where the
         // checkpoints fall): the limit is the best of a few rounds, each on a fresh database.
         // likerate writes on several connections, so each round also copies on as many
         // connections at once, the rows split by partition as the sink splits its batches.
         let rounds = env_u64("LIKERATE_BENCH_COPY_ROUNDS", 2).max(1);
-        let lanes = env_u64("LIKERATE_SINK_CONNECTIONS", 2).max(1) as usize;
+        let lanes = sink_connections();
         say(format!("a. storage limit: binary COPY of the distinct rows into a fresh database with the schema and indexes, on 1 and on {lanes} connections, best of {rounds} rounds"));
-        let mut slots = VoteSlots::default();
-        let slot: Vec<bool> = first.iter().map(|&i| slots.take(&events[i])).collect();
+        let slot = vote_slots(p);
+        let distinct = p.first.len() as f64;
         let mut best = f64::INFINITY;
         for round in 1..=rounds {
             let widths = if lanes > 1 { vec![1, lanes] } else { vec![1] };
             for connections in widths {
                 let db = format!("likerate_bench_{}_copy{round}_{connections}", self.id);
                 self.databases.push(db.clone());
-                let seconds = self.rt.block_on(async {
-                    let mut clients = vec![self.fresh_database(&db).await?];
-                    for _ in 1..connections {
-                        clients.push(connect(&format!("{}/{db}", self.pg_base)).await?);
-                    }
-                    let t = Instant::now();
-                    let copies = clients.iter().enumerate().map(|(lane, client)| {
-                        let rows = first.iter().zip(&slot).filter_map(move |(&i, &slot)| {
-                            let (partition, offset) = coords[i];
-                            (partition as usize % connections == lane)
-                                .then(|| Columns::of(&events[i], topic, partition, offset, slot))
-                        });
-                        common::copy_rows(client, rows)
-                    });
-                    let rows: u64 = futures::future::try_join_all(copies).await?.iter().sum();
-                    let seconds = t.elapsed().as_secs_f64();
-                    anyhow::ensure!(rows == first.len() as u64, "COPY wrote {rows} rows");
-                    Ok::<_, anyhow::Error>(seconds)
-                })?;
+                self.rt.block_on(self.fresh_database(&db))?;
+                let seconds = self.copy_into(&db, topic, p, &slot, connections)?;
                 say(format!(
                     "   round {round}, {connections} connection(s): {} rows in {seconds:.1} s: {} rows/s",
-                    thousands(first.len() as f64),
-                    thousands(first.len() as f64 / seconds)
+                    thousands(distinct),
+                    thousands(distinct / seconds)
                 ));
                 best = best.min(seconds);
                 self.drop_database(&db);
             }
         }
         self.results.copy_s = best;
-        self.results.copy_rate = first.len() as f64 / best;
+        self.results.copy_rate = distinct / best;
         Ok(())
     }
 
@@ -957,34 +1089,18 @@ impl<'r> Bench<'r> {
         Ok(())
     }
 
-    // c. likerate end to end.
-    fn phase_likerate(&mut self, topic: &str, n: u64) -> anyhow::Result<Likerate> {
-        let db = format!("likerate_bench_{}_run", self.id);
-        self.databases.push(db.clone());
-        say(format!(
-            "c. likerate end to end: {} run, fresh database and group",
-            likerate_bin().display()
-        ));
-        self.rt.block_on(async {
-            // Empty: likerate migrates it. LIKERATE_BENCH_PG_LOG=1 logs every statement of this
-            // database with its duration in the server log (statement-level profile).
-            let admin = self.empty_database(&db).await?;
-            if std::env::var("LIKERATE_BENCH_PG_LOG").as_deref() == Ok("1") {
-                admin
-                    .batch_execute(&format!(
-                        "ALTER DATABASE \"{db}\" SET log_min_duration_statement = 0"
-                    ))
-                    .await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        })?;
+    /// Runs `likerate run` on the database `db` (which it migrates if it must) with the fresh
+    /// group `group`, until `likerate_events_total` says `n` records were handled; samples its
+    /// RSS and the machine's CPU meanwhile. `LIKERATE_BENCH_PERF=1` records a system-wide perf
+    /// profile of the drain (`perf-<tag>.data`; perf report --sort comm,dso).
+    fn drain(&mut self, topic: &str, n: u64, db: &str, tag: &str) -> anyhow::Result<Drained> {
         let started = Instant::now();
-        let mut app = self.spawn_likerate(topic, &format!("bench-{}-run", self.id), &db, "run")?;
+        let group = format!("bench-{}-{tag}", self.id);
+        let mut app = self.spawn_likerate(topic, &group, db, tag)?;
         let pid = app.pid();
         let cpu_start = self.cpu_snapshot(Some(pid));
-        // LIKERATE_BENCH_PERF=1: a system-wide perf profile of phase c (perf report --sort comm,dso).
         let perf = if std::env::var("LIKERATE_BENCH_PERF").as_deref() == Ok("1") {
-            let out = self.log_dir.join("perf-c.data");
+            let out = self.log_dir.join(format!("perf-{tag}.data"));
             say(format!("   perf record -a -g -F 199 -o {}", out.display()));
             Command::new("perf")
                 .args(["record", "-a", "-g", "-F", "199", "-o"])
@@ -1061,33 +1177,60 @@ impl<'r> Bench<'r> {
             hwm = hwm.max(h);
         }
         let (t0, c0) = first.expect("progress");
-        let steady = (processed - c0) as f64 / done.duration_since(t0).as_secs_f64();
         let wall = done.duration_since(started).as_secs_f64();
+        Ok(Drained {
+            rate: (processed - c0) as f64 / done.duration_since(t0).as_secs_f64(),
+            wall,
+            first_commit_s: t0.duration_since(started).as_secs_f64(),
+            max_rss_mb: max_rss as f64 / 1024.0,
+            hwm_mb: hwm as f64 / 1024.0,
+            cpu: self.cpu_report(&cpu_start, &cpu_end),
+            batches: batch_totals(&last_text),
+            app,
+        })
+    }
+
+    // c. likerate end to end.
+    fn phase_likerate(&mut self, topic: &str, n: u64) -> anyhow::Result<Likerate> {
+        let db = format!("likerate_bench_{}_run", self.id);
+        self.databases.push(db.clone());
+        say(format!(
+            "c. likerate end to end: {} run, fresh database and group",
+            likerate_bin().display()
+        ));
+        self.rt.block_on(async {
+            // Empty: likerate migrates it. LIKERATE_BENCH_PG_LOG=1 logs every statement of this
+            // database with its duration in the server log (statement-level profile).
+            let admin = self.empty_database(&db).await?;
+            if std::env::var("LIKERATE_BENCH_PG_LOG").as_deref() == Ok("1") {
+                admin
+                    .batch_execute(&format!(
+                        "ALTER DATABASE \"{db}\" SET log_min_duration_statement = 0"
+                    ))
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+        let d = self.drain(topic, n, &db, "run")?;
         // Verify rows and rollups.
         let distinct = self.results.distinct;
-        let (rows, votes, dup_ok) = self.rt.block_on(async {
-            let client = connect(&format!("{}/{db}", self.pg_base)).await?;
-            let rows: i64 = client.query_one("SELECT count(*) FROM feedback", &[]).await?.get(0);
-            let votes: i64 = client
-                .query_one("SELECT coalesce(sum(likes + dislikes + neutral), 0)::int8 FROM feedback_rollup WHERE grain = 'm'", &[])
-                .await?
-                .get(0);
-            let distinct_ids: i64 = client.query_one("SELECT count(DISTINCT event_id) FROM feedback", &[]).await?.get(0);
-            Ok::<_, anyhow::Error>((rows, votes, distinct_ids == rows))
-        })?;
-        let ok = rows as u64 == distinct && votes as u64 == distinct && dup_ok;
+        let s = self
+            .rt
+            .block_on(Stored::since(&self.db_url(&db), Stored::default()))?;
+        let ok = s.rows as u64 == distinct && s.votes as u64 == distinct && s.distinct == s.rows;
         self.results.likerate_rows_ok = format!(
             "{} rows, {} votes in minute rollups, expected {}: {}",
-            thousands(rows as f64),
-            thousands(votes as f64),
+            thousands(s.rows as f64),
+            thousands(s.votes as f64),
             thousands(distinct as f64),
             if ok { "OK" } else { "MISMATCH" }
         );
         say(format!(
-            "   {} events in {wall:.1} s ({:.1} s to the first commit): {} events/s after the first commit; {}",
+            "   {} events in {:.1} s ({:.1} s to the first commit): {} events/s after the first commit; {}",
             thousands(n as f64),
-            t0.duration_since(started).as_secs_f64(),
-            thousands(steady),
+            d.wall,
+            d.first_commit_s,
+            thousands(d.rate),
             self.results.likerate_rows_ok
         ));
         anyhow::ensure!(
@@ -1095,28 +1238,22 @@ impl<'r> Bench<'r> {
             "likerate's rows do not match: {}",
             self.results.likerate_rows_ok
         );
-        self.results.likerate_batches =
-            batch_report((0.0, 0.0, 0.0), batch_totals(&last_text), wall);
+        self.results.likerate_batches = batch_report((0.0, 0.0, 0.0), d.batches, d.wall);
         say(format!("   sink: {}", self.results.likerate_batches));
-        self.results.likerate_rate = steady;
-        self.results.likerate_wall_s = wall;
-        self.results.likerate_max_rss_mb = max_rss as f64 / 1024.0;
-        self.results.likerate_peak_rss_mb = hwm as f64 / 1024.0;
-        self.results.cpu_lines = self.cpu_report(&cpu_start, &cpu_end);
+        self.results.likerate_rate = d.rate;
+        self.results.likerate_wall_s = d.wall;
+        self.results.likerate_max_rss_mb = d.max_rss_mb;
+        self.results.likerate_peak_rss_mb = d.hwm_mb;
+        self.results.cpu_lines = d.cpu;
         for l in &self.results.cpu_lines {
             say(format!("   cpu: {l}"));
         }
-        Ok(app)
+        Ok(d.app)
     }
 
     // d. Naive: one INSERT and one commit per event.
-    fn phase_naive(
-        &mut self,
-        topic: &str,
-        events: &[FeedbackEvent],
-        first: &[usize],
-        coords: &[(i32, i64)],
-    ) -> anyhow::Result<()> {
+    fn phase_naive(&mut self, topic: &str, p: &Produced) -> anyhow::Result<()> {
+        let (events, first, coords) = (&p.events, &p.first, &p.coords);
         let subset = ((first.len() / 20).clamp(1000, 20_000)).min(first.len());
         self.results.naive_n = subset as u64;
         let db = format!("likerate_bench_{}_naive", self.id);
@@ -1510,6 +1647,15 @@ impl<'r> Bench<'r> {
         Ok(())
     }
 
+    /// Prints the run's table and writes it to `table.md` in the run's folder.
+    fn publish_table(&self, out: &str) {
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+        let path = self.log_dir.join("table.md");
+        let _ = std::fs::write(&path, out);
+        say(format!("table written to {}", path.display()));
+    }
+
     fn print_table(&self) {
         let r = &self.results;
         let tighter = r.copy_rate.min(r.consume_rate);
@@ -1561,7 +1707,7 @@ impl<'r> Bench<'r> {
             "Machine: {nproc} cores ({model}), {mem_gib:.0} GiB RAM; PostgreSQL {pg_version}; Apache Kafka {} (one KRaft node); extra consumer properties: {}; load average at the end: {}",
             kafka_version(),
             std::env::var("LIKERATE_BENCH_KAFKA_OPTIONS").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "none (librdkafka defaults)".into()),
-            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            load_average()
         ));
         line(String::new());
         line("| measurement | events/s | notes |".into());
@@ -1667,11 +1813,7 @@ impl<'r> Bench<'r> {
         for l in &r.latency_cpu_lines {
             line(format!("    {l}"));
         }
-        print!("{out}");
-        let _ = std::io::stdout().flush();
-        let path = self.log_dir.join("table.md");
-        let _ = std::fs::write(&path, &out);
-        say(format!("table written to {}", path.display()));
+        self.publish_table(&out);
     }
 }
 

@@ -1,5 +1,6 @@
-//! What the benchmarks share: the raw `COPY` that measures the storage limit, and a Kafka node
-//! of their own. Each benchmark binary uses part of it.
+//! What the benchmarks share: the raw `COPY` that measures the storage limit, a Kafka node
+//! of their own, and the read-latency measurement of the API. Each benchmark binary uses part
+//! of it.
 #![allow(dead_code)]
 
 use likerate::event::FeedbackEvent;
@@ -184,4 +185,144 @@ pub fn kafka_version() -> &'static str {
         .nth(1)
         .and_then(|rest| rest.split('<').next())
         .unwrap_or("?")
+}
+
+/// RFC 3339 in UTC, whole seconds, as the API's query parameters take it.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `v` encoded for a query string.
+pub fn query_value(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// What the read-latency shapes ask about: the stored subjects, two models to compare, and the
+/// time range that holds votes.
+pub struct ReadShapes {
+    pub subjects: Vec<String>,
+    pub model_a: String,
+    pub model_b: String,
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+}
+
+/// How many requests [`read_latency`] sends per shape.
+pub struct ReadSamples {
+    /// Measured requests per shape.
+    pub samples: usize,
+    /// Requests before them that warm the connection pool and the statement caches.
+    pub warmup: usize,
+    /// A shape stops early when its requests have taken this long (after one measured).
+    pub budget: std::time::Duration,
+}
+
+/// Read latency of `stats`, `daily` and `compare` against the server at `base` (issue 4:
+/// p99 under 10 ms): per query shape, requests sent one at a time as `n` says. Returns
+/// (shape, measured requests, how many of them failed, p50 ms, p99 ms).
+pub async fn read_latency(
+    client: &reqwest::Client,
+    base: &str,
+    shapes: &ReadShapes,
+    n: &ReadSamples,
+) -> Vec<(String, usize, usize, f64, f64)> {
+    use chrono::Duration as ChronoDuration;
+    use rand::{Rng, SeedableRng};
+    type Path<'a> = Box<dyn Fn(&mut rand::rngs::StdRng) -> String + 'a>;
+    let seconds = (shapes.end - shapes.start).num_seconds().max(1);
+    let days = (seconds / 86_400).max(1);
+    let random_time = move |rng: &mut rand::rngs::StdRng| {
+        shapes.start + ChronoDuration::seconds(rng.random_range(0..seconds))
+    };
+    let subject = |rng: &mut rand::rngs::StdRng| {
+        query_value(&shapes.subjects[rng.random_range(0..shapes.subjects.len())])
+    };
+    let (a, b) = (query_value(&shapes.model_a), query_value(&shapes.model_b));
+    let list: Vec<(String, Path)> = vec![
+        (
+            "stats, everything".into(),
+            Box::new(|_| "/api/feedback/stats".into()),
+        ),
+        (
+            "stats, one subject".into(),
+            Box::new(|rng| format!("/api/feedback/stats?subject_id={}", subject(rng))),
+        ),
+        (
+            "stats, subject + model + range cut inside minutes".into(),
+            Box::new(|rng| {
+                let (x, y) = (random_time(rng), random_time(rng));
+                let (since, until) = if x < y { (x, y) } else { (y, x) };
+                format!(
+                    "/api/feedback/stats?subject_id={}&model={b}&since={}&until={}",
+                    subject(rng),
+                    rfc3339(since + ChronoDuration::seconds(17)),
+                    rfc3339(until + ChronoDuration::seconds(43))
+                )
+            }),
+        ),
+        (
+            "daily, 30 days".into(),
+            Box::new(|_| "/api/feedback/daily?days=30".into()),
+        ),
+        (
+            format!("daily, {days} days, one subject"),
+            Box::new(|rng| {
+                format!(
+                    "/api/feedback/daily?days={days}&subject_id={}",
+                    subject(rng)
+                )
+            }),
+        ),
+        (
+            "compare, since a random time".into(),
+            Box::new(|rng| {
+                format!(
+                    "/api/feedback/compare?model_a={a}&model_b={b}&since={}",
+                    rfc3339(random_time(rng) + ChronoDuration::seconds(29))
+                )
+            }),
+        ),
+        (
+            "compare by vote (rollups), since a random time".into(),
+            Box::new(|rng| {
+                format!(
+                    "/api/feedback/compare?model_a={a}&model_b={b}&unit=vote&since={}",
+                    rfc3339(random_time(rng) + ChronoDuration::seconds(29))
+                )
+            }),
+        ),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut out = Vec::new();
+    for (name, path) in list {
+        let mut took = Vec::with_capacity(n.samples);
+        let started = std::time::Instant::now();
+        let (mut warmed, mut failed) = (0, 0);
+        while took.len() < n.samples && (took.is_empty() || started.elapsed() < n.budget) {
+            // The warm-up ends early when it has used half the budget.
+            let warming = warmed < n.warmup && started.elapsed() < n.budget / 2;
+            let url = format!("{base}{}", path(&mut rng));
+            let t = std::time::Instant::now();
+            let r = client.get(&url).send().await.expect("request");
+            let ok = r.status().is_success();
+            r.bytes().await.expect("body");
+            // A failed request (a statement timeout, say) counts with the time it took.
+            failed += usize::from(!ok && !warming);
+            if warming {
+                warmed += 1;
+            } else {
+                took.push(t.elapsed());
+            }
+        }
+        took.sort();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        out.push((
+            name,
+            took.len(),
+            failed,
+            ms(took[took.len() / 2]),
+            ms(took[took.len() * 99 / 100]),
+        ));
+    }
+    out
 }

@@ -2,9 +2,10 @@
 # Quick start, the whole test suite: installs what the tests need (Debian packages for the
 # build, PostgreSQL, Java and Maven, Prometheus and Alertmanager, Chromium; Apache Kafka from
 # Maven Central), starts PostgreSQL, then runs formatting and lint checks, the configuration
-# checks of deploy/ and grafana/, a smoke run of the pipeline benchmark, every Rust test
-# against the real services, then 60 s of fuzzing per fuzz target (deploy/local/fuzz.sh) and
-# schemathesis against the OpenAPI document (deploy/local/schemathesis.sh). The test binaries
+# checks of deploy/ and grafana/, smoke runs of the pipeline benchmark and of its scale mode,
+# every Rust test against the real services, then 60 s of fuzzing per fuzz target
+# (deploy/local/fuzz.sh) and schemathesis against the OpenAPI document
+# (deploy/local/schemathesis.sh). The test binaries
 # start their own Kafka nodes (one per binary, and a three-node cluster for
 # tests/kafka_faults.rs) on free ports, and so does the schemathesis run.
 set -euo pipefail
@@ -29,6 +30,9 @@ bash deploy/check-deploy.sh
 say "benchmark smoke run (small N, so the benchmark cannot rot; figures are not checked)"
 LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_BACKLOG=50000 LIKERATE_BENCH_LATENCY_SECS=5 \
   LIKERATE_BENCH_BACKLOG_SECS=5 bash deploy/local/bench.sh
+say "scale benchmark smoke run (200,000 stored rows, 20,000 events; figures are not checked)"
+LIKERATE_BENCH_SCALE=200000 LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_EXPORT_ROWS=20000 \
+  LIKERATE_BENCH_READ_SAMPLES=50 LIKERATE_BENCH_READ_BUDGET=3 bash deploy/local/bench.sh scale
 say "cargo test (PostgreSQL, Apache Kafka, Prometheus, Alertmanager, Chromium)"
 out="$STATE_DIR/test-output.log"
 set +e
