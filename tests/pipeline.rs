@@ -542,12 +542,15 @@ async fn a_frozen_database_backend_costs_retries_not_data() {
     p.kill9();
 }
 
-/// `pg_ctlcluster <action>` on the first Debian cluster (the one the tests use).
+/// `pg_ctlcluster <action>` on the Debian cluster on port 5432, the one the tests use (not the
+/// first listed: a machine may have others, sorted before it).
 fn postgres(action: &str) {
     let status = Command::new("bash")
         .args([
             "-c",
-            &format!("pg_ctlcluster $(pg_lsclusters -h | awk 'NR==1{{print $1, $2}}') {action}"),
+            &format!(
+                "pg_ctlcluster $(pg_lsclusters -h | awk '$3 == 5432 {{print $1, $2; exit}}') {action}"
+            ),
         ])
         .status()
         .expect("pg_ctlcluster");
