@@ -24,7 +24,7 @@ use crate::aggregate::{capped, Reading, Snapshot, Snapshots, WINDOWS};
 use crate::config::AlertConfig;
 use crate::rollup::{read, Cells, Counts};
 use crate::stats::wilson;
-use crate::telemetry::{Metrics, ALERT_FIRING, ALL};
+use crate::telemetry::{Metrics, ALERT_FIRING, ALL, PIPELINE_STALLED};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use std::collections::BTreeMap;
@@ -121,6 +121,8 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub const ALL: [Cause; 3] = [Cause::Database, Cause::Consumer, Cause::Evaluation];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::Database => "database_unavailable",
@@ -368,6 +370,11 @@ impl Alerter {
                 .any(|t| t.subject == ALL && t.model.is_none())
             {
                 gauges.set(ALERT_FIRING, &[("subject", ALL)], 0.0);
+            }
+            let stalled = self.stalled();
+            for cause in Cause::ALL {
+                let on = f64::from(u8::from(stalled == Some(cause)));
+                gauges.set(PIPELINE_STALLED, &[("cause", cause.as_str())], on);
             }
             for (target, t) in &self.tracked {
                 let firing = f64::from(u8::from(t.state.firing));

@@ -41,6 +41,7 @@ pub const WINDOW_VOTES: &str = "likerate_window_votes";
 pub const MODEL_LIKE_RATIO: &str = "likerate_model_like_ratio";
 pub const MODEL_WINDOW_VOTES: &str = "likerate_model_window_votes";
 pub const ALERT_FIRING: &str = "likerate_alert_firing";
+pub const PIPELINE_STALLED: &str = "likerate_pipeline_stalled";
 pub const ALERT_PUSHES: &str = "likerate_alert_pushes_total";
 pub const CONSUMER_LAG: &str = "likerate_consumer_lag_messages";
 pub const BATCH_WRITE_SECONDS: &str = "likerate_batch_write_seconds";
@@ -54,7 +55,7 @@ pub const REDACTIONS: &str = "likerate_redactions_total";
 pub const RETENTION_ROWS: &str = "likerate_retention_rows_total";
 
 /// Help texts, by metric.
-const HELP: [(&str, &str); 19] = [
+const HELP: [(&str, &str); 20] = [
     (EVENTS, "Events by outcome"),
     (
         DEAD_LETTERS,
@@ -78,6 +79,10 @@ const HELP: [(&str, &str); 19] = [
         "Votes per model version, window and rating",
     ),
     (ALERT_FIRING, "1 while the like-rate alert fires"),
+    (
+        PIPELINE_STALLED,
+        "1 while likerate cannot count for this cause (FeedbackPipelineStalled), else 0",
+    ),
     (ALERT_PUSHES, "Pushes to Alertmanager by result"),
     (
         CONSUMER_LAG,

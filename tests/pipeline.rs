@@ -625,6 +625,9 @@ async fn a_database_outage_holds_the_page_and_pages_the_stall() {
             })
         {
             stall_seen = Some(stopped.elapsed());
+            // The same state on /metrics, for dashboards.
+            let gauge = r#"likerate_pipeline_stalled{cause="database_unavailable"}"#;
+            assert_eq!(p.metric(gauge).await.unwrap(), Some(1.0), "{gauge}");
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
