@@ -11,7 +11,7 @@
 
 use crate::config::{DatabaseConfig, KafkaConfig, RunConfig};
 use crate::db::Target;
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter;
 use crate::redact::Redactor;
 use crate::source::{self, BatchLimits};
 use crate::telemetry::Metrics;
@@ -112,11 +112,9 @@ impl App {
             progress.clone(),
             source_stop.clone(),
         )?;
-        let dead_letters = DeadLetters::new(&self.kafka, self.metrics.clone())?;
         let sink = sink::Sink::new(
             self.target.clone(),
             self.kafka.topic.clone(),
-            dead_letters,
             source.acker,
             self.metrics.clone(),
             self.db_timeout,
@@ -164,6 +162,16 @@ impl App {
             futures::future::Either::Right(async move { shutdown.cancelled().await })
         };
         let mut retention = tokio::spawn(fault.wrap("retention", retention));
+        let mut dead_letters = tokio::spawn(fault.wrap(
+            "dead_letters",
+            dead_letter::run(
+                self.target.clone(),
+                self.kafka.clone(),
+                self.metrics.clone(),
+                fault.is("dead_letter_sent"),
+                shutdown.clone(),
+            ),
+        ));
         let thread = source.thread;
         let mut source_task = tokio::spawn(fault.wrap("source", async move {
             // The poll thread ends only when told to; its end (or panic) is awaited here.
@@ -206,6 +214,11 @@ impl App {
             r = &mut aggregates => Err(ended("aggregates", task_end(r))),
             r = &mut alert_task => Err(ended("alert", task_end(r))),
             r = &mut retention => Err(ended("retention", task_end(r))),
+            r = &mut dead_letters => Err(ended("dead_letters", match r {
+                Ok(Ok(())) => "it returned".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            })),
             r = &mut http_task => {
                 http_done = true;
                 Err(ended("http", format!("{r:?}")))
@@ -240,6 +253,7 @@ impl App {
         aggregates.abort();
         alert_task.abort();
         retention.abort();
+        dead_letters.abort();
         tracing::info!("stopped");
         outcome
     }
@@ -257,8 +271,10 @@ fn task_end(r: Result<(), tokio::task::JoinError>) -> String {
 }
 
 /// A test-only fault hook: `LIKERATE_TEST_FAULT=<task>` (`source`, `sink`, `aggregates`,
-/// `alert`, `retention` or `http`) makes that task panic two seconds after start, so the tests can prove
-/// each task is supervised. Unset in production; any other value names no task.
+/// `alert`, `retention`, `dead_letters` or `http`) makes that task panic two seconds after
+/// start, so the tests can prove each task is supervised; `dead_letter_sent` makes the process
+/// abort after the broker acknowledged dead letters and before the outbox marks them
+/// (crate::dead_letter). Unset in production; any other value names nothing.
 struct Fault(Option<String>);
 
 impl Fault {
@@ -266,12 +282,16 @@ impl Fault {
         Fault(std::env::var("LIKERATE_TEST_FAULT").ok())
     }
 
+    fn is(&self, point: &str) -> bool {
+        self.0.as_deref() == Some(point)
+    }
+
     fn wrap<F: std::future::Future>(
         &self,
         task: &'static str,
         future: F,
     ) -> impl std::future::Future<Output = F::Output> {
-        let inject = self.0.as_deref() == Some(task);
+        let inject = self.is(task);
         async move {
             if inject {
                 tokio::time::sleep(Duration::from_secs(2)).await;

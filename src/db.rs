@@ -257,6 +257,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "tombstones",
         include_str!("../schemas/migrations/0005_tombstones.sql"),
     ),
+    (
+        6,
+        "dead_letter_outbox",
+        include_str!("../schemas/migrations/0006_dead_letter_outbox.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.

@@ -25,7 +25,7 @@
 //! | [`votes`] | the vote rule (which event of a `vote_id` counts) and every statement about votes |
 //! | [`tombstone`] | what erasure removed for good, which the sink refuses when it is read again |
 //! | [`sink`] | the PostgreSQL transaction per batch on parallel lanes: idempotent rows, votes, rollups |
-//! | [`dead_letter`] | publishing refused records to the dead-letter topic |
+//! | [`dead_letter`] | refused records, exactly once: the outbox in PostgreSQL and its publisher to the DLQ topic |
 //! | [`aggregate`] | the 5m/15m/1h/24h windows, exported and published to the alert |
 //! | [`stats`] | the Wilson interval and the always-valid A/B test |
 //! | [`alert`] | the `FeedbackLikeRateLow` rule and the Alertmanager push |

@@ -48,6 +48,7 @@ pub const BATCH_WRITE_SECONDS: &str = "likerate_batch_write_seconds";
 pub const BATCH_EVENTS: &str = "likerate_batch_events";
 pub const DB_RETRIES: &str = "likerate_db_retries_total";
 pub const DLQ_PUBLISH_FAILURES: &str = "likerate_dlq_publish_failures_total";
+pub const DEAD_LETTERS_PENDING: &str = "likerate_dead_letters_pending";
 pub const PAUSED_PARTITIONS: &str = "likerate_paused_partitions";
 pub const ASSIGNED_PARTITIONS: &str = "likerate_assigned_partitions";
 pub const AGGREGATE_REFRESH_FAILURES: &str = "likerate_aggregate_refresh_failures_total";
@@ -55,11 +56,11 @@ pub const REDACTIONS: &str = "likerate_redactions_total";
 pub const RETENTION_ROWS: &str = "likerate_retention_rows_total";
 
 /// Help texts, by metric.
-const HELP: [(&str, &str); 20] = [
+const HELP: [(&str, &str); 21] = [
     (EVENTS, "Events by outcome"),
     (
         DEAD_LETTERS,
-        "Records sent to the dead-letter topic, by reason",
+        "Records dead-lettered (stored in the outbox for the dead-letter topic, once each), by reason",
     ),
     (VOTES, "Stored votes by subject and rating"),
     (
@@ -100,6 +101,10 @@ const HELP: [(&str, &str); 20] = [
     (
         DLQ_PUBLISH_FAILURES,
         "Failed attempts to publish a dead letter",
+    ),
+    (
+        DEAD_LETTERS_PENDING,
+        "Dead letters stored in the outbox and not yet in the dead-letter topic",
     ),
     (PAUSED_PARTITIONS, "Partitions paused by back-pressure"),
     (ASSIGNED_PARTITIONS, "Partitions assigned to this instance"),
@@ -238,6 +243,7 @@ impl Metrics {
         }
         m.set_gauge(ASSIGNED_PARTITIONS, 0.0);
         m.set_gauge(PAUSED_PARTITIONS, 0.0);
+        m.set_gauge(DEAD_LETTERS_PENDING, 0.0);
         m.alerts_replace(|g| g.set(ALERT_FIRING, &[("subject", ALL)], 0.0));
         m
     }
@@ -297,6 +303,10 @@ impl Metrics {
 
     pub fn db_retry(&self) {
         self.counter(DB_RETRIES, &[]).increment(1);
+    }
+
+    pub fn dead_letters_pending(&self, n: u64) {
+        self.set_gauge(DEAD_LETTERS_PENDING, n as f64);
     }
 
     pub fn dlq_publish_failures(&self, n: u64) {

@@ -117,27 +117,77 @@ async fn stores_each_event_once_and_replay_changes_nothing() {
     p.kill9();
 }
 
-/// kill -9 at random moments (inside transactions, between the database commit and the offset
-/// commit), restart, repeat: every event is stored exactly once. The producer batches as
+/// kill -9 while likerate holds an open transaction, restart, repeat: every event is stored
+/// exactly once and every bad record is in the dead-letter topic once. The producer batches as
 /// producers do (1,000 records sent at once, `linger.ms`, lz4: hundreds of records per producer
 /// batch) while likerate's batches hold at most 500 events, so committed offsets fall inside
-/// producer batches and restarts resume in the middle of one. Each new instance joins the group while its killed
-/// predecessor is still a member until the session timeout evicts it (dynamic membership).
+/// producer batches and restarts resume in the middle of one. Each new instance joins the group
+/// while its killed predecessor is still a member until the session timeout evicts it (dynamic
+/// membership).
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_restarts_store_each_event_once() {
     let env = Env::new().await;
     let settings = [("LIKERATE_BATCH_MAX_EVENTS", "500")];
-    let (records, ids, _) = traffic(20_000, 2, &["--duplicates", "0.01", "--revotes", "0.05"]);
+    let (records, ids, invalid) = traffic(
+        20_000,
+        2,
+        &[
+            "--duplicates",
+            "0.01",
+            "--revotes",
+            "0.05",
+            "--invalid",
+            "0.002",
+        ],
+    );
+    assert!(invalid > 10, "the traffic holds bad records: {invalid}");
     let sender = env.send_in_background(records, 1000, Duration::from_millis(100));
+    let admin = env.client().await;
+    let mut in_flight = 0;
     for round in 0..5u64 {
         let p = env.spawn(None, &settings);
         tokio::time::sleep(Duration::from_millis(800 + 450 * round)).await;
+        // Kill while one of its sessions is inside a transaction: a batch is in flight.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let open: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'likerate'
+                       AND xact_start IS NOT NULL AND state <> 'idle'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if open > 0 {
+                in_flight += 1;
+                break;
+            }
+        }
         p.kill9();
     }
+    assert!(
+        in_flight >= 3,
+        "at least 3 of the 5 kills landed while a transaction was open: {in_flight}"
+    );
     sender.await.unwrap();
     let p = env.spawn(None, &settings);
     env.assert_stored_exactly(&ids, Duration::from_secs(180))
         .await;
+    // Each bad record once: `dead_letters` fails if more than expected arrive.
+    let letters = env.dead_letters(invalid);
+    assert_eq!(letters.len(), invalid);
+    let origins: HashSet<(String, String)> = letters
+        .iter()
+        .map(|(h, _)| {
+            (
+                h["likerate-source-partition"].clone(),
+                h["likerate-source-offset"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(origins.len(), invalid, "one dead letter per source offset");
     p.kill9();
 }
 
@@ -461,7 +511,15 @@ async fn a_writer_racing_the_fast_path_sends_the_batch_through_the_staged_insert
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_that_dies_stops_the_process_with_an_error() {
     let env = Env::new().await;
-    for task in ["source", "sink", "aggregates", "alert", "retention", "http"] {
+    for task in [
+        "source",
+        "sink",
+        "aggregates",
+        "alert",
+        "retention",
+        "dead_letters",
+        "http",
+    ] {
         let mut p = env.spawn(
             None,
             &[

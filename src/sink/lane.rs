@@ -5,7 +5,7 @@ use super::sql::Conn;
 use super::transaction::{write, Aggregates, Row};
 use super::{SinkError, Written};
 use crate::db::{DbError, Target};
-use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::dead_letter::{self, DeadLetter};
 use crate::decode::{DecodeError, Reason};
 use crate::event::{Coordinates, FeedbackEvent, Rating};
 use crate::source::{Ack, Batch, Payload, Rejected};
@@ -19,7 +19,6 @@ pub(super) struct Lane {
     pub(super) target: Target,
     pub(super) conn: Option<Conn>,
     pub(super) topic: String,
-    pub(super) dead_letters: DeadLetters,
     pub(super) metrics: Metrics,
     pub(super) timeout: Duration,
     /// `LIKERATE_RETENTION_ROWS`: events older than this are refused as erased.
@@ -77,23 +76,22 @@ impl Lane {
                 }),
             }
         }
-        let dead_letters = self.dead_letters.clone();
-        let (stored, ()) = tokio::join!(self.store(rows), dead_letters.publish(&letters));
-        let (written, refused) = stored?;
-        if !refused.is_empty() {
-            let refused: Vec<(Rejected, Coordinates)> = refused
-                .into_iter()
-                .map(|(row, detail)| (refused_letter(row.event, detail), row.coords))
-                .collect();
-            let letters: Vec<DeadLetter<'_>> = refused
-                .iter()
-                .map(|(rejected, c)| DeadLetter {
-                    rejected,
-                    partition: c.partition,
-                    offset: c.offset,
-                })
-                .collect();
-            self.dead_letters.publish(&letters).await;
+        let (written, refused) = self.store(rows).await?;
+        // The rows the database refused become dead letters too; all of them are durable in
+        // the outbox before the batch is acknowledged (crate::dead_letter).
+        let refused: Vec<(Rejected, Coordinates)> = refused
+            .into_iter()
+            .map(|(row, detail)| (refused_letter(row.event, detail), row.coords))
+            .collect();
+        letters.extend(refused.iter().map(|(rejected, c)| DeadLetter {
+            rejected,
+            partition: c.partition,
+            offset: c.offset,
+        }));
+        if !letters.is_empty() {
+            self.with_retry(Work::Letters(&letters))
+                .await
+                .map_err(|e| SinkError::Fatal(e.to_string()))?;
         }
         self.metrics.event("stored", written.stored);
         self.metrics.event("erased", written.erased + too_old);
@@ -115,7 +113,7 @@ impl Lane {
             if chunk.is_empty() {
                 continue;
             }
-            match self.write_with_retry(&chunk).await {
+            match self.with_retry(Work::Rows(&chunk)).await {
                 Ok(w) => written += w,
                 Err(DbError::Data(detail)) if chunk.len() == 1 => {
                     tracing::warn!(event_id = %chunk[0].event.event_id, %detail, "row refused by the database: dead-lettered");
@@ -134,8 +132,9 @@ impl Lane {
         Ok((written, refused))
     }
 
-    /// One transaction for the rows, retried while the database is unavailable.
-    async fn write_with_retry(&mut self, rows: &[Row<'_>]) -> Result<Written, DbError> {
+    /// One transaction for the rows or the dead letters, retried while the database is
+    /// unavailable.
+    async fn with_retry(&mut self, work: Work<'_, '_>) -> Result<Written, DbError> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let attempt = async {
@@ -143,22 +142,29 @@ impl Lane {
                     Some(conn) => conn,
                     None => self.conn.insert(Conn::open(&self.target).await?),
                 };
-                let started = Instant::now();
-                let inserted = write(conn, &self.topic, rows, Aggregates::Maintain).await?;
-                self.metrics
-                    .batch_written(started.elapsed().as_secs_f64(), rows.len());
-                Ok::<_, DbError>(inserted)
+                match work {
+                    Work::Rows(rows) => {
+                        let started = Instant::now();
+                        let outcome = write(conn, &self.topic, rows, Aggregates::Maintain).await?;
+                        self.metrics
+                            .batch_written(started.elapsed().as_secs_f64(), rows.len());
+                        let inserted = outcome.inserted;
+                        record_votes(&self.metrics, rows, &inserted);
+                        Ok::<_, DbError>(Written {
+                            stored: inserted.len() as u64,
+                            duplicates: (rows.len() - inserted.len() - outcome.erased) as u64,
+                            erased: outcome.erased as u64,
+                        })
+                    }
+                    Work::Letters(letters) => {
+                        dead_letter::record(&mut conn.client, &self.topic, letters, &self.metrics)
+                            .await?;
+                        Ok(Written::default())
+                    }
+                }
             };
             let error = match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(outcome)) => {
-                    let inserted = outcome.inserted;
-                    self.record_votes(rows, &inserted);
-                    return Ok(Written {
-                        stored: inserted.len() as u64,
-                        duplicates: (rows.len() - inserted.len() - outcome.erased) as u64,
-                        erased: outcome.erased as u64,
-                    });
-                }
+                Ok(Ok(written)) => return Ok(written),
                 Ok(Err(DbError::Unavailable(e))) => e,
                 Ok(Err(other)) => return Err(other),
                 Err(_) => format!("no answer within {:?}", self.timeout),
@@ -171,19 +177,26 @@ impl Lane {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
+}
 
-    /// Counts the newly stored votes per subject and rating (`likerate_votes_total`).
-    fn record_votes(&self, rows: &[Row<'_>], inserted: &HashSet<Uuid>) {
-        let mut counts: HashMap<(&str, Rating), u64> = HashMap::new();
-        for r in rows.iter().filter(|r| inserted.contains(&r.event.event_id)) {
-            *counts
-                .entry((r.event.subject_id.as_str(), r.event.rating))
-                .or_default() += 1;
-        }
-        for ((subject, rating), n) in counts {
-            self.metrics.vote(subject, rating, n);
-        }
+/// Counts the newly stored votes per subject and rating (`likerate_votes_total`).
+fn record_votes(metrics: &Metrics, rows: &[Row<'_>], inserted: &HashSet<Uuid>) {
+    let mut counts: HashMap<(&str, Rating), u64> = HashMap::new();
+    for r in rows.iter().filter(|r| inserted.contains(&r.event.event_id)) {
+        *counts
+            .entry((r.event.subject_id.as_str(), r.event.rating))
+            .or_default() += 1;
     }
+    for ((subject, rating), n) in counts {
+        metrics.vote(subject, rating, n);
+    }
+}
+
+/// What one transaction of a lane writes.
+#[derive(Clone, Copy)]
+enum Work<'a, 'b> {
+    Rows(&'b [Row<'a>]),
+    Letters(&'b [DeadLetter<'a>]),
 }
 
 /// A dead letter for an event the database refused. The decoded event is re-encoded as JSON:

@@ -41,7 +41,6 @@ mod sql;
 mod transaction;
 
 use crate::db::Target;
-use crate::dead_letter::DeadLetters;
 use crate::source::{Ack, Acker, Batch};
 use crate::telemetry::Metrics;
 #[cfg(feature = "bench")]
@@ -94,7 +93,6 @@ impl Sink {
     pub fn new(
         target: Target,
         topic: String,
-        dead_letters: DeadLetters,
         acker: Acker,
         metrics: Metrics,
         timeout: Duration,
@@ -106,7 +104,6 @@ impl Sink {
                 target: target.clone(),
                 conn: None,
                 topic: topic.clone(),
-                dead_letters: dead_letters.clone(),
                 metrics: metrics.clone(),
                 timeout,
                 keep_rows,

@@ -7,6 +7,7 @@
 //! | module | area |
 //! |---|---|
 //! | [`api`] | the feedback API, in process, against independent computations |
+//! | [`dead_letters`] | dead letters exactly once: a crash at the publisher's worst point, the topic unavailable |
 //! | [`hostile`] | hostile input at every edge: HTTP, Kafka payloads, configuration |
 //! | [`ops`] | `dlq replay`, `erase`, `retention`, `report` (Chromium renders the report) |
 //! | [`votes`] | the vote rule through the sink's write path |
@@ -18,6 +19,7 @@ mod common;
 
 mod alert_sim;
 mod api;
+mod dead_letters;
 mod hostile;
 mod observability;
 mod ops;
