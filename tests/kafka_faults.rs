@@ -189,8 +189,13 @@ async fn a_member_sigkilled_and_not_restarted_hands_its_partitions_to_the_surviv
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (first, rest) = records.split_at(records.len() / 2);
-    world.send(first).await;
-    a.kill9();
+    let db = world.client().await;
+    let sending = world.send_in_background(first.to_vec(), 500, Duration::from_millis(50));
+    assert!(
+        a.kill9_in_flight(&db).await,
+        "the kill landed while a batch of the victim was in flight"
+    );
+    sending.await.unwrap();
     world.send(rest).await;
     settle_and_check(&world, &ids).await;
     assert_eq!(

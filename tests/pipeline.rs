@@ -147,25 +147,7 @@ async fn kill9_restarts_store_each_event_once() {
     for round in 0..5u64 {
         let p = env.spawn(None, &settings);
         tokio::time::sleep(Duration::from_millis(800 + 450 * round)).await;
-        // Kill while one of its sessions is inside a transaction: a batch is in flight.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let open: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND application_name = 'likerate'
-                       AND xact_start IS NOT NULL AND state <> 'idle'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if open > 0 {
-                in_flight += 1;
-                break;
-            }
-        }
-        p.kill9();
+        in_flight += usize::from(p.kill9_in_flight(&admin).await);
     }
     assert!(
         in_flight >= 3,
@@ -204,7 +186,7 @@ async fn database_sessions_killed_and_server_restarted_lose_nothing() {
         admin
             .execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE application_name = 'likerate' AND datname = current_database()",
+                 WHERE application_name LIKE 'likerate-%' AND datname = current_database()",
                 &[],
             )
             .await
@@ -575,7 +557,7 @@ async fn a_frozen_database_backend_costs_retries_not_data() {
     let pids: Vec<i32> = admin
         .query(
             "SELECT pid FROM pg_stat_activity
-             WHERE application_name = 'likerate' AND datname = current_database()",
+             WHERE application_name LIKE 'likerate-%' AND datname = current_database()",
             &[],
         )
         .await

@@ -13,7 +13,6 @@ pub use kafka::{free_port, shared_brokers, Cluster};
 
 use chrono::{DateTime, Utc};
 use likerate::config::KafkaConfig;
-use likerate::decode::{decode, Origin};
 use likerate::produce::{Generator, ProduceArgs};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -398,7 +397,10 @@ pub async fn send(kafka: &KafkaConfig, records: &[(String, Vec<u8>)]) {
 }
 
 /// Synthetic records from `likerate produce`'s generator with its command-line flags, the
-/// distinct valid event ids among them, and how many are invalid.
+/// distinct valid event ids among them, and how many are invalid. Which is which is what the
+/// generator made, not what likerate's decoder says: it keys each invalid record it makes
+/// `invalid` and gives every valid one an `event_id` (tests do not pass `--no-event-id`), so a
+/// decoder that refused a valid event or let an invalid one through fails the tests.
 pub fn traffic(n: u64, seed: u64, flags: &[&str]) -> (Records, HashSet<Uuid>, usize) {
     use clap::Parser;
     #[derive(Parser)]
@@ -406,6 +408,7 @@ pub fn traffic(n: u64, seed: u64, flags: &[&str]) -> (Records, HashSet<Uuid>, us
         #[command(flatten)]
         args: ProduceArgs,
     }
+    assert!(!flags.contains(&"--no-event-id"), "the ids must be known");
     let mut argv = vec!["x".to_owned(), "--seed".into(), seed.to_string()];
     argv.extend(flags.iter().map(|s| s.to_string()));
     let mut g = Generator::new(&Cli::parse_from(argv).args).unwrap();
@@ -414,17 +417,11 @@ pub fn traffic(n: u64, seed: u64, flags: &[&str]) -> (Records, HashSet<Uuid>, us
     let mut invalid = 0;
     for _ in 0..n {
         let (key, payload) = g.next_record();
-        let origin = Origin {
-            topic: "t",
-            partition: 0,
-            offset: 0,
-            received_at: chrono::Utc::now(),
-        };
-        match decode(&payload, origin) {
-            Ok(e) => {
-                ids.insert(e.event_id);
-            }
-            Err(_) => invalid += 1,
+        if key == "invalid" {
+            invalid += 1;
+        } else {
+            let event: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            ids.insert(event["event_id"].as_str().unwrap().parse().unwrap());
         }
         records.push((key, payload));
     }
@@ -579,6 +576,8 @@ pub struct Likerate {
     pub child: Child,
     pub http: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Its PostgreSQL `application_name` (`likerate-<id>`), to find its sessions.
+    pub application: String,
 }
 
 impl Likerate {
@@ -590,7 +589,10 @@ impl Likerate {
         db_url: &str,
         extra: &[(&str, Option<&str>)],
     ) -> Likerate {
-        let mut cmd = likerate_command(&["run"], kafka, db_url);
+        let application = format!("likerate-{}", short_id());
+        let sep = if db_url.contains('?') { '&' } else { '?' };
+        let db_url = format!("{db_url}{sep}application_name={application}");
+        let mut cmd = likerate_command(&["run"], kafka, &db_url);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         for (name, value) in extra {
             match value {
@@ -622,7 +624,12 @@ impl Likerate {
                     .and_then(|a| a.parse::<SocketAddr>().ok())
             });
             if let Some(http) = found {
-                return Likerate { child, http, log };
+                return Likerate {
+                    child,
+                    http,
+                    log,
+                    application,
+                };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("likerate exited at start: {status}");
@@ -634,6 +641,28 @@ impl Likerate {
 
     pub fn kill9(self) {
         drop(self);
+    }
+
+    /// kill -9 while one of its sessions is inside a transaction (a batch in flight), waiting
+    /// up to 5 s for one; returns whether one was open when the kill was sent.
+    pub async fn kill9_in_flight(self, db: &tokio_postgres::Client) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut open = false;
+        while !open && Instant::now() < deadline {
+            let n: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = $1
+                       AND xact_start IS NOT NULL AND state <> 'idle'",
+                    &[&self.application],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            open = n > 0;
+        }
+        self.kill9();
+        open
     }
 
     /// SIGTERM; returns the exit status and how long the process took to exit.

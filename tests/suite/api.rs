@@ -5,7 +5,8 @@
 //! Data always takes the real path: `POST /api/feedback` -> topic -> consumer -> sink ->
 //! `feedback` rows and rollups. Every figure the API returns is compared with an independent
 //! computation over the `feedback` table, where the current vote of a `vote_id` is the row with
-//! the latest `(created_at, event_id)`.
+//! the latest `(created_at, event_id)`; stats and daily are also computed from the events the
+//! test sent ([`Produced`]), so a row likerate lost or altered cannot hide in both.
 
 use crate::common;
 
@@ -181,6 +182,102 @@ fn traffic(now: DateTime<Utc>) -> Vec<Value> {
         .collect()
 }
 
+/// The current votes of the events a test sent, worked out from what it sent (not from what
+/// likerate stored): per `vote_id` the event with the latest `(created_at, event_id)`, and
+/// every event without one.
+struct Produced<'a> {
+    current: Vec<(&'a Value, DateTime<Utc>)>,
+}
+
+impl<'a> Produced<'a> {
+    fn new(events: &'a [Value], ids: &[Uuid]) -> Produced<'a> {
+        let mut current = Vec::new();
+        let mut votes: HashMap<&str, (DateTime<Utc>, Uuid, &Value)> = HashMap::new();
+        for (e, id) in events.iter().zip(ids) {
+            let at = DateTime::parse_from_rfc3339(e["created_at"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&Utc);
+            match e["vote_id"].as_str() {
+                None => current.push((e, at)),
+                Some(vote) => {
+                    let entry = votes.entry(vote).or_insert((at, *id, e));
+                    if (at, *id) > (entry.0, entry.1) {
+                        *entry = (at, *id, e);
+                    }
+                }
+            }
+        }
+        current.extend(votes.into_values().map(|(at, _, e)| (e, at)));
+        Produced { current }
+    }
+
+    /// `round(likes * 100 / total, 1)` as PostgreSQL rounds it (half away from zero), in
+    /// integers so no float rounding decides a tie.
+    fn pct(likes: i64, total: i64) -> f64 {
+        if total == 0 {
+            return 0.0;
+        }
+        ((2 * likes * 1000 + total) / (2 * total)) as f64 / 10.0
+    }
+
+    fn stats(&self, filter: StatsFilter<'_>) -> Value {
+        let (subject, model, since, until) = filter;
+        let rows: Vec<i64> = self
+            .current
+            .iter()
+            .filter(|(e, at)| {
+                subject.is_none_or(|s| e["subject_id"] == s)
+                    && model.is_none_or(|m| e["model"] == m)
+                    && since.is_none_or(|s| *at >= s)
+                    && until.is_none_or(|u| *at < u)
+            })
+            .map(|(e, _)| e["rating"].as_i64().unwrap())
+            .collect();
+        let count = |r: i64| rows.iter().filter(|x| **x == r).count() as i64;
+        json!({
+            "total_feedback": rows.len() as i64,
+            "likes": count(1),
+            "dislikes": count(-1),
+            "neutral": count(0),
+            "like_percentage": Self::pct(count(1), rows.len() as i64),
+            "subject_id": subject,
+        })
+    }
+
+    /// The product guide's daily figures: days within the last `days` days, newest first.
+    fn daily(&self, days: i64, subject: Option<&str>) -> Value {
+        let since = Utc::now() - ChronoDuration::days(days);
+        let mut cells: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+        for (e, at) in &self.current {
+            if *at <= since || subject.is_some_and(|s| e["subject_id"] != s) {
+                continue;
+            }
+            let key = (
+                at.date_naive().to_string(),
+                e["subject_id"].as_str().unwrap().to_owned(),
+            );
+            let cell = cells.entry(key).or_default();
+            cell.0 += 1;
+            cell.1 += i64::from(e["rating"] == 1);
+        }
+        let mut out: Vec<Value> = cells
+            .into_iter()
+            .map(|((date, subject), (total, likes))| {
+                json!({"date": date, "subject_id": subject, "total": total, "likes": likes,
+                       "like_pct": Self::pct(likes, total)})
+            })
+            .collect();
+        // Newest date first, subjects in order within a date.
+        out.sort_by(|a, b| {
+            b["date"]
+                .as_str()
+                .cmp(&a["date"].as_str())
+                .then(a["subject_id"].as_str().cmp(&b["subject_id"].as_str()))
+        });
+        Value::Array(out)
+    }
+}
+
 /// subject_id, model, since, until
 type StatsFilter<'a> = (
     Option<&'a str>,
@@ -259,6 +356,7 @@ async fn stats_daily_export_and_training_data_match_the_table() {
         .unwrap()
         .get(0);
     assert!(superseded > 20, "the traffic has superseded votes");
+    let produced = Produced::new(&events, &ids);
 
     // stats: whole table, per subject, per model, and ranges cut inside days and hours.
     let since = now - ChronoDuration::days(6) + ChronoDuration::seconds(1234);
@@ -300,6 +398,8 @@ async fn stats_daily_export_and_training_data_match_the_table() {
         )
         .await;
         assert_eq!(got, want, "stats {query:?}");
+        let sent = produced.stats((subject, model, s.map(floor_minute), u.map(floor_minute)));
+        assert_eq!(got, sent, "stats {query:?} against the events sent");
     }
 
     // daily: the product guide's SQL over the current votes.
@@ -335,6 +435,11 @@ async fn stats_daily_export_and_training_data_match_the_table() {
         };
         let got = p.get_json(&path).await;
         assert_eq!(got, Value::Array(want), "{path}");
+        assert_eq!(
+            got,
+            produced.daily(days.into(), subject),
+            "{path} against the events sent"
+        );
         assert!(!got.as_array().unwrap().is_empty());
     }
 
