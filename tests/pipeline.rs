@@ -582,14 +582,15 @@ async fn a_frozen_database_backend_costs_retries_not_data() {
     p.kill9();
 }
 
-/// `pg_ctlcluster <action>` on the Debian cluster on port 5432, the one the tests use (not the
+/// `pg_ctlcluster <action>` on the Debian cluster on the tests' port (`common::pg_port`; not the
 /// first listed: a machine may have others, sorted before it).
 fn postgres(action: &str) {
     let status = Command::new("bash")
         .args([
             "-c",
             &format!(
-                "pg_ctlcluster $(pg_lsclusters -h | awk '$3 == 5432 {{print $1, $2; exit}}') {action}"
+                "pg_ctlcluster $(pg_lsclusters -h | awk '$3 == {} {{print $1, $2; exit}}') {action}",
+                common::pg_port()
             ),
         ])
         .status()

@@ -73,7 +73,20 @@ impl Cluster {
         Self::start_with(n, true)
     }
 
+    /// A start that fails (seen once under load: a node that never listened, its logs gone
+    /// with its folder) is reported with the nodes' log tails and tried once more on fresh
+    /// ports.
     fn start_with(n: u32, keep: bool) -> Cluster {
+        match Self::try_start(n, keep) {
+            Ok(cluster) => cluster,
+            Err(first) => {
+                eprintln!("{first}\nretrying once on fresh ports");
+                Self::try_start(n, keep).unwrap_or_else(|e| panic!("{first}\nthen: {e}"))
+            }
+        }
+    }
+
+    fn try_start(n: u32, keep: bool) -> Result<Cluster, String> {
         let dir = TempDir::new("kafka");
         let nodes: Vec<Node> = (1..=n)
             .map(|id| Node {
@@ -98,8 +111,8 @@ impl Cluster {
         for id in 1..=n {
             cluster.launch(id);
         }
-        cluster.wait_for_brokers(n as usize, Duration::from_secs(120));
-        cluster
+        cluster.brokers_within(n as usize, Duration::from_secs(120))?;
+        Ok(cluster)
     }
 
     /// `bootstrap.servers` naming every node.
@@ -195,18 +208,36 @@ impl Cluster {
 
     /// Waits until the metadata lists `n` brokers.
     pub fn wait_for_brokers(&self, n: usize, within: Duration) {
+        if let Err(e) = self.brokers_within(n, within) {
+            panic!("{e}");
+        }
+    }
+
+    fn brokers_within(&self, n: usize, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(md) = client(&self.brokers()).fetch_metadata(None, Duration::from_secs(5)) {
                 if md.brokers().len() == n {
-                    return;
+                    return Ok(());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "Kafka did not start {n} brokers within {within:?} (logs in {:?})",
-                self.nodes.first().map(|n| n.dir.join("server.log"))
-            );
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|node| {
+                        let log = std::fs::read_to_string(node.dir.join("server.log"))
+                            .unwrap_or_else(|e| format!("(no log: {e})"));
+                        let lines: Vec<&str> = log.lines().collect();
+                        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                        format!("--- node {} (port {}) ---\n{tail}", node.id, node.port)
+                    })
+                    .collect();
+                return Err(format!(
+                    "Kafka did not start {n} brokers within {within:?}:\n{}",
+                    tails.join("\n")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -27,7 +27,18 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+/// The PostgreSQL port the tests use: 5432, or `LIKERATE_TEST_PG_PORT` (to run a test that
+/// stops the server against a cluster of its own while other work uses 5432).
+pub fn pg_port() -> u16 {
+    std::env::var("LIKERATE_TEST_PG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5432)
+}
+
+pub fn pg_base() -> String {
+    format!("postgres://postgres@127.0.0.1:{}", pg_port())
+}
 
 /// A short random id for names of databases, topics and groups.
 pub fn short_id() -> String {
@@ -42,9 +53,9 @@ pub struct Database {
 impl Database {
     pub async fn create(prefix: &str) -> Database {
         let name = format!("{prefix}_{}", short_id());
-        let (admin, conn) = tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls)
+        let (admin, conn) = tokio_postgres::connect(&format!("{}/postgres", pg_base()), NoTls)
             .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (run deploy/local/postgres.sh)");
+            .expect("PostgreSQL on 127.0.0.1:5432 or LIKERATE_TEST_PG_PORT (run deploy/local/postgres.sh)");
         tokio::spawn(conn);
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -54,7 +65,7 @@ impl Database {
     }
 
     pub fn url(&self) -> String {
-        format!("{PG_BASE}/{}", self.name)
+        format!("{}/{}", pg_base(), self.name)
     }
 
     pub async fn client(&self) -> tokio_postgres::Client {
@@ -219,7 +230,7 @@ impl Drop for Database {
                 .unwrap();
             rt.block_on(async {
                 if let Ok((c, conn)) =
-                    tokio_postgres::connect(&format!("{PG_BASE}/postgres"), NoTls).await
+                    tokio_postgres::connect(&format!("{}/postgres", pg_base()), NoTls).await
                 {
                     tokio::spawn(conn);
                     let _ = c
