@@ -257,6 +257,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "tombstones",
         include_str!("../schemas/migrations/0005_tombstones.sql"),
     ),
+    (
+        7,
+        "reasons",
+        include_str!("../schemas/migrations/0007_reasons.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.
