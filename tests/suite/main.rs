@@ -9,6 +9,7 @@
 //! | [`api`] | the feedback API, in process, against independent computations |
 //! | [`hostile`] | hostile input at every edge: HTTP, Kafka payloads, configuration |
 //! | [`ops`] | `dlq replay`, `erase`, `retention`, `report` (Chromium renders the report) |
+//! | [`reasons`] | reason tags and comments: stored, counted, redacted, erased, retained, refused |
 //! | [`votes`] | the vote rule through the sink's write path |
 //! | [`alert_sim`] | the alert rule against a simulated clock |
 //! | [`observability`] | real Prometheus and Alertmanager against a running likerate |
@@ -21,4 +22,5 @@ mod api;
 mod hostile;
 mod observability;
 mod ops;
+mod reasons;
 mod votes;
