@@ -510,8 +510,11 @@ fn line_chart(
         let y_label = |y: &f64| {
             if percent {
                 format!("{:.0}%", y * 100.0)
-            } else {
+            } else if (y - y.round()).abs() < 1e-9 {
                 format!("{y:.0}")
+            } else {
+                // A count axis labels whole votes only (plotters also picks halves).
+                String::new()
             }
         };
         chart
@@ -1025,7 +1028,8 @@ pub fn render_html(r: &Report) -> anyhow::Result<String> {
         true,
     )?);
     let _ = writeln!(o, "\n<h2>Votes per {per}</h2>");
-    let max_votes = votes[0].1.iter().flatten().fold(1.0f64, |m, v| m.max(*v)) * 1.1;
+    // At least 5, so that a quiet period's axis still has distinct whole-number labels.
+    let max_votes = (votes[0].1.iter().flatten().fold(0.0f64, |m, v| m.max(*v)) * 1.1).max(5.0);
     o.push_str(&line_chart(
         &format!("Votes per {per}"),
         &r.points,
