@@ -220,9 +220,12 @@ async fn dlq_replay_after_the_fix_stores_each_record_once() {
     let good = mixed(40, now);
     let poison: Vec<Ev> = (0..3)
         .map(|i| {
+            // With a reason and a comment: the dead letter's re-encoding must carry them.
             Ev::new("Math", -1, now - CDuration::minutes(i))
                 .answer("poison")
                 .vote(&format!("poison-vote-{i}"))
+                .reason("wrong")
+                .comment(&format!("why {i}"))
         })
         .collect();
     let mut all = records(&good);
@@ -276,17 +279,22 @@ async fn dlq_replay_after_the_fix_stores_each_record_once() {
     assert!(first.contains("sent 3 "), "{first}");
     assert!(first.contains("skipped 0 "), "{first}");
     env.wait_for_rows(43, Duration::from_secs(60)).await;
-    let stored: i64 = env
+    let stored: Vec<(String, String)> = env
         .client()
         .await
-        .query_one(
-            "SELECT count(*) FROM feedback WHERE event_id = ANY($1)",
+        .query(
+            "SELECT reason, comment FROM feedback WHERE event_id = ANY($1) ORDER BY comment",
             &[&poison.iter().map(|e| e.id).collect::<Vec<_>>()],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(stored, 3);
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<(String, String)> = (0..3)
+        .map(|i| ("wrong".into(), format!("why {i}")))
+        .collect();
+    assert_eq!(stored, want);
     env.assert_rollups_exact(None).await;
 
     let second = env.ok(&["dlq", "replay", "--reason", "db_rejected"], &[]);
