@@ -448,3 +448,102 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
     }
     assert_eq!(counts_of(&got), want, "{got:#}");
 }
+
+/// The demo's traffic (deploy/local/demo.sh's flags, `likerate produce`'s generator) through the
+/// pipeline: the DPO export has pairs, most Math dislikes with a reason say `wrong`, and the
+/// comments are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_traffic_feeds_the_dpo_export_and_the_reasons() {
+    const TOKEN: &str = "reasons-test-token-0123456789";
+    let world = World::new().await;
+    let (records, ids, invalid) = common::traffic(
+        3000,
+        7,
+        &[
+            "--like-ratio",
+            "0.92",
+            "--subject-like-ratio",
+            "Math=0.6",
+            "--spread",
+            "10m",
+        ],
+    );
+    assert_eq!(invalid, 0);
+    world.send(&records).await;
+    let run = RunArgs {
+        export_token: Some(TOKEN.into()),
+        ..RunArgs::default()
+    };
+    let app = TestApp::spawn(&world.kafka, &world.db.url(), run, None).await;
+    world
+        .db
+        .wait_for_rows(ids.len() as i64, Duration::from_secs(90))
+        .await;
+
+    let dpo = reqwest::Client::new()
+        .get(app.url("/api/feedback/training-data?format=dpo"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dpo.status(), 200);
+    let text = dpo.text().await.unwrap();
+    let pairs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(pairs.len() >= 20, "{} DPO pairs", pairs.len());
+    // Each pair is a question the table holds a liked and a disliked answer to.
+    let db = world.client().await;
+    for pair in pairs.iter().take(20) {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE rating = 1 AND message_content = $2),
+                        count(*) FILTER (WHERE rating = -1 AND message_content = $3)
+                 FROM feedback WHERE user_question = $1",
+                &[
+                    &pair["prompt"].as_str().unwrap(),
+                    &pair["chosen"].as_str().unwrap(),
+                    &pair["rejected"].as_str().unwrap(),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(
+            row.get::<_, i64>(0) >= 1 && row.get::<_, i64>(1) >= 1,
+            "{pair}"
+        );
+    }
+
+    let math = get(&app, "/api/feedback/reasons?subject_id=Math").await;
+    assert!(math["dislikes_with_reason"].as_i64().unwrap() > 0, "{math}");
+    assert_eq!(math["reasons"][0]["reason"], "wrong", "{math:#}");
+    assert!(
+        math["dislikes_with_comment"].as_i64().unwrap() > 0,
+        "{math}"
+    );
+    // The weak topic: Math's probability questions are disliked far more than its others.
+    let rate = |rows: &[tokio_postgres::Row]| {
+        let r = &rows[0];
+        r.get::<_, i64>(0) as f64 / r.get::<_, i64>(1) as f64
+    };
+    let topic = |like: &'static str| {
+        let db = &db;
+        async move {
+            db.query(
+                &format!(
+                    "SELECT count(*) FILTER (WHERE rating = 1), count(*) FROM feedback
+                     WHERE subject_id = 'Math' AND user_question {like} 'Math question on probability:%'"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (weak, others) = (rate(&topic("LIKE").await), rate(&topic("NOT LIKE").await));
+    assert!(
+        weak + 0.3 < others,
+        "probability {weak} vs the rest {others}"
+    );
+}
