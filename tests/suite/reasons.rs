@@ -162,11 +162,14 @@ fn counts_of(answer: &Value) -> Value {
     })
 }
 
+const TOKEN: &str = "reasons-test-token-0123456789";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() {
     let world = World::new().await;
     let run = RunArgs {
         redact: Some("email,phone".into()),
+        export_token: Some(TOKEN.into()),
         ..RunArgs::default()
     };
     let app = TestApp::spawn(&world.kafka, &world.db.url(), run, None).await;
@@ -255,6 +258,28 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
     )
     .await;
     assert_eq!(counts_of(&got), expected(&recent), "{got:#}");
+    // The export rows carry them too: Physics' dislikes, in the order stored.
+    let rows: Vec<Value> = reqwest::Client::new()
+        .get(app.url("/api/feedback/export?subject_id=Physics&rating=dislike"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut got: Vec<(Value, Value)> = rows
+        .iter()
+        .map(|r| (r["reason"].clone(), r["comment"].clone()))
+        .collect();
+    let mut want: Vec<(Value, Value)> = events
+        .iter()
+        .filter(|e| e.subject == "Physics" && e.rating == -1)
+        .map(|e| (json!(tag(e)), json!(e.comment)))
+        .collect();
+    got.sort_by_key(|p| p.0.to_string());
+    want.sort_by_key(|p| p.0.to_string());
+    assert_eq!(got, want);
     let r = reqwest::get(app.url("/api/feedback/reasons?since=yesterday"))
         .await
         .unwrap();
@@ -454,7 +479,6 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
 /// comments are stored.
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_traffic_feeds_the_dpo_export_and_the_reasons() {
-    const TOKEN: &str = "reasons-test-token-0123456789";
     let world = World::new().await;
     let (records, ids, invalid) = common::traffic(
         3000,
