@@ -349,6 +349,11 @@ fn generator_args(seed: u64, subjects: &str, like_ratio: f64, duplicates: f64) -
         no_event_id: false,
         seed: Some(seed),
         file: None,
+        // The traffic of docs/benchmarks.md's figures: no regenerations, reasons or comments.
+        regenerations: 0.0,
+        reasons: 0.0,
+        comments: 0.0,
+        weak_topic: Some("none".into()),
     }
 }
 

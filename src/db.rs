@@ -262,6 +262,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "dead_letter_outbox",
         include_str!("../schemas/migrations/0006_dead_letter_outbox.sql"),
     ),
+    (
+        7,
+        "reasons",
+        include_str!("../schemas/migrations/0007_reasons.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.

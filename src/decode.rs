@@ -15,7 +15,8 @@
 //!   hostile document cannot overflow the stack.
 
 use crate::event::{
-    clamp_created_at, derived_event_id, FeedbackEvent, Label, Rating, SubjectId, Text, TextError,
+    clamp_created_at, derived_event_id, Comment, FeedbackEvent, Label, Rating, ReasonTag,
+    SubjectId, Text, TextError,
 };
 use chrono::{DateTime, Utc};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
@@ -45,12 +46,14 @@ pub enum Reason {
     InvalidTimestamp,
     InvalidEventId,
     NulCharacter,
+    /// `reason` is not a tag (see [`crate::event::ReasonTag`]).
+    InvalidReason,
     /// PostgreSQL refused the row as data although it passed decoding (set by the sink).
     DbRejected,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::InvalidUtf8,
@@ -63,6 +66,7 @@ impl Reason {
         Reason::InvalidTimestamp,
         Reason::InvalidEventId,
         Reason::NulCharacter,
+        Reason::InvalidReason,
         Reason::DbRejected,
     ];
 
@@ -80,6 +84,7 @@ impl Reason {
             Reason::InvalidTimestamp => "invalid_timestamp",
             Reason::InvalidEventId => "invalid_event_id",
             Reason::NulCharacter => "nul_character",
+            Reason::InvalidReason => "invalid_reason",
             Reason::DbRejected => "db_rejected",
         }
     }
@@ -222,6 +227,8 @@ struct RawFields<'a> {
     model: Option<&'a RawValue>,
     conversation_id: Option<&'a RawValue>,
     vote_id: Option<&'a RawValue>,
+    reason: Option<&'a RawValue>,
+    comment: Option<&'a RawValue>,
     duplicate: Option<String>,
 }
 
@@ -254,6 +261,8 @@ impl<'de: 'a, 'a> Visitor<'de> for FieldsVisitor<'a> {
                 "model" => &mut fields.model,
                 "conversation_id" => &mut fields.conversation_id,
                 "vote_id" => &mut fields.vote_id,
+                "reason" => &mut fields.reason,
+                "comment" => &mut fields.comment,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -370,6 +379,7 @@ fn text_error(field: &str, err: TextError) -> DecodeError {
     let reason = match err {
         TextError::Nul => Reason::NulCharacter,
         TextError::Empty | TextError::TooLong { .. } => Reason::OutOfRange,
+        TextError::NotATag { .. } => Reason::InvalidReason,
     };
     DecodeError::new(reason, format!("{field} {err}"))
 }
@@ -378,6 +388,23 @@ fn label(field: &str, raw: Option<&RawValue>) -> Result<Option<Label>, DecodeErr
     optional(raw)
         .map(|r| Label::parse(string(field, r)?).map_err(|e| text_error(field, e)))
         .transpose()
+}
+
+/// An optional string field where the empty string means absent, like `null`: front ends
+/// send `""` for "none given" as often as they leave the field out.
+fn non_empty<T>(
+    field: &str,
+    raw: Option<&RawValue>,
+    parse: impl FnOnce(&str) -> Result<T, TextError>,
+) -> Result<Option<T>, DecodeError> {
+    let Some(raw) = optional(raw) else {
+        return Ok(None);
+    };
+    let text = string(field, raw)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse(&text).map(Some).map_err(|e| text_error(field, e))
 }
 
 impl RawFields<'_> {
@@ -454,6 +481,8 @@ impl RawFields<'_> {
             model: label("model", self.model)?,
             conversation_id: label("conversation_id", self.conversation_id)?,
             vote_id: label("vote_id", self.vote_id)?,
+            reason: non_empty("reason", self.reason, ReasonTag::parse)?,
+            comment: non_empty("comment", self.comment, |c: &str| Comment::parse(c))?,
         })
     }
 }
@@ -572,6 +601,105 @@ mod tests {
                 "payload {:?}",
                 String::from_utf8_lossy(&payload[..payload.len().min(80)])
             );
+        }
+    }
+
+    #[test]
+    fn reason_and_comment_decode_with_their_limits() {
+        let with =
+            |extra: &str| VALID.replacen("\"rating\":1", &format!("\"rating\":-1,{extra}"), 1);
+        let comment = "é".repeat(4000);
+        let e = decode(
+            with(&format!(r#""reason":"Wrong","comment":"{comment}""#)).as_bytes(),
+            origin(),
+        )
+        .unwrap();
+        assert_eq!(e.reason.unwrap().as_str(), "wrong");
+        assert_eq!(e.comment.unwrap().as_str(), comment);
+        let tag = "r".repeat(64);
+        let e = decode(with(&format!(r#""reason":"{tag}""#)).as_bytes(), origin()).unwrap();
+        assert_eq!(e.reason.unwrap().as_str(), tag);
+        // Absent, null and empty are all "none given".
+        for none in [
+            r#""x":0"#,
+            r#""reason":null,"comment":null"#,
+            r#""reason":"","comment":"""#,
+        ] {
+            let e = decode(with(none).as_bytes(), origin()).unwrap();
+            assert_eq!((e.reason, e.comment), (None, None), "{none}");
+        }
+        let html = r#""comment":"<script>alert(\"x\")</script>\nline two""#;
+        let e = decode(with(html).as_bytes(), origin()).unwrap();
+        assert_eq!(
+            e.comment.unwrap().as_str(),
+            "<script>alert(\"x\")</script>\nline two"
+        );
+        let long_comment = format!(r#""comment":"{}""#, "é".repeat(4001));
+        let long_tag = format!(r#""reason":"{}""#, "r".repeat(65));
+        let cases = [
+            (
+                long_comment.as_str(),
+                Reason::OutOfRange,
+                "comment is 4001 characters",
+            ),
+            (
+                long_tag.as_str(),
+                Reason::OutOfRange,
+                "reason is 65 characters",
+            ),
+            (
+                r#""reason":"not helpful""#,
+                Reason::InvalidReason,
+                "reason ' '",
+            ),
+            (r#""reason":"x\"} 1""#, Reason::InvalidReason, "reason '\"'"),
+            (r#""reason":"x\ny""#, Reason::InvalidReason, "reason '\\n'"),
+            (
+                r#""reason":"<script>""#,
+                Reason::InvalidReason,
+                "reason '<'",
+            ),
+            (r#""reason":"_other""#, Reason::InvalidReason, "reason '_'"),
+            (
+                r#""reason":"a\u0000""#,
+                Reason::NulCharacter,
+                "reason contains",
+            ),
+            (
+                r#""comment":"a\u0000""#,
+                Reason::NulCharacter,
+                "comment contains",
+            ),
+            (
+                r#""reason":1"#,
+                Reason::InvalidType,
+                "reason must be a string, got a number",
+            ),
+            (
+                r#""reason":["wrong"]"#,
+                Reason::InvalidType,
+                "reason must be a string, got an array",
+            ),
+            (
+                r#""comment":{"a":1}"#,
+                Reason::InvalidType,
+                "comment must be a string, got an object",
+            ),
+            (
+                r#""comment":true"#,
+                Reason::InvalidType,
+                "comment must be a string, got a boolean",
+            ),
+            (
+                r#""reason":"a","reason":"b""#,
+                Reason::DuplicateField,
+                "reason is given twice",
+            ),
+        ];
+        for (extra, reason, detail) in cases {
+            let err = decode(with(extra).as_bytes(), origin()).unwrap_err();
+            assert_eq!(err.reason, reason, "{extra}: {err}");
+            assert!(err.detail.starts_with(detail), "{extra}: {}", err.detail);
         }
     }
 

@@ -3,6 +3,7 @@
 //! Guarantee: a [`FeedbackEvent`] can only be built through [`crate::decode`] (or the synthetic
 //! generator, which goes through the same constructors), so every value that reaches the sink
 //! satisfies docs/contract.md section 2: subject 1..=64 characters, rating in -1..=1, labels at most 128
+//! characters, a `reason` that is a tag of [`ReasonTag`]'s grammar, a `comment` of at most 4,000
 //! characters, no NUL character in any text (PostgreSQL `text` cannot hold one), and a
 //! `created_at` no more than [`MAX_FUTURE_SKEW`] ahead of the time the event was received.
 
@@ -65,6 +66,8 @@ pub enum TextError {
     TooLong { len: usize, max: usize },
     #[error("contains a NUL character, which PostgreSQL text cannot store")]
     Nul,
+    #[error("{found:?} is not a tag: a letter or digit, then letters, digits, '_' or '-' (ASCII)")]
+    NotATag { found: char },
 }
 
 fn check_text(value: &str, max_chars: Option<usize>, allow_empty: bool) -> Result<(), TextError> {
@@ -144,6 +147,69 @@ impl Text {
     }
 }
 
+/// Why the user voted as they did (`wrong`, `unhelpful`, `unsafe`, ...): a tag the front end
+/// offers with the thumb, counted per value in the API, the metrics and the report.
+///
+/// The grammar: 1 to 64 characters, the first an ASCII letter or digit, the others ASCII
+/// letters, digits, `_` or `-`. ASCII capitals are lower-cased (`Wrong` counts as `wrong`),
+/// the only normalisation; anything else outside the grammar (spaces, punctuation, quotes,
+/// control characters, non-ASCII) is refused, so a tag is always safe as a metric label, in
+/// SQL and in HTML, and the values reserved by the label cap (`_other`, `_all`, `_none`)
+/// cannot be a user's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReasonTag(String);
+
+impl ReasonTag {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(value: &str) -> Result<ReasonTag, TextError> {
+        check_text(value, Some(Self::MAX_CHARS), false)?;
+        if let Some(found) = value
+            .chars()
+            .enumerate()
+            .find(|(i, c)| !(c.is_ascii_alphanumeric() || (*i > 0 && matches!(c, '_' | '-'))))
+            .map(|(_, c)| c)
+        {
+            return Err(TextError::NotATag { found });
+        }
+        Ok(ReasonTag(value.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The user's free-text explanation of a vote: user text like the answer (redacted, erased
+/// and retained with it), at most 4,000 characters, no NUL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comment(String);
+
+impl Comment {
+    pub const MAX_CHARS: usize = 4000;
+
+    pub fn parse(value: impl Into<String>) -> Result<Comment, TextError> {
+        let value = value.into();
+        check_text(&value, Some(Self::MAX_CHARS), true)?;
+        Ok(Comment(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The comment with personal data replaced ([`crate::redact`]). A marker (`[email]`, 7
+    /// characters) can be one character longer than the shortest address it replaces, so a
+    /// comment at the limit could grow past it: the redacted text is cut to the limit then.
+    /// `replaced` is this comment with matches replaced by ASCII markers, so it holds no NUL.
+    pub fn redacted(mut replaced: String) -> Comment {
+        if let Some((at, _)) = replaced.char_indices().nth(Self::MAX_CHARS) {
+            replaced.truncate(at);
+        }
+        Comment(replaced)
+    }
+}
+
 /// Where a record came from in Kafka.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Coordinates {
@@ -165,6 +231,8 @@ pub struct FeedbackEvent {
     pub model: Option<Label>,
     pub conversation_id: Option<Label>,
     pub vote_id: Option<Label>,
+    pub reason: Option<ReasonTag>,
+    pub comment: Option<Comment>,
 }
 
 /// The id an event without `event_id` gets: stable across replays of the same record.
@@ -196,6 +264,57 @@ mod tests {
         );
         assert_eq!(SubjectId::parse(""), Err(TextError::Empty));
         assert_eq!(SubjectId::parse("a\0b"), Err(TextError::Nul));
+    }
+
+    #[test]
+    fn reason_tags_are_short_ascii_tags_lower_cased() {
+        assert_eq!(ReasonTag::parse("wrong").unwrap().as_str(), "wrong");
+        assert_eq!(ReasonTag::parse("Too_Long").unwrap().as_str(), "too_long");
+        assert_eq!(
+            ReasonTag::parse("off-topic2").unwrap().as_str(),
+            "off-topic2"
+        );
+        assert!(ReasonTag::parse(&"a".repeat(64)).is_ok());
+        assert_eq!(
+            ReasonTag::parse(&"a".repeat(65)),
+            Err(TextError::TooLong { len: 65, max: 64 })
+        );
+        assert_eq!(ReasonTag::parse(""), Err(TextError::Empty));
+        assert_eq!(ReasonTag::parse("a\0"), Err(TextError::Nul));
+        for (bad, found) in [
+            ("not helpful", ' '),
+            ("_other", '_'),
+            ("-x", '-'),
+            ("x\"} 1", '"'),
+            ("x\ny", '\n'),
+            ("<script>", '<'),
+            ("falsch-é", 'é'),
+        ] {
+            assert_eq!(
+                ReasonTag::parse(bad),
+                Err(TextError::NotATag { found }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn comments_are_free_text_up_to_4000_characters() {
+        let html = "<script>alert(1)</script>\n\t\"quoted\"";
+        assert_eq!(Comment::parse(html).unwrap().as_str(), html);
+        assert!(Comment::parse("é".repeat(4000)).is_ok());
+        assert_eq!(
+            Comment::parse("é".repeat(4001)),
+            Err(TextError::TooLong {
+                len: 4001,
+                max: 4000
+            })
+        );
+        assert_eq!(Comment::parse("a\0"), Err(TextError::Nul));
+        // A redaction that grows a comment at the limit is cut back to it.
+        let grown = Comment::redacted(format!("{}[email]", "x".repeat(3994)));
+        assert_eq!(grown.as_str().chars().count(), 4000);
+        assert!(grown.as_str().ends_with("[email"));
     }
 
     #[test]

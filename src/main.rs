@@ -213,7 +213,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Report { database, report } => {
-            let bytes = likerate::ops::report::run(&database.resolve(&file)?, &report).await?;
+            // The experiments of the file, as `run` reads them: the report shows their A/B
+            // state.
+            let ab = likerate::experiment::AbConfig::resolve(
+                file.get("experiments"),
+                report
+                    .ab_power
+                    .or_else(|| file.get("ab_power").and_then(|v| v.as_float())),
+            )?;
+            let bytes = likerate::ops::report::run(&database.resolve(&file)?, &ab, &report).await?;
             if let Some(out) = &report.out {
                 println!("wrote {} ({bytes} bytes)", out.display());
             }

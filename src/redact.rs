@@ -1,5 +1,5 @@
-//! Redaction: e-mail addresses and phone numbers in the question and the answer are replaced by
-//! `[email]` and `[phone]` after decoding and before the event reaches the sink, so they are
+//! Redaction: e-mail addresses and phone numbers in the question, the answer and the comment are
+//! replaced by `[email]` and `[phone]` after decoding and before the event reaches the sink, so they are
 //! never written to PostgreSQL (`LIKERATE_REDACT=email,phone`). Each replacement is counted in
 //! `likerate_redactions_total{kind}`.
 //!
@@ -16,7 +16,7 @@
 //! failed decoding (they are not events): the dead-letter topic's Kafka retention bounds them.
 
 use crate::config::RedactConfig;
-use crate::event::{FeedbackEvent, Text};
+use crate::event::{Comment, FeedbackEvent, Text};
 use crate::telemetry::Metrics;
 use regex::{Captures, Regex};
 
@@ -124,6 +124,14 @@ impl Redactor {
         if let Some(q) = event.user_question.as_mut() {
             one(q);
         }
+        if let Some(c) = event.comment.as_mut() {
+            let (replaced, counts) = self.redact_str(c.as_str());
+            if let Some(replaced) = replaced {
+                *c = Comment::redacted(replaced);
+            }
+            total.email += counts.email;
+            total.phone += counts.phone;
+        }
         if let Some(m) = &self.metrics {
             for (kind, n) in [("email", total.email), ("phone", total.phone)] {
                 if n > 0 {
@@ -196,6 +204,30 @@ mod tests {
         ] {
             assert_eq!(redacted(text), text, "{text}");
         }
+    }
+
+    #[test]
+    fn the_comment_is_redacted_like_the_answer() {
+        let json = serde_json::json!({
+            "subject_id": "Math", "assistant_message": "see a@b.io", "rating": -1,
+            "created_at": "2026-02-05T10:30:00Z", "reason": "wrong",
+            "comment": "wrong, mail me: jane.doe@example.com or call +33 6 12 34 56 78"
+        });
+        let origin = crate::decode::Origin {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            received_at: chrono::Utc::now(),
+        };
+        let mut event = crate::decode::decode(json.to_string().as_bytes(), origin).unwrap();
+        let n = both().redact(&mut event);
+        assert_eq!(n, Redactions { email: 2, phone: 1 });
+        assert_eq!(
+            event.comment.unwrap().as_str(),
+            "wrong, mail me: [email] or call [phone]"
+        );
+        assert_eq!(event.assistant_message.as_str(), "see [email]");
+        assert_eq!(event.reason.unwrap().as_str(), "wrong");
     }
 
     #[test]

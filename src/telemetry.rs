@@ -11,7 +11,10 @@
 //!   for every metric and for the alert targets: at most `max_subject_labels` distinct subjects
 //!   (and as many models), the rest reported as `_other`; values are at most
 //!   [`MAX_LABEL_CHARS`] characters; a user value spelled like a reserved one (`_all`,
-//!   `_other`) is `_other`. Partition numbers, outcomes, reasons and windows are bounded sets.
+//!   `_other`) is `_other`. The `reason` tag of a vote (`likerate_dislike_reasons_total`) has a
+//!   cap of its own, [`MAX_REASON_LABELS`] values named first come, first served (tags are a
+//!   front end's short fixed list; the decoder lets only `[a-z0-9_-]` through). Partition
+//!   numbers, outcomes, dead-letter reasons and windows are bounded sets.
 //! - Series that describe the present (the window gauges, the alert state, the consumer lag)
 //!   are replaced as a whole at each refresh, so a subject or partition that is gone leaves no
 //!   stale series behind.
@@ -32,10 +35,17 @@ pub const ALL: &str = "_all";
 pub const OTHER: &str = "_other";
 /// Longest label value taken from user input, in characters (the contract's longest model).
 pub const MAX_LABEL_CHARS: usize = 128;
+/// Label value of the dislikes that came without a reason.
+pub const NO_REASON: &str = "_none";
+/// Distinct `reason` label values, `_other` included (with `_none` on top). A front end offers
+/// a handful of tags; 32 leaves room for several front ends and versions while bounding the
+/// series at 33 per subject.
+pub const MAX_REASON_LABELS: usize = 32;
 
 pub const EVENTS: &str = "likerate_events_total";
 pub const DEAD_LETTERS: &str = "likerate_dead_letters_total";
 pub const VOTES: &str = "likerate_votes_total";
+pub const DISLIKE_REASONS: &str = "likerate_dislike_reasons_total";
 pub const LIKE_RATIO: &str = "likerate_like_ratio";
 pub const WINDOW_VOTES: &str = "likerate_window_votes";
 pub const MODEL_LIKE_RATIO: &str = "likerate_model_like_ratio";
@@ -56,13 +66,17 @@ pub const REDACTIONS: &str = "likerate_redactions_total";
 pub const RETENTION_ROWS: &str = "likerate_retention_rows_total";
 
 /// Help texts, by metric.
-const HELP: [(&str, &str); 21] = [
+const HELP: [(&str, &str); 22] = [
     (EVENTS, "Events by outcome"),
     (
         DEAD_LETTERS,
         "Records dead-lettered (stored in the outbox for the dead-letter topic, once each), by reason",
     ),
     (VOTES, "Stored votes by subject and rating"),
+    (
+        DISLIKE_REASONS,
+        "Stored dislikes by subject and reason tag (_none: without a reason)",
+    ),
     (
         LIKE_RATIO,
         "Likes / all votes that currently count, per subject and window",
@@ -145,6 +159,7 @@ struct Inner {
     batch_events: Histogram,
     subjects: LabelCap,
     models: LabelCap,
+    reasons: LabelCap,
 }
 
 /// A group of gauges rendered from their own recorder, which is replaced as a whole.
@@ -230,6 +245,7 @@ impl Metrics {
                 batch_events,
                 subjects: LabelCap::new(max_subject_labels),
                 models: LabelCap::new(max_subject_labels),
+                reasons: LabelCap::new(MAX_REASON_LABELS),
             }),
         };
         // Series that exist from the start, so "nothing happened yet" is visible as 0.
@@ -289,6 +305,20 @@ impl Metrics {
         let subject = self.subject_label(subject);
         self.counter(VOTES, &[("subject", &subject), ("rating", rating.label())])
             .increment(n);
+    }
+
+    /// Counts `n` stored dislikes of `subject` with `reason` (`None`: without one).
+    pub fn dislike_reason(&self, subject: &str, reason: Option<&str>, n: u64) {
+        let subject = self.subject_label(subject);
+        let reason = match reason {
+            Some(r) => self.inner.reasons.label(r),
+            None => NO_REASON.to_owned(),
+        };
+        self.counter(
+            DISLIKE_REASONS,
+            &[("subject", &subject), ("reason", &reason)],
+        )
+        .increment(n);
     }
 
     pub fn alert_push(&self, result: &'static str) {
@@ -504,6 +534,27 @@ mod tests {
         assert_eq!(cap.label("Physics"), OTHER);
         // Reserved spellings are never a user's.
         assert_eq!(cap.label("_all"), OTHER);
+    }
+
+    #[test]
+    fn reason_labels_are_capped() {
+        let m = Metrics::new(10);
+        for i in 0..1000 {
+            m.dislike_reason("Math", Some(&format!("tag-{i}")), 1);
+        }
+        m.dislike_reason("Math", None, 2);
+        let text = m.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("likerate_dislike_reasons_total{"))
+            .collect();
+        // 31 named tags, _other and _none.
+        assert_eq!(series.len(), MAX_REASON_LABELS + 1, "{text}");
+        assert!(
+            text.contains(r#"likerate_dislike_reasons_total{subject="Math",reason="_other"} 969"#)
+        );
+        assert!(text.contains(r#"likerate_dislike_reasons_total{subject="Math",reason="_none"} 2"#));
+        assert!(text.contains(r#"reason="tag-0"} 1"#));
     }
 
     #[test]

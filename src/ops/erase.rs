@@ -1,5 +1,6 @@
 //! `likerate erase`: deletes the stored rows of a conversation (or one event) on request and
-//! corrects the aggregates, in one transaction.
+//! corrects the aggregates, in one transaction. The rows go whole: question, answer, reason and
+//! comment.
 //!
 //! The votes are recounted by [`crate::votes::after_erase`]. For each deleted row that counted (no `vote_id`, or the current vote of its `vote_id`), its
 //! like/dislike/neutral is subtracted from the rollups at every grain. When the current vote of

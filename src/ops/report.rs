@@ -5,16 +5,32 @@
 //! rate per subject and per model with the change from the previous period of the same length,
 //! votes, the subjects with the most dislikes and the biggest drops, the hours in which the
 //! whole stream or a subject was below the alert threshold, and, from the rows, a sample of
-//! recent disliked answers per problem subject (truncated; none once retention erased text).
+//! recent disliked answers per problem subject with their reason and comment (truncated; none
+//! once retention erased text).
+//!
+//! The charts' resolution follows the period ([`step_for`]): the finest of one minute, five
+//! minutes, an hour and a day that gives at most [`MAX_POINTS`] points (an hour in minutes,
+//! a day in hours, a week or a month in days). Each point is a whole step of the rollups
+//! ([`read::points`]), so the first and last may reach outside the period.
+//!
+//! Two sections read more than the rollups: the reasons (the current votes per `reason` tag,
+//! by [`crate::http::api::reasons::read`], the same figures as `GET /api/feedback/reasons`) and
+//! the A/B state of each configured experiment that ran during the period (by
+//! [`crate::http::api::compare::answer`], the figures and verdict of `GET
+//! /api/feedback/compare?experiment=`, over the experiment's period up to the report's end).
 //!
 //! Alerts: likerate keeps no history of the alerts it pushed (Alertmanager does). The report
 //! lists the hours in which the like rate over the hour was below `--threshold` with at least
 //! `--min-samples` votes, the condition `FeedbackLikeRateLow` evaluates on its own window.
 
 use crate::config::DatabaseConfig;
+use crate::experiment::AbConfig;
+use crate::http::api::compare::{self, CompareAnswer, Verdict};
+use crate::http::api::reasons::{self, Reasons};
+use crate::http::api::Filter;
 use crate::rollup::{read, truncate, Counts, Range};
 use anyhow::{anyhow, bail, Context};
-use chrono::{DateTime, Duration as CDuration, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -54,6 +70,35 @@ pub struct ReportArgs {
     /// Disliked answers shown per problem subject
     #[arg(long, default_value_t = 3)]
     pub samples: i64,
+    /// Power at which the A/B section plans the votes an experiment needs [default: 0.8]
+    #[arg(long, env = "LIKERATE_AB_POWER")]
+    pub ab_power: Option<f64>,
+}
+
+/// Most points a chart has: an hour in minutes and a day in hours fit, a week does not (its
+/// 168 hours would be points too dense to tell apart at the chart's 900 pixels).
+pub const MAX_POINTS: i64 = 120;
+
+/// The resolutions a chart can have, in seconds: the rollups' grains and five minutes.
+pub const STEPS: [i64; 4] = [60, 300, 3600, 86_400];
+
+/// The finest of [`STEPS`] that draws `[since, until)` in at most [`MAX_POINTS`] points (a
+/// day for longer periods).
+pub fn step_for(since: DateTime<Utc>, until: DateTime<Utc>) -> i64 {
+    STEPS
+        .into_iter()
+        .find(|step| read::points(since, until, *step).len() as i64 <= MAX_POINTS)
+        .unwrap_or(86_400)
+}
+
+/// What a step is called in headings: `day`, `hour`, `5 minutes`, `minute`.
+fn step_name(step: i64) -> &'static str {
+    match step {
+        86_400 => "day",
+        3600 => "hour",
+        300 => "5 minutes",
+        _ => "minute",
+    }
 }
 
 /// One subject or model in both periods.
@@ -78,9 +123,18 @@ pub struct Sample {
     pub model: String,
     pub question: String,
     pub answer: String,
+    pub reason: Option<String>,
+    pub comment: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A configured experiment that ran during the period, and its comparison.
+#[derive(Debug)]
+pub struct ExperimentState {
+    pub name: String,
+    pub answer: CompareAnswer,
+}
+
+#[derive(Debug)]
 pub struct Report {
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
@@ -94,15 +148,24 @@ pub struct Report {
     pub biggest_drops: Vec<Line>,
     /// (hour, subject or `_all`, like rate, votes)
     pub alert_hours: Vec<(DateTime<Utc>, String, f64, i64)>,
-    /// Days of the period and counts per day and subject (`_all` included).
-    pub days: Vec<NaiveDate>,
-    pub daily: BTreeMap<String, BTreeMap<NaiveDate, Counts>>,
+    /// The charts' resolution in seconds ([`step_for`]), their points, and the counts per
+    /// point and subject (`_all` included).
+    pub step: i64,
+    pub points: Vec<DateTime<Utc>>,
+    pub series: BTreeMap<String, BTreeMap<DateTime<Utc>, Counts>>,
     pub samples: Vec<Sample>,
+    /// The current votes of the period per reason tag.
+    pub reasons: Reasons,
+    pub experiments: Vec<ExperimentState>,
 }
 
 const ALL: &str = "_all";
 
-pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Report> {
+pub async fn build(
+    db: &DatabaseConfig,
+    ab: &AbConfig,
+    args: &ReportArgs,
+) -> anyhow::Result<Report> {
     let now = Utc::now();
     let since = super::parse_since(&args.since, now).map_err(|e| anyhow!("--since: {e}"))?;
     let until = match &args.until {
@@ -198,20 +261,21 @@ pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Rep
     let alert_hours =
         read::low_hours(&client, since, until, args.min_samples, args.threshold).await?;
 
-    let first_day = truncate(since, 86_400);
-    let mut days = Vec::new();
-    let mut d = first_day;
-    while d < until {
-        days.push(d.date_naive());
-        d += CDuration::days(1);
-    }
-    let mut daily: BTreeMap<String, BTreeMap<NaiveDate, Counts>> = BTreeMap::new();
-    let whole_days = period(first_day, crate::rollup::ceil(until, 86_400));
-    for (day, subject, c) in read::daily(&client, &whole_days).await? {
+    let step = step_for(since, until);
+    let points = read::points(since, until, step);
+    let mut series: BTreeMap<String, BTreeMap<DateTime<Utc>, Counts>> = BTreeMap::new();
+    for (at, subject, c) in read::series(&client, since, until, step).await? {
         for key in [subject, ALL.to_owned()] {
-            *daily.entry(key).or_default().entry(day).or_default() += c;
+            *series.entry(key).or_default().entry(at).or_default() += c;
         }
     }
+    let in_period = Filter {
+        since: Some(since),
+        until: Some(until),
+        ..Filter::default()
+    };
+    let reasons = reasons::read(&client, &in_period).await?;
+    let experiments = experiments(&client, ab, since, until).await?;
 
     let problem: BTreeSet<String> = most_dislikes
         .iter()
@@ -222,7 +286,7 @@ pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Rep
     let samples = client
         .query(
             "SELECT subject_id::text, created_at, coalesce(model, ''),
-                    coalesce(user_question, ''), message_content
+                    coalesce(user_question, ''), message_content, reason::text, comment
              FROM (SELECT *, row_number() OVER (PARTITION BY subject_id
                                                 ORDER BY created_at DESC, event_id DESC) AS n
                    FROM feedback
@@ -240,6 +304,8 @@ pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Rep
             model: r.get(2),
             question: r.get(3),
             answer: r.get(4),
+            reason: r.get(5),
+            comment: r.get(6),
         })
         .collect();
     Ok(Report {
@@ -254,15 +320,51 @@ pub async fn build(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<Rep
         most_dislikes,
         biggest_drops,
         alert_hours,
-        days,
-        daily,
+        step,
+        points,
+        series,
         samples,
+        reasons,
+        experiments,
     })
 }
 
+/// The comparison of every configured experiment that ran during `[since, until)`, over its
+/// period up to `until` (conversations as the unit, the default effect of `compare`).
+async fn experiments(
+    client: &impl deadpool_postgres::GenericClient,
+    ab: &AbConfig,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> anyhow::Result<Vec<ExperimentState>> {
+    let mut out = Vec::new();
+    for e in ab.experiments.values() {
+        if e.start >= until || e.end.is_some_and(|end| end <= since) {
+            continue;
+        }
+        let upto = Filter {
+            until: Some(until),
+            ..Filter::default()
+        };
+        let request = compare::Request::experiment(
+            e,
+            upto,
+            None,
+            None,
+            compare::Unit::Conversation,
+            compare::DEFAULT_EFFECT,
+        )?;
+        out.push(ExperimentState {
+            name: e.name.clone(),
+            answer: compare::answer(client, request, ab.power).await?,
+        });
+    }
+    Ok(out)
+}
+
 /// Builds the report and writes it where `--out` says. Returns the rendered text's size.
-pub async fn run(db: &DatabaseConfig, args: &ReportArgs) -> anyhow::Result<usize> {
-    let report = build(db, args).await?;
+pub async fn run(db: &DatabaseConfig, ab: &AbConfig, args: &ReportArgs) -> anyhow::Result<usize> {
+    let report = build(db, ab, args).await?;
     let text = match args.format {
         Format::Html => render_html(&report)?,
         Format::Markdown => render_markdown(&report),
@@ -356,10 +458,22 @@ const COLORS: [(u8, u8, u8); 8] = [
     (127, 127, 127),
 ];
 
-/// A line chart as an SVG document: one line per series over the days.
+/// The x axis label of a point: the date for days, the time for shorter steps (with the date
+/// when the period spans several days).
+fn point_label(at: DateTime<Utc>, step: i64, days: bool) -> String {
+    let format = match (step, days) {
+        (86_400, _) => "%b %d",
+        (_, true) => "%b %d %H:%M",
+        (_, false) => "%H:%M",
+    };
+    at.format(format).to_string()
+}
+
+/// A line chart as an SVG document: one line per series over the points of `step` seconds.
 fn line_chart(
     title: &str,
-    days: &[NaiveDate],
+    points: &[DateTime<Utc>],
+    step: i64,
     series: &[(String, Vec<Option<f64>>)],
     y_max: f64,
     percent: bool,
@@ -370,7 +484,11 @@ fn line_chart(
         let root = SVGBackend::with_string(&mut svg, (900, 340)).into_drawing_area();
         let err = |e: DrawingAreaErrorKind<_>| anyhow!("drawing {title}: {e:?}");
         root.fill(&WHITE).map_err(err)?;
-        let last = days.len().saturating_sub(1).max(1) as f64;
+        let last = points.len().saturating_sub(1).max(1) as f64;
+        let days = match (points.first(), points.last()) {
+            (Some(a), Some(b)) => a.date_naive() != b.date_naive(),
+            _ => false,
+        };
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
@@ -384,20 +502,24 @@ fn line_chart(
             if (x - i).abs() > 0.01 {
                 return String::new();
             }
-            days.get(i as usize)
-                .map(|d| d.format("%b %d").to_string())
+            points
+                .get(i as usize)
+                .map(|at| point_label(*at, step, days))
                 .unwrap_or_default()
         };
         let y_label = |y: &f64| {
             if percent {
                 format!("{:.0}%", y * 100.0)
-            } else {
+            } else if (y - y.round()).abs() < 1e-9 {
                 format!("{y:.0}")
+            } else {
+                // A count axis labels whole votes only (plotters also picks halves).
+                String::new()
             }
         };
         chart
             .configure_mesh()
-            .x_labels(days.len().clamp(2, 12))
+            .x_labels(points.len().clamp(2, 12))
             .x_label_formatter(&x_label)
             .y_label_formatter(&y_label)
             .light_line_style(RGBColor(235, 235, 235))
@@ -438,8 +560,8 @@ fn line_chart(
     Ok(svg)
 }
 
-/// Series of the charts: like rate per subject per day (the subjects with most votes, at most
-/// 8) and votes per day.
+/// Series of the charts: like rate per subject per point (the whole stream and the subjects
+/// with most votes, at most 8) and votes per point.
 #[allow(clippy::type_complexity)]
 fn chart_series(
     r: &Report,
@@ -447,22 +569,22 @@ fn chart_series(
     Vec<(String, Vec<Option<f64>>)>,
     Vec<(String, Vec<Option<f64>>)>,
 ) {
-    let per_day = |name: &str, f: &dyn Fn(&Counts) -> Option<f64>| -> Vec<Option<f64>> {
-        r.days
+    let per_point = |name: &str, f: &dyn Fn(&Counts) -> Option<f64>| -> Vec<Option<f64>> {
+        r.points
             .iter()
-            .map(|d| r.daily.get(name).and_then(|m| m.get(d)).and_then(f))
+            .map(|d| r.series.get(name).and_then(|m| m.get(d)).and_then(f))
             .collect()
     };
     let rates = std::iter::once(ALL.to_owned())
         .chain(r.subjects.iter().take(7).map(|s| s.name.clone()))
         .map(|name| {
-            let v = per_day(&name, &|c: &Counts| c.like_ratio());
+            let v = per_point(&name, &|c: &Counts| c.like_ratio());
             (name, v)
         })
         .collect();
     let votes = vec![(
         "votes".to_owned(),
-        per_day(ALL, &|c: &Counts| Some(c.total() as f64)),
+        per_point(ALL, &|c: &Counts| Some(c.total() as f64)),
     )];
     (rates, votes)
 }
@@ -471,7 +593,7 @@ const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2rem auto;max-wi
 table{border-collapse:collapse;margin:0.5rem 0 1.5rem}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}.neg{color:#b00}.pos{color:#070}
 .sample{border-left:3px solid #d62728;padding:4px 10px;margin:8px 0;background:#fafafa}
-.sample p{margin:2px 0;white-space:pre-wrap}.muted{color:#777;font-size:90%}svg{max-width:100%;height:auto}";
+.sample p{margin:2px 0;white-space:pre-wrap}.why{color:#7a1f1f}.muted{color:#777;font-size:90%}svg{max-width:100%;height:auto}";
 
 fn change_class(c: Option<f64>) -> &'static str {
     match c {
@@ -505,7 +627,15 @@ trait Markup {
     fn note(&mut self, text: &str);
     /// `left` leading columns are text, the rest numbers.
     fn table(&mut self, header: &[&str], left: usize, rows: &[Vec<Cell>]);
-    fn sample(&mut self, meta: &str, question: &str, answer: &str);
+    /// A disliked answer with its question, and the reason and comment the user gave (all
+    /// escaped).
+    fn sample(&mut self, meta: &str, question: &str, answer: &str, why: &Why);
+}
+
+/// A sample's reason tag and comment, escaped.
+struct Why {
+    reason: Option<String>,
+    comment: Option<String>,
 }
 
 struct Html(String);
@@ -542,11 +672,21 @@ impl Markup for Html {
         }
         self.0.push_str("</table>\n");
     }
-    fn sample(&mut self, meta: &str, question: &str, answer: &str) {
-        let _ = writeln!(
+    fn sample(&mut self, meta: &str, question: &str, answer: &str, why: &Why) {
+        let _ = write!(
             self.0,
-            "<div class=\"sample\"><p class=\"muted\">{meta}</p><p><b>Q:</b> {question}</p><p><b>A:</b> {answer}</p></div>"
+            "<div class=\"sample\"><p class=\"muted\">{meta}</p><p><b>Q:</b> {question}</p><p><b>A:</b> {answer}</p>"
         );
+        if let Some(reason) = &why.reason {
+            let _ = write!(
+                self.0,
+                "<p class=\"why\"><b>Reason:</b> <code>{reason}</code></p>"
+            );
+        }
+        if let Some(comment) = &why.comment {
+            let _ = write!(self.0, "<p class=\"why\"><b>Comment:</b> {comment}</p>");
+        }
+        self.0.push_str("</div>\n");
     }
 }
 
@@ -574,8 +714,14 @@ impl Markup for Markdown {
         }
         self.0.push('\n');
     }
-    fn sample(&mut self, meta: &str, question: &str, answer: &str) {
+    fn sample(&mut self, meta: &str, question: &str, answer: &str, why: &Why) {
         let _ = writeln!(self.0, "- {meta}\n  - Q: {question}\n  - A: {answer}");
+        if let Some(reason) = &why.reason {
+            let _ = writeln!(self.0, "  - Reason: {reason}");
+        }
+        if let Some(comment) = &why.comment {
+            let _ = writeln!(self.0, "  - Comment: {comment}");
+        }
     }
 }
 
@@ -622,6 +768,7 @@ fn sections(m: &mut impl Markup, r: &Report) {
     lines_table(m, "subject", &r.subjects);
     m.heading(2, "Models");
     lines_table(m, "model", &r.models);
+    experiments_section(m, &r.experiments);
     m.heading(2, "Most dislikes");
     if r.most_dislikes.is_empty() {
         m.note("No dislikes in the period.");
@@ -660,6 +807,7 @@ fn sections(m: &mut impl Markup, r: &Report) {
             .collect();
         m.table(&["hour", "subject", "like rate", "votes"], 2, &rows);
     }
+    reasons_section(m, &r.reasons);
     m.heading(2, "Recent disliked answers");
     if r.samples.is_empty() {
         m.note("None with text in the period.");
@@ -679,7 +827,158 @@ fn sections(m: &mut impl Markup, r: &Report) {
         let meta = format!("{}{model}", s.created_at.format("%Y-%m-%d %H:%M UTC"));
         let question = m.escape(&truncate_text(&s.question, 300));
         let answer = m.escape(&truncate_text(&s.answer, 500));
-        m.sample(&meta, &question, &answer);
+        let why = Why {
+            reason: s.reason.as_deref().map(|r| m.escape(r)),
+            comment: s
+                .comment
+                .as_deref()
+                .map(|c| m.escape(&truncate_text(c, 500))),
+        };
+        m.sample(&meta, &question, &answer, &why);
+    }
+}
+
+/// Why users disliked: the period's current votes per reason tag.
+fn reasons_section(m: &mut impl Markup, r: &Reasons) {
+    m.heading(2, "Reasons");
+    if r.dislikes == 0 {
+        m.note("No dislikes in the period.");
+        return;
+    }
+    m.note(&format!(
+        "{} of {} dislikes carry a reason, {} a comment (current votes; a changed vote counts \
+         with its latest reason).",
+        r.dislikes_with_reason, r.dislikes, r.dislikes_with_comment
+    ));
+    if r.reasons.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<Cell>> = r
+        .reasons
+        .iter()
+        .map(|c| {
+            vec![
+                Cell::plain(m.escape(&c.reason)),
+                Cell::plain(c.dislikes),
+                Cell::plain(format!("{:.1}%", c.dislike_percentage)),
+                Cell::plain(c.with_comment),
+                Cell::plain(c.total),
+            ]
+        })
+        .collect();
+    m.table(
+        &[
+            "reason",
+            "dislikes",
+            "of all dislikes",
+            "with comment",
+            "all votes",
+        ],
+        1,
+        &rows,
+    );
+}
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::ABetter => "A is better",
+        Verdict::BBetter => "B is better",
+        Verdict::NoDifference => "no difference",
+        Verdict::NotEnoughData => "not enough data",
+    }
+}
+
+fn opt_pct(v: Option<f64>) -> String {
+    v.map(|d| format!("{:+.1} pp", d * 100.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// The A/B state of the configured experiments that ran during the period.
+fn experiments_section(m: &mut impl Markup, experiments: &[ExperimentState]) {
+    m.heading(2, "A/B experiments");
+    if experiments.is_empty() {
+        m.note(
+            "No configured experiment ran during the period (experiments are the \
+             [[experiments]] tables of the configuration file).",
+        );
+        return;
+    }
+    for e in experiments {
+        let a = &e.answer;
+        let name = m.escape(&e.name);
+        m.heading(3, &name);
+        let when = |t: Option<DateTime<Utc>>| {
+            t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_else(|| "…".into())
+        };
+        m.note(&format!(
+            "{} – {}; the unit of the variance is the {}.",
+            when(a.since),
+            when(a.until),
+            match a.unit {
+                compare::Unit::Conversation => "conversation",
+                compare::Unit::Vote => "vote",
+            }
+        ));
+        let rows: Vec<Vec<Cell>> = [("A", &a.pooled.model_a), ("B", &a.pooled.model_b)]
+            .into_iter()
+            .map(|(side, arm)| {
+                vec![
+                    Cell::plain(side),
+                    Cell::plain(m.escape(&arm.model)),
+                    Cell::plain(arm.votes),
+                    Cell::plain(arm.likes),
+                    Cell::plain(pct(arm.like_rate)),
+                    Cell::plain(format!(
+                        "{} – {}",
+                        pct(Some(arm.ci_low)),
+                        pct(Some(arm.ci_high))
+                    )),
+                    Cell::plain(arm.units),
+                ]
+            })
+            .collect();
+        m.table(
+            &[
+                "arm",
+                "model",
+                "votes",
+                "likes",
+                "like rate",
+                "95% interval",
+                "units",
+            ],
+            2,
+            &rows,
+        );
+        let t = &a.pooled.test;
+        let p = t
+            .p_value
+            .map(|p| format!("{p:.4}"))
+            .unwrap_or_else(|| "–".into());
+        m.note(&format!(
+            "Verdict: {}. Difference A − B {} (95% confidence sequence {} to {}), \
+             always-valid p = {p}; stratified by subject: {}{}.",
+            verdict_text(t.verdict),
+            opt_pct(t.difference),
+            opt_pct(t.difference_ci_low),
+            opt_pct(t.difference_ci_high),
+            verdict_text(a.stratified.test.verdict),
+            if a.simpson_warning {
+                " (Simpson's paradox: trust the stratified verdict)"
+            } else {
+                ""
+            }
+        ));
+        if let (Some(needed), Some(more)) = (a.plan.votes_needed_per_arm, a.plan.more_votes_per_arm)
+        {
+            m.note(&format!(
+                "To find a difference of {:.0} points with {:.0}% power: {needed} votes per arm, \
+                 {more} more than the arm with fewer.",
+                a.plan.min_detectable_effect * 100.0,
+                a.plan.power * 100.0
+            ));
+        }
     }
 }
 
@@ -718,19 +1017,23 @@ pub fn render_html(r: &Report) -> anyhow::Result<String> {
         pp(t.change_pp())
     );
     let (rates, votes) = chart_series(r);
-    o.push_str("<h2>Like rate per day</h2>\n");
+    let per = step_name(r.step);
+    let _ = writeln!(o, "<h2>Like rate per {per}</h2>");
     o.push_str(&line_chart(
-        "Like rate per subject per day",
-        &r.days,
+        &format!("Like rate per subject per {per}"),
+        &r.points,
+        r.step,
         &rates,
         1.0,
         true,
     )?);
-    o.push_str("\n<h2>Votes per day</h2>\n");
-    let max_votes = votes[0].1.iter().flatten().fold(1.0f64, |m, v| m.max(*v)) * 1.1;
+    let _ = writeln!(o, "\n<h2>Votes per {per}</h2>");
+    // At least 5, so that a quiet period's axis still has distinct whole-number labels.
+    let max_votes = (votes[0].1.iter().flatten().fold(0.0f64, |m, v| m.max(*v)) * 1.1).max(5.0);
     o.push_str(&line_chart(
-        "Votes per day",
-        &r.days,
+        &format!("Votes per {per}"),
+        &r.points,
+        r.step,
         &votes,
         max_votes,
         false,
@@ -761,15 +1064,26 @@ pub fn render_markdown(r: &Report) -> String {
         pct(t.before.like_ratio()),
         pp(t.change_pp())
     );
-    o.push_str("## Per day\n\n| day | votes | like rate |\n|---|---:|---:|\n");
-    for d in &r.days {
+    let (per, first) = match r.step {
+        86_400 => ("day", "day"),
+        _ => (step_name(r.step), "from"),
+    };
+    let _ = writeln!(
+        o,
+        "## Per {per}\n\n| {first} | votes | like rate |\n|---|---:|---:|"
+    );
+    for at in &r.points {
         let c = r
-            .daily
+            .series
             .get(ALL)
-            .and_then(|m| m.get(d))
+            .and_then(|m| m.get(at))
             .copied()
             .unwrap_or_default();
-        let _ = writeln!(o, "| {d} | {} | {} |", c.total(), pct(c.like_ratio()));
+        let when = match r.step {
+            86_400 => at.format("%Y-%m-%d"),
+            _ => at.format("%Y-%m-%d %H:%M"),
+        };
+        let _ = writeln!(o, "| {when} | {} | {} |", c.total(), pct(c.like_ratio()));
     }
     o.push('\n');
     let mut m = Markdown(o);
@@ -796,24 +1110,23 @@ mod tests {
 
     fn report() -> Report {
         let since: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
-        let days: Vec<NaiveDate> = (0..7)
-            .map(|i| (since + CDuration::days(i)).date_naive())
-            .collect();
-        let mut daily = BTreeMap::new();
+        let until = since + chrono::Duration::days(7);
+        let points = read::points(since, until, 86_400);
+        let mut series = BTreeMap::new();
         let mut all = BTreeMap::new();
         all.insert(
-            days[1],
+            points[1],
             Counts {
                 likes: 3,
                 dislikes: 1,
                 neutral: 0,
             },
         );
-        daily.insert(ALL.to_owned(), all);
+        series.insert(ALL.to_owned(), all);
         Report {
             since,
-            until: since + CDuration::days(7),
-            generated_at: since + CDuration::days(7),
+            until,
+            generated_at: until,
             threshold: 0.85,
             min_samples: 50,
             total: line(ALL, (3, 1, 0), (4, 0, 0)),
@@ -822,16 +1135,57 @@ mod tests {
             most_dislikes: vec![line("Math <b>", (3, 1, 0), (4, 0, 0))],
             biggest_drops: vec![],
             alert_hours: vec![],
-            days,
-            daily,
+            step: step_for(since, until),
+            points,
+            series,
             samples: vec![Sample {
                 subject: "Math <b>".into(),
                 created_at: since,
                 model: String::new(),
                 question: "<script>alert(1)</script>".into(),
                 answer: "x".repeat(600),
+                reason: Some("too_long".into()),
+                comment: Some("<img src=x onerror=alert(2)> | *bold*".into()),
             }],
+            reasons: Reasons {
+                subject_id: None,
+                model: None,
+                since: Some(since),
+                until: Some(until),
+                likes: 3,
+                dislikes: 1,
+                neutral: 0,
+                dislikes_with_reason: 1,
+                dislikes_with_comment: 1,
+                reasons: vec![reasons::ReasonCount {
+                    reason: "too_long".into(),
+                    likes: 0,
+                    dislikes: 1,
+                    neutral: 0,
+                    total: 1,
+                    with_comment: 1,
+                    dislike_percentage: 100.0,
+                }],
+            },
+            experiments: vec![],
         }
+    }
+
+    #[test]
+    fn the_resolution_follows_the_period() {
+        let t: DateTime<Utc> = "2026-02-05T10:07:00Z".parse().unwrap();
+        let h = |n: i64| t + chrono::Duration::hours(n);
+        assert_eq!(step_for(t, h(1)), 60);
+        assert_eq!(step_for(t, h(2) - chrono::Duration::minutes(1)), 60);
+        assert_eq!(step_for(t, h(3)), 300);
+        assert_eq!(step_for(t, h(24)), 3600);
+        assert_eq!(step_for(t, h(24 * 4)), 3600);
+        assert_eq!(step_for(t, h(24 * 7)), 86_400);
+        assert_eq!(step_for(t, h(24 * 30)), 86_400);
+        assert_eq!(step_for(t, h(24 * 365)), 86_400);
+        assert_eq!(point_label(t, 60, false), "10:07");
+        assert_eq!(point_label(t, 3600, true), "Feb 05 10:07");
+        assert_eq!(point_label(t, 86_400, true), "Feb 05");
     }
 
     #[test]
@@ -855,5 +1209,22 @@ mod tests {
         );
         assert!(md.contains("| 2026-02-02 | 4 | 75.0% |"), "{md}");
         assert!(md.contains("Q: \\<script\\>alert(1)\\</script\\>"), "{md}");
+        assert!(md.contains("| too\\_long | 1 | 100.0% | 1 | 1 |"), "{md}");
+        assert!(md.contains("  - Reason: too\\_long"), "{md}");
+        assert!(
+            md.contains("  - Comment: \\<img src=x onerror=alert(2)\\> \\| \\*bold\\*"),
+            "{md}"
+        );
+        assert!(md.contains("No configured experiment ran"), "{md}");
+    }
+
+    #[test]
+    fn reasons_and_comments_are_escaped_in_html() {
+        let html = render_html(&report()).unwrap();
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains("<b>Comment:</b> &lt;img src=x onerror=alert(2)&gt; | *bold*"));
+        assert!(html.contains("<b>Reason:</b> <code>too_long</code>"));
+        assert!(html.contains("<td>too_long</td><td>1</td><td>100.0%</td><td>1</td><td>1</td>"));
+        assert!(html.contains("1 of 1 dislikes carry a reason, 1 a comment"));
     }
 }

@@ -1,10 +1,11 @@
 //! Retention: how long stored feedback is kept.
 //!
 //! - `LIKERATE_RETENTION_TEXT` (e.g. `90d`): rows whose `created_at` is older have their
-//!   question and answer erased (`user_question` NULL, `message_content` `''`,
-//!   `text_erased` true). Rating, subject, model, ids and time stay, so the rows and the
-//!   aggregates still give long-term like rates and the rollups stay equal to their
-//!   recomputation from the rows.
+//!   question, answer and comment erased (`user_question` and `comment` NULL,
+//!   `message_content` `''`, `text_erased` true). Rating, subject, model, reason tag, ids and
+//!   time stay (the tag is one of the front end's fixed choices, not user text), so the rows
+//!   and the aggregates still give long-term like rates and reasons, and the rollups stay equal
+//!   to their recomputation from the rows.
 //! - `LIKERATE_RETENTION_ROWS` (e.g. `400d`): older rows are deleted. The rollups are *not*
 //!   changed: the aggregates outlive the rows, so like rates over long periods stay available
 //!   after the rows are gone (they hold counts per minute/hour/day, subject and model, no
@@ -48,7 +49,8 @@ impl std::fmt::Display for Swept {
 }
 
 const ERASE_TEXT: &str = "
-UPDATE feedback SET message_content = '', user_question = NULL, text_erased = true
+UPDATE feedback SET message_content = '', user_question = NULL, comment = NULL,
+                    text_erased = true
 WHERE id IN (SELECT id FROM feedback
              WHERE created_at < $1 AND NOT text_erased
              LIMIT $2 FOR UPDATE SKIP LOCKED)";

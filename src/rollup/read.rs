@@ -6,6 +6,8 @@
 //! - Within that the answer is exact: a range is covered by whole days, then whole hours, then
 //!   minutes at its edges ([`cover`]), each segment one range scan of the primary key, so a
 //!   read touches at most a few thousand rows whatever the volume.
+//! - A chart's series ([`series`]) is read at its step from one grain, whole buckets only: its
+//!   points are whole steps covering the period ([`points`]), like the rollups' buckets.
 
 use super::{ceil, truncate, Counts, GRAINS};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -196,6 +198,75 @@ pub async fn daily(
         .collect())
 }
 
+/// The points a chart of `[since, until)` can have at `step` seconds (a multiple of the
+/// minute that divides a day): from the step bucket holding `since` to the one holding the
+/// last minute before `until`, so every point is a whole step, as on the rollups.
+pub fn points(since: DateTime<Utc>, until: DateTime<Utc>, step: i64) -> Vec<DateTime<Utc>> {
+    let first = truncate(since, step);
+    let end = ceil(truncate(until, 60), step);
+    let mut out = Vec::new();
+    let mut t = first;
+    while t < end {
+        out.push(t);
+        t += chrono::Duration::seconds(step);
+    }
+    out
+}
+
+/// The grain a series of `step` seconds is read from: the coarsest whose buckets divide it.
+fn series_grain(step: i64) -> char {
+    GRAINS
+        .iter()
+        .find(|(_, len)| step % len == 0)
+        .map_or('m', |(g, _)| *g)
+}
+
+const SERIES: &str = concat!(
+    "SELECT date_bin(make_interval(secs => $6::float8), r.bucket, 'epoch'::timestamptz),
+            r.subject_id::text, sum(r.likes)::int8, sum(r.dislikes)::int8, sum(r.neutral)::int8",
+    scan!(),
+    "
+GROUP BY 1, 2 HAVING sum(r.likes + r.dislikes + r.neutral) > 0
+ORDER BY 1, 2"
+);
+
+/// The votes per point of `step` seconds (60, 300, 3600, 86400: any multiple of a minute that
+/// divides a day) and subject, over the [`points`] of `[since, until)`, in time order; points
+/// without votes are absent. Read from one grain, the coarsest that divides the step (five
+/// minutes from the minutes, an hour from the hours), so a point is never part of a bucket.
+pub async fn series(
+    client: &impl GenericClient,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    step: i64,
+) -> Result<Vec<(DateTime<Utc>, String, Counts)>, Error> {
+    let points = points(since, until, step);
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return Ok(Vec::new());
+    };
+    let grains = vec![series_grain(step) as i8];
+    let from = vec![Some(*first)];
+    let to = vec![Some(*last + chrono::Duration::seconds(step))];
+    let statement = client.prepare_cached(SERIES).await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &grains,
+                &from,
+                &to,
+                &None::<String>,
+                &None::<Vec<String>>,
+                &(step as f64),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), counts(r, 2)))
+        .collect())
+}
+
 /// One hour bucket in which a subject (or `_all`) had at least `min_samples` votes and a like
 /// rate below `threshold`: (hour, subject or `_all`, like rate, votes).
 pub type LowHour = (DateTime<Utc>, String, f64, i64);
@@ -324,6 +395,27 @@ mod tests {
             Some(t("2026-02-03T10:05:50Z"))
         )
         .is_empty());
+    }
+
+    #[test]
+    fn chart_points_are_whole_steps_covering_the_period() {
+        let hour = points(t("2026-02-03T10:05:00Z"), t("2026-02-03T11:05:00Z"), 60);
+        assert_eq!(hour.len(), 60);
+        assert_eq!(hour[0], t("2026-02-03T10:05:00Z"));
+        let five = points(t("2026-02-03T10:07:00Z"), t("2026-02-03T13:02:30Z"), 300);
+        assert_eq!(five[0], t("2026-02-03T10:05:00Z"));
+        assert_eq!(*five.last().unwrap(), t("2026-02-03T13:00:00Z"));
+        assert_eq!(five.len(), 36);
+        let day = points(t("2026-02-03T10:30:00Z"), t("2026-02-04T10:30:00Z"), 3600);
+        assert_eq!((day.len(), day[0]), (25, t("2026-02-03T10:00:00Z")));
+        assert_eq!(
+            points(t("2026-02-01T00:00:00Z"), t("2026-02-08T00:00:00Z"), 86_400).len(),
+            7
+        );
+        assert_eq!(
+            [60, 300, 3600, 86_400].map(series_grain),
+            ['m', 'm', 'h', 'd']
+        );
     }
 
     #[test]

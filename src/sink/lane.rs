@@ -179,16 +179,24 @@ impl Lane {
     }
 }
 
-/// Counts the newly stored votes per subject and rating (`likerate_votes_total`).
+/// Counts the newly stored votes per subject and rating (`likerate_votes_total`), and the
+/// dislikes among them per subject and reason (`likerate_dislike_reasons_total`).
 fn record_votes(metrics: &Metrics, rows: &[Row<'_>], inserted: &HashSet<Uuid>) {
     let mut counts: HashMap<(&str, Rating), u64> = HashMap::new();
+    let mut reasons: HashMap<(&str, Option<&str>), u64> = HashMap::new();
     for r in rows.iter().filter(|r| inserted.contains(&r.event.event_id)) {
-        *counts
-            .entry((r.event.subject_id.as_str(), r.event.rating))
-            .or_default() += 1;
+        let subject = r.event.subject_id.as_str();
+        *counts.entry((subject, r.event.rating)).or_default() += 1;
+        if r.event.rating == Rating::Dislike {
+            let reason = r.event.reason.as_ref().map(|t| t.as_str());
+            *reasons.entry((subject, reason)).or_default() += 1;
+        }
     }
     for ((subject, rating), n) in counts {
         metrics.vote(subject, rating, n);
+    }
+    for ((subject, reason), n) in reasons {
+        metrics.dislike_reason(subject, reason, n);
     }
 }
 
@@ -214,6 +222,8 @@ fn refused_letter(event: &FeedbackEvent, detail: String) -> Rejected {
         "model": event.model.as_ref().map(|l| l.as_str()),
         "conversation_id": event.conversation_id.as_ref().map(|l| l.as_str()),
         "vote_id": event.vote_id.as_ref().map(|l| l.as_str()),
+        "reason": event.reason.as_ref().map(|r| r.as_str()),
+        "comment": event.comment.as_ref().map(|c| c.as_str()),
     });
     Rejected {
         error: DecodeError::new(Reason::DbRejected, detail),

@@ -18,20 +18,20 @@ pub const CREATE_STAGE: &str = "
 CREATE TEMPORARY TABLE IF NOT EXISTS feedback_stage (
     event_id uuid, subject_id text, message_content text, user_question text, rating int2,
     message_index int4, created_at timestamptz, model text, conversation_id text, vote_id text,
-    kafka_partition int4, kafka_offset int8
+    reason text, comment text, kafka_partition int4, kafka_offset int8
 ) ON COMMIT DELETE ROWS";
 
 pub const COPY_STAGE: &str = "COPY feedback_stage FROM STDIN (FORMAT binary)";
 
 pub const COPY_FEEDBACK: &str = "
 COPY feedback (event_id, subject_id, message_content, user_question, rating, message_index,
-               created_at, model, conversation_id, vote_id, kafka_partition, kafka_offset,
-               kafka_topic, vote_slot)
+               created_at, model, conversation_id, vote_id, reason, comment, kafka_partition,
+               kafka_offset, kafka_topic, vote_slot)
 FROM STDIN (FORMAT binary)";
 
 /// Types of [`COPY_FEEDBACK`]'s columns, in order, for the binary `COPY`; the staging table
-/// has the first twelve.
-pub const FEEDBACK_TYPES: [Type; 14] = [
+/// has the first [`STAGE_COLUMNS`].
+pub const FEEDBACK_TYPES: [Type; 16] = [
     Type::UUID,
     Type::TEXT,
     Type::TEXT,
@@ -42,11 +42,16 @@ pub const FEEDBACK_TYPES: [Type; 14] = [
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
     Type::INT4,
     Type::INT8,
     Type::TEXT,
     Type::BOOL,
 ];
+
+/// The columns of the staging table: those of [`COPY_FEEDBACK`] but the topic and the slot.
+pub const STAGE_COLUMNS: usize = 14;
 
 /// Which of the event ids `$1` are stored.
 pub const STORED_IDS: &str = "
@@ -60,11 +65,11 @@ macro_rules! insert_staged {
     ($slot:literal, $join:literal, $conflict:literal) => {
         concat!(
             "INSERT INTO feedback (event_id, subject_id, message_content, user_question, rating,
-                      message_index, created_at, model, conversation_id, vote_id,
-                      kafka_topic, kafka_partition, kafka_offset, vote_slot)
+                      message_index, created_at, model, conversation_id, vote_id, reason,
+                      comment, kafka_topic, kafka_partition, kafka_offset, vote_slot)
 SELECT s.event_id, s.subject_id, s.message_content, s.user_question, s.rating,
-       s.message_index, s.created_at, s.model, s.conversation_id, s.vote_id, $1::text,
-       s.kafka_partition, s.kafka_offset, ",
+       s.message_index, s.created_at, s.model, s.conversation_id, s.vote_id, s.reason,
+       s.comment, $1::text, s.kafka_partition, s.kafka_offset, ",
             $slot,
             " FROM feedback_stage s",
             $join,

@@ -1,7 +1,7 @@
 //! The transaction of one batch: the new `feedback` rows, their votes and the rollup deltas,
 //! committed together or not at all.
 
-use super::sql::{Conn, Statements, FEEDBACK_TYPES};
+use super::sql::{Conn, Statements, FEEDBACK_TYPES, STAGE_COLUMNS};
 use crate::db::DbError;
 use crate::event::{Coordinates, FeedbackEvent};
 use crate::rollup::RollupDeltas;
@@ -246,7 +246,8 @@ async fn registered_votes(
     st.votes.registered(tx, votes).await
 }
 
-/// A row's values for the staging table's columns (the first twelve of [`FEEDBACK_TYPES`]).
+/// A row's values for the staging table's columns (the first [`STAGE_COLUMNS`] of
+/// [`FEEDBACK_TYPES`]).
 struct Values<'a> {
     row: &'a Row<'a>,
     subject: &'a str,
@@ -256,6 +257,8 @@ struct Values<'a> {
     model: Option<&'a str>,
     conversation: Option<&'a str>,
     vote: Option<&'a str>,
+    reason: Option<&'a str>,
+    comment: Option<&'a str>,
 }
 
 impl<'a> Values<'a> {
@@ -270,10 +273,12 @@ impl<'a> Values<'a> {
             model: e.model.as_ref().map(|l| l.as_str()),
             conversation: e.conversation_id.as_ref().map(|l| l.as_str()),
             vote: e.vote_id.as_ref().map(|l| l.as_str()),
+            reason: e.reason.as_ref().map(|r| r.as_str()),
+            comment: e.comment.as_ref().map(|c| c.as_str()),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+    fn params(&self) -> [&(dyn ToSql + Sync); STAGE_COLUMNS] {
         let e = self.row.event;
         [
             &e.event_id,
@@ -286,6 +291,8 @@ impl<'a> Values<'a> {
             &self.model,
             &self.conversation,
             &self.vote,
+            &self.reason,
+            &self.comment,
             &self.row.coords.partition,
             &self.row.coords.offset,
         ]
@@ -304,10 +311,10 @@ async fn copy_rows(
     futures::pin_mut!(writer);
     for (r, slot) in rows {
         let v = Values::of(r);
-        let [a, b, c, d, e, f, g, h, i, j, k, l] = v.params();
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n] = v.params();
         writer
             .as_mut()
-            .write(&[a, b, c, d, e, f, g, h, i, j, k, l, &topic, slot])
+            .write(&[a, b, c, d, e, f, g, h, i, j, k, l, m, n, &topic, slot])
             .await?;
     }
     writer.finish().await?;
@@ -323,7 +330,7 @@ async fn insert_staged(
     rows: &[Row<'_>],
 ) -> Result<(HashSet<Uuid>, HashSet<Uuid>), DbError> {
     let sink = tx.copy_in(&st.copy_stage).await?;
-    let writer = BinaryCopyInWriter::new(sink, &FEEDBACK_TYPES[..12]);
+    let writer = BinaryCopyInWriter::new(sink, &FEEDBACK_TYPES[..STAGE_COLUMNS]);
     futures::pin_mut!(writer);
     for r in rows {
         writer.as_mut().write(&Values::of(r).params()).await?;

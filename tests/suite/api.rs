@@ -477,7 +477,7 @@ async fn stats_daily_export_and_training_data_match_the_table() {
                 &format!(
                     "SELECT id, subject_id::text, user_question, message_content, rating,
                             to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                            model::text
+                            model::text, reason::text, comment
                      FROM feedback WHERE {filter_sql} ORDER BY id"
                 ),
                 &[],
@@ -493,7 +493,9 @@ async fn stats_daily_export_and_training_data_match_the_table() {
                        "assistant_message": r.get::<_, String>(3), "rating": rating,
                        "rating_label": label,
                        "created_at": r.get::<_, String>(5),
-                       "model": r.get::<_, Option<String>>(6)})
+                       "model": r.get::<_, Option<String>>(6),
+                       "reason": r.get::<_, Option<String>>(7),
+                       "comment": r.get::<_, Option<String>>(8)})
             })
             .collect();
         assert_eq!(seen, want, "export {query}");

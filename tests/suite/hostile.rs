@@ -69,30 +69,6 @@ async fn metrics_until(server: &Server, ready: impl Fn(&str) -> bool) -> String 
     }
 }
 
-/// `promtool check metrics` on the text: exit status and output.
-fn promtool(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), msg)
-}
-
 /// Hostile subjects and models reach `/metrics` escaped and capped; the exposition passes
 /// `promtool check metrics`, and no series exists that the test did not cause.
 #[tokio::test(flavor = "multi_thread")]
@@ -130,7 +106,7 @@ async fn hostile_labels_cannot_break_or_forge_the_scrape() {
         common::series_value(t, all_likes) == Some(likes as f64)
     })
     .await;
-    let (ok, msg) = promtool(&text);
+    let (ok, msg) = common::promtool(&text);
     assert!(ok, "promtool check metrics: {msg}\n{text}");
     // Every line is a comment or one series: a label value cannot start a line.
     for line in text.lines().filter(|l| !l.is_empty()) {

@@ -10,6 +10,7 @@
 //! | [`dead_letters`] | dead letters exactly once: a crash at the publisher's worst point, the topic unavailable |
 //! | [`hostile`] | hostile input at every edge: HTTP, Kafka payloads, configuration |
 //! | [`ops`] | `dlq replay`, `erase`, `retention`, `report` (Chromium renders the report) |
+//! | [`reasons`] | reason tags and comments: stored, counted, redacted, erased, retained, refused |
 //! | [`votes`] | the vote rule through the sink's write path |
 //! | [`alert_sim`] | the alert rule against a simulated clock |
 //! | [`observability`] | real Prometheus and Alertmanager against a running likerate |
@@ -23,4 +24,5 @@ mod dead_letters;
 mod hostile;
 mod observability;
 mod ops;
+mod reasons;
 mod votes;

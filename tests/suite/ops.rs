@@ -115,6 +115,8 @@ struct Ev {
     conversation: Option<String>,
     vote: Option<String>,
     model: Option<&'static str>,
+    reason: Option<&'static str>,
+    comment: Option<String>,
 }
 
 impl Ev {
@@ -129,7 +131,19 @@ impl Ev {
             conversation: None,
             vote: None,
             model: None,
+            reason: None,
+            comment: None,
         }
+    }
+
+    fn reason(mut self, r: &'static str) -> Ev {
+        self.reason = Some(r);
+        self
+    }
+
+    fn comment(mut self, c: &str) -> Ev {
+        self.comment = Some(c.into());
+        self
     }
 
     fn conversation(mut self, c: &str) -> Ev {
@@ -157,7 +171,8 @@ impl Ev {
             "event_id": self.id, "subject_id": self.subject, "assistant_message": self.answer,
             "user_question": self.question, "rating": self.rating,
             "created_at": self.at.to_rfc3339(), "conversation_id": self.conversation,
-            "vote_id": self.vote, "model": self.model,
+            "vote_id": self.vote, "model": self.model, "reason": self.reason,
+            "comment": self.comment,
         });
         (
             self.conversation.clone().unwrap_or_else(|| "k".into()),
@@ -205,9 +220,12 @@ async fn dlq_replay_after_the_fix_stores_each_record_once() {
     let good = mixed(40, now);
     let poison: Vec<Ev> = (0..3)
         .map(|i| {
+            // With a reason and a comment: the dead letter's re-encoding must carry them.
             Ev::new("Math", -1, now - CDuration::minutes(i))
                 .answer("poison")
                 .vote(&format!("poison-vote-{i}"))
+                .reason("wrong")
+                .comment(&format!("why {i}"))
         })
         .collect();
     let mut all = records(&good);
@@ -261,17 +279,22 @@ async fn dlq_replay_after_the_fix_stores_each_record_once() {
     assert!(first.contains("sent 3 "), "{first}");
     assert!(first.contains("skipped 0 "), "{first}");
     env.wait_for_rows(43, Duration::from_secs(60)).await;
-    let stored: i64 = env
+    let stored: Vec<(String, String)> = env
         .client()
         .await
-        .query_one(
-            "SELECT count(*) FROM feedback WHERE event_id = ANY($1)",
+        .query(
+            "SELECT reason, comment FROM feedback WHERE event_id = ANY($1) ORDER BY comment",
             &[&poison.iter().map(|e| e.id).collect::<Vec<_>>()],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(stored, 3);
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<(String, String)> = (0..3)
+        .map(|i| ("wrong".into(), format!("why {i}")))
+        .collect();
+    assert_eq!(stored, want);
     env.assert_rollups_exact(None).await;
 
     let second = env.ok(&["dlq", "replay", "--reason", "db_rejected"], &[]);
@@ -647,12 +670,27 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
             "<script>alert('x')</script> wrong answer {i} {}",
             "long ".repeat(200)
         );
-        events.push(
-            Ev::new("Physics", if i < 5 { 1 } else { -1 }, at(1, i))
-                .model("m-b")
-                .answer(&answer),
-        );
+        let mut e = Ev::new("Physics", if i < 5 { 1 } else { -1 }, at(1, i))
+            .model("m-b")
+            .answer(&answer);
+        // Reasons and comments on the dislikes: `wrong` three times (one with a hostile
+        // comment), `Too_Long` (stored as `too_long`) with a comment, one without either.
+        e = match i {
+            5 | 6 => e.reason("wrong"),
+            8 => e.reason("Too_Long").comment("far too long"),
+            9 => e
+                .reason("wrong")
+                .comment("<img src=x onerror=alert(1)> bad | *md*"),
+            _ => e,
+        };
+        events.push(e);
     }
+    // One of Math's two dislikes in the period has a reason.
+    let math_dislike = events
+        .iter()
+        .position(|e| e.subject == "Math" && e.rating == -1 && e.at == at(2, 8))
+        .unwrap();
+    events[math_dislike] = events[math_dislike].clone().reason("unclear");
     for i in 0..5 {
         events.push(Ev::new("Physics", if i < 4 { 1 } else { -1 }, at(10, i)).model("m-b"));
     }
@@ -665,8 +703,27 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
     env.wait_for_rows(total, Duration::from_secs(60)).await;
     p.kill9();
 
+    // Two experiments: one running since 8 days before the end (it sees Math's period votes
+    // on m-a and Physics' on m-b), one that ended before the period (not shown).
+    let dir = std::env::temp_dir().join(format!("likerate-report-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("likerate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[experiments]]\nname = \"tone_v2\"\nstart = \"{}\"\narms = [\n  {{ model = \"m-a\", weight = 1 }},\n  {{ model = \"m-b\", weight = 1 }},\n]\n\n\
+             [[experiments]]\nname = \"old-test\"\nstart = \"{}\"\nend = \"{}\"\narms = [\n  {{ model = \"m-a\", weight = 1 }},\n  {{ model = \"m-c\", weight = 1 }},\n]\n",
+            (until - CDuration::days(8)).to_rfc3339(),
+            (until - CDuration::days(30)).to_rfc3339(),
+            (until - CDuration::days(20)).to_rfc3339(),
+        ),
+    )
+    .unwrap();
     let (since_s, until_s) = (since.to_rfc3339(), until.to_rfc3339());
+    let config_s = config.to_str().unwrap().to_owned();
     let period = [
+        "--config",
+        &config_s,
         "report",
         "--since",
         &since_s,
@@ -698,9 +755,37 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
             (until - CDuration::days(1)).date_naive()
         ),
         "A: \\<script\\>alert('x')\\</script\\> wrong answer 9",
+        // Reasons: 5 of the 7 dislikes carry one, 2 a comment.
+        "5 of 7 dislikes carry a reason, 2 a comment",
+        "| wrong | 3 | 42.9% | 1 | 3 |",
+        "| too\\_long | 1 | 14.3% | 1 | 1 |",
+        "| unclear | 1 | 14.3% | 0 | 1 |",
+        // Beside the disliked answers.
+        "  - Reason: wrong\n  - Comment: \\<img src=x onerror=alert(1)\\> bad \\| \\*md\\*",
+        "  - Reason: too\\_long\n  - Comment: far too long",
+        // The experiment that ran: both arms' figures, not enough votes for a verdict.
+        "### tone\\_v2",
+        "| A | m-a | 10 | 8 | 80.0% |",
+        "| B | m-b | 10 | 5 | 50.0% |",
+        "Verdict: not enough data.",
     ] {
         assert!(md.contains(expected), "missing {expected:?} in:\n{md}");
     }
+    assert!(
+        !md.contains("old-test"),
+        "an experiment that ended before the period"
+    );
+    assert!(md.contains("## Per day"));
+    // The sections come in this order.
+    let order = [
+        "## Models",
+        "## A/B experiments",
+        "## Alerts",
+        "## Reasons",
+        "## Recent disliked answers",
+    ];
+    let at_: Vec<usize> = order.iter().map(|h| md.find(h).unwrap()).collect();
+    assert!(at_.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     // Biggest drops: Physics before Math.
     let drops = md.split("## Biggest drops").nth(1).unwrap();
     let drops = drops.split("## Alerts").next().unwrap();
@@ -710,8 +795,6 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
     assert_eq!(samples.matches("wrong answer").count(), 3, "{samples}");
     assert!(samples.contains('…'));
 
-    let dir = std::env::temp_dir().join(format!("likerate-report-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
     let html_path = dir.join("report.html");
     let out = env.ok(
         &[&period[..], &["--out", html_path.to_str().unwrap()]].concat(),
@@ -723,6 +806,12 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
     assert!(!html.contains("<script>"), "user text is escaped");
     assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
     assert!(html.contains("<td>Physics</td><td>10</td><td>+100%</td>"));
+    assert!(!html.contains("<img"), "comments are escaped");
+    assert!(html.contains("<b>Comment:</b> &lt;img src=x onerror=alert(1)&gt; bad | *md*"));
+    assert!(html.contains("<b>Reason:</b> <code>too_long</code>"));
+    assert!(html.contains("<td>wrong</td><td>3</td><td>42.9%</td><td>1</td><td>3</td>"));
+    assert!(html.contains("<h3>tone_v2</h3>"));
+    assert!(html.contains("<h2>Like rate per day</h2>"));
 
     // Opened by a browser without network: it parses, draws, and nothing is fetched.
     let shot = dir.join("report.png");
@@ -766,5 +855,116 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
     assert!(dom.status.success());
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert!(dom.contains("Feedback report") && dom.matches("<svg").count() == 2);
+    assert!(dom.contains("tone_v2") && dom.contains("far too long"));
     eprintln!("report screenshot: {}", shot.display());
+
+    // Shorter periods draw finer points: minutes for an hour, five minutes for three hours,
+    // hours for a day. Math's votes of day -2 are one a minute from the hour on: likes at
+    // minutes 0 to 7, dislikes at 8 and 9.
+    let start = until - CDuration::days(2);
+    let short = |hours: i64| {
+        let (from, to) = (
+            start.to_rfc3339(),
+            (start + CDuration::hours(hours)).to_rfc3339(),
+        );
+        env.ok(
+            &[
+                "report", "--since", &from, "--until", &to, "--format", "markdown",
+            ],
+            &[],
+        )
+    };
+    let minute = |m: i64| {
+        (start + CDuration::minutes(m))
+            .format("%Y-%m-%d %H:%M")
+            .to_string()
+    };
+    let hour = short(1);
+    assert!(
+        hour.contains("## Per minute\n\n| from | votes | like rate |"),
+        "{hour}"
+    );
+    assert_eq!(
+        hour.matches(&format!("\n| {} ", &minute(0)[..10])).count(),
+        60,
+        "{hour}"
+    );
+    for expected in [
+        format!("| {} | 1 | 100.0% |", minute(0)),
+        format!("| {} | 1 | 100.0% |", minute(7)),
+        format!("| {} | 1 | 0.0% |", minute(8)),
+        format!("| {} | 0 | – |", minute(10)),
+    ] {
+        assert!(hour.contains(&expected), "missing {expected:?} in:\n{hour}");
+    }
+    let three = short(3);
+    assert!(three.contains("## Per 5 minutes"), "{three}");
+    for expected in [
+        format!("| {} | 5 | 100.0% |", minute(0)),
+        format!("| {} | 5 | 60.0% |", minute(5)),
+        format!("| {} | 0 | – |", minute(10)),
+    ] {
+        assert!(
+            three.contains(&expected),
+            "missing {expected:?} in:\n{three}"
+        );
+    }
+    assert_eq!(
+        three.matches(&format!("\n| {} ", &minute(0)[..10])).count(),
+        36
+    );
+    let day = short(24);
+    assert!(day.contains("## Per hour"), "{day}");
+    assert!(
+        day.contains(&format!("| {} | 10 | 80.0% |", minute(0))),
+        "{day}"
+    );
+    assert!(
+        day.contains(&format!("| {} | 0 | – |", minute(60))),
+        "{day}"
+    );
+
+    // The hour's HTML draws minute points, labelled with their time, in the browser too.
+    let hour_path = dir.join("hour.html");
+    let (from, to) = (
+        start.to_rfc3339(),
+        (start + CDuration::hours(1)).to_rfc3339(),
+    );
+    env.ok(
+        &[
+            "report",
+            "--since",
+            &from,
+            "--until",
+            &to,
+            "--out",
+            hour_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let html = std::fs::read_to_string(&hour_path).unwrap();
+    assert!(html.contains("<h2>Like rate per minute</h2>"));
+    let texts: Vec<&str> = html
+        .split("<text")
+        .skip(1)
+        .filter_map(|t| t.split_once('>')?.1.split("</text>").next())
+        .map(str::trim)
+        .collect();
+    let labels = (0..60)
+        .filter(|m| {
+            let label = (start + CDuration::minutes(*m)).format("%H:%M").to_string();
+            texts.contains(&label.as_str())
+        })
+        .count();
+    assert!(labels >= 5, "{labels} minute labels on the axis");
+    let dom = Command::new(browser)
+        .args(flags)
+        .arg(&profile)
+        .arg("--dump-dom")
+        .arg(format!("file://{}", hour_path.display()))
+        .output()
+        .unwrap();
+    assert!(dom.status.success());
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom.contains("Like rate per minute") && dom.matches("<svg").count() == 2);
 }

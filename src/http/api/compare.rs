@@ -34,6 +34,7 @@
 //! 0.02, two points) would be found with the configured power (`LIKERATE_AB_POWER`).
 
 use super::{db_error, Filter, ParamError, Params};
+use crate::experiment::Experiment;
 use crate::http::{ApiError, AppState};
 use crate::rollup::Counts;
 use crate::stats::{estimate, sequential, two_sided_p, votes_needed, wilson, Cell, Side, Z95};
@@ -42,6 +43,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -52,7 +54,7 @@ pub const MIN_VOTES: i64 = 100;
 /// Significance level of the verdicts.
 pub const ALPHA: f64 = 0.05;
 /// The smallest difference worth planning for when the request does not say: two points.
-const DEFAULT_EFFECT: f64 = 0.02;
+pub const DEFAULT_EFFECT: f64 = 0.02;
 
 /// `$1` ratings, `$2` subject, `$3` NULL, `$4`/`$5` range, `$6` the two models.
 const BY_CONVERSATION: &str = concat!(
@@ -510,70 +512,128 @@ pub async fn compare(
 ) -> Result<Json<CompareAnswer>, ApiError> {
     let unit = Unit::parse(p.unit.as_deref())?;
     let effect = effect(p.min_detectable_effect.as_deref())?;
-    let mut filter = Filter::parse(
+    let filter = Filter::parse(
         p.subject_id.as_deref(),
         None,
         p.since.as_deref(),
         p.until.as_deref(),
     )?;
-    let experiment = p.experiment.filter(|e| !e.is_empty());
-    let (model_a, model_b) = match &experiment {
-        None => (
-            required("model_a", p.model_a)?,
-            required("model_b", p.model_b)?,
-        ),
+    let request = match p.experiment.filter(|e| !e.is_empty()) {
+        None => Request {
+            model_a: required("model_a", p.model_a)?,
+            model_b: required("model_b", p.model_b)?,
+            filter,
+            experiment: None,
+            unit,
+            effect,
+        },
         Some(name) => {
-            let e = state.api.ab.experiments.get(name).ok_or_else(|| {
+            let e = state.api.ab.experiments.get(&name).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "unknown_experiment",
                     format!("no experiment named {name:?} is configured"),
                 )
             })?;
-            let arm = |param: &'static str, value: Option<String>, default: usize| {
-                let model = value
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| e.arms[default].model.clone());
-                if e.arms.iter().any(|a| a.model == model) {
-                    Ok(model)
-                } else {
-                    Err(ParamError::new(
-                        param,
-                        format!("{model:?} is not an arm of experiment {name:?}"),
-                    ))
-                }
-            };
-            filter.since = Some(filter.since.map_or(e.start, |s| s.max(e.start)));
-            filter.until = match (filter.until, e.end) {
-                (Some(u), Some(end)) => Some(u.min(end)),
-                (u, end) => u.or(end),
-            };
-            (arm("model_a", p.model_a, 0)?, arm("model_b", p.model_b, 1)?)
+            Request::experiment(e, filter, p.model_a, p.model_b, unit, effect)?
         }
     };
+    let answer = async {
+        let client = state.pool.get().await?;
+        answer(&client, request, state.api.ab.power).await
+    }
+    .await
+    .map_err(db_error)?;
+    Ok(Json(answer))
+}
+
+/// What to compare: two model versions over a filter (its `model` is not used).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub model_a: String,
+    pub model_b: String,
+    pub filter: Filter,
+    /// The experiment's name, when its arms are compared.
+    pub experiment: Option<String>,
+    pub unit: Unit,
+    pub effect: f64,
+}
+
+impl Request {
+    /// Arms `model_a`/`model_b` of the experiment (empty or absent: its first and second) over
+    /// its period narrowed by the filter's `since`/`until`; an arm it does not have is a
+    /// [`ParamError`] naming the parameter.
+    pub fn experiment(
+        e: &Experiment,
+        mut filter: Filter,
+        model_a: Option<String>,
+        model_b: Option<String>,
+        unit: Unit,
+        effect: f64,
+    ) -> Result<Request, ParamError> {
+        let name = &e.name;
+        let arm = |param: &'static str, value: Option<String>, default: usize| {
+            let model = value
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| e.arms[default].model.clone());
+            if e.arms.iter().any(|a| a.model == model) {
+                Ok(model)
+            } else {
+                Err(ParamError::new(
+                    param,
+                    format!("{model:?} is not an arm of experiment {name:?}"),
+                ))
+            }
+        };
+        filter.since = Some(filter.since.map_or(e.start, |s| s.max(e.start)));
+        filter.until = match (filter.until, e.end) {
+            (Some(u), Some(end)) => Some(u.min(end)),
+            (u, end) => u.or(end),
+        };
+        Ok(Request {
+            model_a: arm("model_a", model_a, 0)?,
+            model_b: arm("model_b", model_b, 1)?,
+            filter,
+            experiment: Some(name.clone()),
+            unit,
+            effect,
+        })
+    }
+}
+
+/// The comparison of `request`, planned at `power`: `GET /api/feedback/compare`'s answer, also
+/// the A/B section of `likerate report`.
+pub async fn answer(
+    client: &impl GenericClient,
+    request: Request,
+    power: f64,
+) -> Result<CompareAnswer, crate::db::DbError> {
+    let Request {
+        model_a,
+        model_b,
+        filter,
+        experiment,
+        unit,
+        effect,
+    } = request;
     let models = vec![model_a.clone(), model_b.clone()];
     let side = |model: &str| if model == model_a { Side::A } else { Side::B };
     let groups: Vec<Group> = match unit {
         Unit::Vote => {
             let range = filter.rollup_range(Some(models));
-            async {
-                let client = state.pool.get().await?;
-                Ok::<_, crate::db::DbError>(crate::rollup::read::cells(&client, &range).await?)
-            }
-            .await
-            .map_err(db_error)?
-            .into_iter()
-            .map(|((subject, model), counts)| Group {
-                side: side(&model),
-                subject,
-                unit: None,
-                counts,
-            })
-            .collect()
+            crate::rollup::read::cells(client, &range)
+                .await?
+                .into_iter()
+                .map(|((subject, model), counts)| Group {
+                    side: side(&model),
+                    subject,
+                    unit: None,
+                    counts,
+                })
+                .collect()
         }
-        Unit::Conversation => by_conversation(&state, &filter, models)
-            .await
-            .map_err(db_error)?
+        Unit::Conversation => by_conversation(client, &filter, models)
+            .await?
             .iter()
             .map(|r| Group {
                 subject: r.get(0),
@@ -588,19 +648,13 @@ pub async fn compare(
             .collect(),
     };
     let groups = a_a(&model_a, &model_b, groups);
-    let (pooled, by_subject, stratified, unit, plan) = analyse(
-        &model_a,
-        &model_b,
-        &groups,
-        unit,
-        effect,
-        state.api.ab.power,
-    );
+    let (pooled, by_subject, stratified, unit, plan) =
+        analyse(&model_a, &model_b, &groups, unit, effect, power);
     let decisive = |v: Verdict| v != Verdict::NotEnoughData;
     let simpson_warning = decisive(pooled.test.verdict)
         && decisive(stratified.test.verdict)
         && pooled.test.verdict != stratified.test.verdict;
-    Ok(Json(CompareAnswer {
+    Ok(CompareAnswer {
         pooled,
         subject_id: filter.subject_id,
         experiment,
@@ -617,19 +671,18 @@ pub async fn compare(
         stratified,
         simpson_warning,
         plan,
-    }))
+    })
 }
 
 /// Current votes per (subject, model, conversation) from `feedback`, with `since`/`until`
 /// rounded down to the minute like the rollups.
 async fn by_conversation(
-    state: &AppState,
+    client: &impl GenericClient,
     filter: &Filter,
     models: Vec<String>,
 ) -> Result<Vec<tokio_postgres::Row>, crate::db::DbError> {
     let minute = |t: Option<DateTime<Utc>>| t.map(|t| crate::rollup::truncate(t, 60));
     let ratings: Vec<i16> = vec![-1, 0, 1];
-    let client = state.pool.get().await?;
     let statement = client.prepare_cached(BY_CONVERSATION).await?;
     Ok(client
         .query(

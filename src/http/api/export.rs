@@ -33,7 +33,7 @@ pub const MAX_LIMIT: i64 = 1000;
 /// Rows after `$1` matching the filters, in id order (`$7` rows).
 const PAGE: &str = "
 SELECT f.id, f.subject_id::text, f.user_question, f.message_content, f.rating, f.created_at,
-       f.model::text
+       f.model::text, f.reason::text, f.comment
 FROM feedback f
 WHERE f.id > $1
   AND ($2::text IS NULL OR f.subject_id = $2)
@@ -44,7 +44,8 @@ WHERE f.id > $1
 ORDER BY f.id
 LIMIT $7";
 
-/// One exported row: the product guide's fields plus `model`.
+/// One exported row: the product guide's fields plus `model`, and why the user voted so
+/// (`reason`, `comment`: null when none was given or retention erased the comment).
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct ExportRow {
     pub id: i64,
@@ -56,6 +57,8 @@ pub struct ExportRow {
     /// RFC 3339 in UTC, `Z` suffix, fractional seconds only when there are any.
     pub created_at: String,
     pub model: Option<String>,
+    pub reason: Option<String>,
+    pub comment: Option<String>,
 }
 
 /// The filters of `export` (and of `likerate export --format json`).
@@ -123,6 +126,8 @@ pub async fn page(
                 rating_label: Rating::from_i64(rating.into()).map_or("neutral", Rating::label),
                 created_at: created.to_rfc3339_opts(SecondsFormat::AutoSi, true),
                 model: r.get(6),
+                reason: r.get(7),
+                comment: r.get(8),
             }
         })
         .collect())

@@ -453,4 +453,31 @@ mod tests {
             vec![(1, "missing_field"), (2, "not_object"), (4, "not_object")]
         );
     }
+
+    #[test]
+    fn bad_reasons_and_comments_are_refused_naming_the_field() {
+        let with = |extra: &str| EVENT.replacen('{', &format!("{{{extra},"), 1);
+        let good = with(r#""reason":"Wrong","comment":"<b>no</b>""#);
+        assert!(prepare("t", good.as_bytes()).is_ok());
+        let long = format!(r#""comment":"{}""#, "x".repeat(4001));
+        for (extra, reason, field) in [
+            (r#""reason":"x\"y""#, "invalid_reason", "reason"),
+            (r#""reason":"a b""#, "invalid_reason", "reason"),
+            (r#""reason":7"#, "invalid_type", "reason"),
+            (long.as_str(), "out_of_range", "comment"),
+            (r#""comment":["x"]"#, "invalid_type", "comment"),
+        ] {
+            let Err(refused) = prepare("t", with(extra).as_bytes()) else {
+                panic!("{extra} accepted")
+            };
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+            assert_eq!(refused.errors[0].reason, reason, "{extra}");
+            assert!(refused.errors[0].detail.starts_with(field), "{extra}");
+            assert!(
+                refused.detail.contains(&format!("{reason}: {field}")),
+                "{}",
+                refused.detail
+            );
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`stats`] | `stats` and `daily`, read from the rollups |
 //! | [`compare`] | the A/B comparison: Wilson intervals, two-proportion test, stratified test |
+//! | [`reasons`] | `reasons`: current votes per `reason` tag, read from the rows |
 //! | [`export`] | `export`: keyset pages of stored rows |
 //! | [`training`] | `training-data`: OpenAI and DPO JSONL, streamed from a database portal |
 //! | [`ingest`] | `POST /api/feedback`: validation with the pipeline's decoder, publishing |
@@ -32,6 +33,7 @@ pub mod compare;
 pub mod export;
 pub mod ingest;
 pub mod openapi;
+pub mod reasons;
 pub mod stats;
 pub mod training;
 
@@ -426,6 +428,7 @@ fn routes() -> Routes {
     .add(Method::GET, "/api/feedback/stats", stats::stats)
     .add(Method::GET, "/api/feedback/daily", stats::daily)
     .add(Method::GET, "/api/feedback/compare", compare::compare)
+    .add(Method::GET, "/api/feedback/reasons", reasons::reasons)
     .add(
         Method::GET,
         "/api/experiments/{name}/assignment",
