@@ -160,15 +160,7 @@ async fn kill9_restarts_store_each_event_once() {
     // Each bad record once: `dead_letters` fails if more than expected arrive.
     let letters = env.dead_letters(invalid);
     assert_eq!(letters.len(), invalid);
-    let origins: HashSet<(String, String)> = letters
-        .iter()
-        .map(|(h, _)| {
-            (
-                h["likerate-source-partition"].clone(),
-                h["likerate-source-offset"].clone(),
-            )
-        })
-        .collect();
+    let origins = common::letter_origins(&letters);
     assert_eq!(origins.len(), invalid, "one dead letter per source offset");
     p.kill9();
 }

@@ -715,6 +715,21 @@ pub fn series_value(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The distinct source coordinates (partition, offset) that dead letters name in their headers.
+pub fn letter_origins(
+    letters: &[(BTreeMap<String, String>, Vec<u8>)],
+) -> HashSet<(String, String)> {
+    letters
+        .iter()
+        .map(|(h, _)| {
+            (
+                h["likerate-source-partition"].clone(),
+                h["likerate-source-offset"].clone(),
+            )
+        })
+        .collect()
+}
+
 /// Every record of the dead-letter topic: (headers, payload).
 pub fn dead_letters(
     kafka: &KafkaConfig,

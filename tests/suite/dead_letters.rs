@@ -4,7 +4,7 @@
 //! The records are built here, so the test knows which are valid and which must be
 //! dead-lettered without asking the decoder.
 
-use crate::common::{dead_letters, Records, Served, World};
+use crate::common::{self, dead_letters, Records, Served, World};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -114,15 +114,7 @@ async fn a_crash_between_the_send_and_the_mark_leaves_each_dead_letter_once() {
     let letters = dead_letters(&world.kafka, poison.len());
     assert_eq!(letters.len(), poison.len());
     assert_eq!(payloads(&letters), poison);
-    let origins: HashSet<(String, String)> = letters
-        .iter()
-        .map(|(h, _)| {
-            (
-                h["likerate-source-partition"].clone(),
-                h["likerate-source-offset"].clone(),
-            )
-        })
-        .collect();
+    let origins = common::letter_origins(&letters);
     assert_eq!(origins.len(), poison.len(), "each from its own offset");
     // The second instance counts only what it inserted: the bad records the first did not
     // reach before it died.
