@@ -164,6 +164,14 @@ impl App {
             futures::future::Either::Right(async move { shutdown.cancelled().await })
         };
         let mut retention = tokio::spawn(fault.wrap("retention", retention));
+        let mut patterns = tokio::spawn(fault.wrap(
+            "patterns",
+            crate::http::api::patterns::refresh_gauges(
+                self.state.pool.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            ),
+        ));
         let thread = source.thread;
         let mut source_task = tokio::spawn(fault.wrap("source", async move {
             // The poll thread ends only when told to; its end (or panic) is awaited here.
@@ -206,6 +214,7 @@ impl App {
             r = &mut aggregates => Err(ended("aggregates", task_end(r))),
             r = &mut alert_task => Err(ended("alert", task_end(r))),
             r = &mut retention => Err(ended("retention", task_end(r))),
+            r = &mut patterns => Err(ended("patterns", task_end(r))),
             r = &mut http_task => {
                 http_done = true;
                 Err(ended("http", format!("{r:?}")))
@@ -240,6 +249,7 @@ impl App {
         aggregates.abort();
         alert_task.abort();
         retention.abort();
+        patterns.abort();
         tracing::info!("stopped");
         outcome
     }
@@ -257,7 +267,7 @@ fn task_end(r: Result<(), tokio::task::JoinError>) -> String {
 }
 
 /// A test-only fault hook: `LIKERATE_TEST_FAULT=<task>` (`source`, `sink`, `aggregates`,
-/// `alert`, `retention` or `http`) makes that task panic two seconds after start, so the tests can prove
+/// `alert`, `retention`, `patterns` or `http`) makes that task panic two seconds after start, so the tests can prove
 /// each task is supervised. Unset in production; any other value names no task.
 struct Fault(Option<String>);
 

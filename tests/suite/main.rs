@@ -10,6 +10,7 @@
 //! | [`hostile`] | hostile input at every edge: HTTP, Kafka payloads, configuration |
 //! | [`ops`] | `dlq replay`, `erase`, `retention`, `report` (Chromium renders the report) |
 //! | [`votes`] | the vote rule through the sink's write path |
+//! | [`training`] | training-data formats loaded by Hugging Face `datasets`, the split, dislike patterns |
 //! | [`alert_sim`] | the alert rule against a simulated clock |
 //! | [`observability`] | real Prometheus and Alertmanager against a running likerate |
 
@@ -21,4 +22,5 @@ mod api;
 mod hostile;
 mod observability;
 mod ops;
+mod training;
 mod votes;

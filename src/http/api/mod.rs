@@ -6,7 +6,8 @@
 //! | [`stats`] | `stats` and `daily`, read from the rollups |
 //! | [`compare`] | the A/B comparison: Wilson intervals, two-proportion test, stratified test |
 //! | [`export`] | `export`: keyset pages of stored rows |
-//! | [`training`] | `training-data`: OpenAI and DPO JSONL, streamed from a database portal |
+//! | [`training`] | `training-data`: OpenAI, DPO, KTO and OpenAI preference JSONL, split by question, streamed from a database portal |
+//! | [`patterns`] | `dislike-patterns`: the terms over-represented in dislikes (weighted log-odds) |
 //! | [`ingest`] | `POST /api/feedback`: validation with the pipeline's decoder, publishing |
 //! | [`assignment`] | `/api/experiments/{name}/assignment`: an experiment's arm of a unit |
 //! | [`cli`] | `likerate export` |
@@ -16,7 +17,7 @@
 //! - Errors are `{"error", "detail"}` ([`ApiError`]) with a 4xx/5xx status. Query parameters are
 //!   checked before any work: an unknown parameter, a bad date, an unknown format, a limit out of
 //!   range or a bad cursor is a 400 naming the parameter.
-//! - Routes that return user text (`export`, `training-data`) need
+//! - Routes that return user text (`export`, `training-data`, `dislike-patterns`) need
 //!   `Authorization: Bearer <LIKERATE_EXPORT_TOKEN>`, compared in constant time: 403 when no
 //!   token is configured, 401 (with `WWW-Authenticate: Bearer`) without it or with a wrong one.
 //!   Authorization is checked before the parameters.
@@ -32,6 +33,7 @@ pub mod compare;
 pub mod export;
 pub mod ingest;
 pub mod openapi;
+pub mod patterns;
 pub mod stats;
 pub mod training;
 
@@ -436,6 +438,11 @@ fn routes() -> Routes {
         Method::GET,
         "/api/feedback/training-data",
         training::training_data,
+    )
+    .add(
+        Method::GET,
+        "/api/feedback/dislike-patterns",
+        patterns::dislike_patterns,
     )
     .add(Method::POST, "/api/feedback", ingest::post)
     .add(Method::GET, "/api/openapi.json", openapi::document)
