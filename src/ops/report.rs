@@ -293,13 +293,17 @@ async fn dislike_patterns(
 fn patterns_section(m: &mut impl Markup, p: &Patterns) {
     m.heading(2, "Disliked patterns");
     let capped = if p.capped {
-        format!(" (the newest {}; older votes were not read)", p.votes_read)
+        " (the newest; older votes were not read)".to_owned()
     } else {
         String::new()
     };
     m.note(&format!(
-        "Words and two-word phrases over-represented in the disliked questions and answers of          each subject against its liked ones, from {} votes{capped}. z is the weighted          log-odds ratio with an informative Dirichlet prior over its standard error (Monroe et          al. 2008; docs/patterns.md): above about 2 a term is unlikely to be over-represented          by chance; a term seen once scores low however one-sided it is. Terms with z of at least \
-         {} are listed.",
+        "Words and two-word phrases over-represented in the disliked questions and answers of \
+         each subject against its liked ones, from {} votes{capped}. z is the weighted \
+         log-odds ratio with an informative Dirichlet prior over its standard error (Monroe et \
+         al. 2008; docs/patterns.md): above about 2 a term is unlikely to be over-represented \
+         by chance; a term seen once scores low however one-sided it is. Terms with z of at \
+         least {} are listed.",
         p.votes_read,
         patterns::NOTABLE_Z
     ));
