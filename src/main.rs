@@ -46,7 +46,8 @@ enum Command {
         #[command(flatten)]
         produce: ProduceArgs,
     },
-    /// Write training data (OpenAI or DPO JSONL) or the stored rows (JSON) to a file or stdout
+    /// Write training data (OpenAI, DPO, KTO or OpenAI preference JSONL, optionally split by
+    /// question) or the stored rows (JSON) to a file or stdout
     Export {
         #[command(flatten)]
         database: DatabaseArgs,
