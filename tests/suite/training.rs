@@ -301,11 +301,25 @@ async fn every_format_loads_in_datasets_and_the_split_is_by_question() {
             "0.3",
         ],
     );
-    let v30: BTreeSet<String> = parse(&String::from_utf8(out.stdout).unwrap())
+    let v30: BTreeSet<String> = parse(std::str::from_utf8(&out.stdout).unwrap())
         .iter()
         .map(|l| normalised(&prompt("openai", l)))
         .collect();
     let share = v30.len() as f64 / QUESTIONS as f64;
+    let http = p
+        .get(
+            "/api/feedback/training-data?format=openai&split=validation&validation_share=0.3",
+            Some(TOKEN),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        http.as_bytes(),
+        out.stdout,
+        "the API and the CLI split alike"
+    );
     // sd at 30% of 1000: 0.0145.
     assert!(
         (share - 0.3).abs() < 0.05,

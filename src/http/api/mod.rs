@@ -59,6 +59,11 @@ use tokio::sync::Semaphore;
 /// `stats` and readiness answering; more get 429.
 const CONCURRENT_STREAMS: usize = 2;
 
+/// `dislike-patterns` reads answered at once: each keeps a core of the database busy for up to
+/// a few seconds (docs/patterns.md), so a burst of them must not starve the pipeline's writes;
+/// more get 429.
+const CONCURRENT_PATTERNS: usize = 2;
+
 /// What the API routes need beyond the database pool.
 #[derive(Clone)]
 pub struct ApiState {
@@ -67,6 +72,7 @@ pub struct ApiState {
     ingest_token: Option<Token>,
     pub publisher: ingest::Publisher,
     streams: Arc<Semaphore>,
+    patterns: Arc<Semaphore>,
     /// Experiments and the planning power of `compare`.
     pub ab: Arc<crate::experiment::AbConfig>,
 }
@@ -82,6 +88,7 @@ impl ApiState {
             ingest_token: None,
             publisher: ingest::Publisher::new(kafka)?,
             streams: Arc::new(Semaphore::new(CONCURRENT_STREAMS)),
+            patterns: Arc::new(Semaphore::new(CONCURRENT_PATTERNS)),
             ab: Arc::default(),
         })
     }

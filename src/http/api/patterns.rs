@@ -23,6 +23,7 @@
 //!   answered, highest first; each carries its document counts in both classes and up to
 //!   [`EXAMPLES`] event ids of recent disliked votes that contain it.
 //! - The route returns fragments of user text, so it needs the export token like `export`.
+//!   At most two reads run at once (`CONCURRENT_PATTERNS`); more get 429.
 
 use super::{db_error, Authorized, Filter, ParamError, Params};
 use crate::db::DbError;
@@ -30,6 +31,7 @@ use crate::http::{ApiError, AppState};
 use crate::telemetry::Metrics;
 use crate::votes::current_votes;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -339,6 +341,13 @@ pub async fn dislike_patterns(
         p.until.as_deref(),
     )?;
     let limit = parse_limit(p.limit.as_deref())?;
+    let _permit = state.api.patterns.try_acquire().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "other dislike-patterns reads are running: retry later",
+        )
+    })?;
     let mut client = state.pool.get().await.map_err(|e| db_error(e.into()))?;
     let patterns = read(&mut client, &filter, limit).await.map_err(db_error)?;
     Ok(Json(PatternAnswer {
