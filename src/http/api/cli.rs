@@ -9,7 +9,8 @@
 //! - `--split train|validation` writes that set of the split by question (see
 //!   [`super::training`]); `--split both` writes both from one query (one snapshot) into two
 //!   files named after `--out`: `NAME.jsonl` (or `NAME`) becomes `NAME.train.jsonl` and
-//!   `NAME.validation.jsonl`, both complete or neither. `--validation-share` is the fraction of
+//!   `NAME.validation.jsonl`; a failure while writing leaves neither (each is renamed into place
+//!   only after both are complete). `--validation-share` is the fraction of
 //!   questions in validation (default 0.1).
 //! - Progress on stderr: a live bar when stderr is a terminal, otherwise a plain line every
 //!   [`PLAIN_EVERY`]. The summary comes last: per file its examples (rows) and bytes, the
