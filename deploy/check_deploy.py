@@ -417,7 +417,8 @@ def cmd_grafana():
     exprs = " ".join(t.get("expr", "") for _, t, _ in tg)
     for metric in ("likerate_like_ratio", "likerate_model_like_ratio", "likerate_votes_total", "likerate_alert_firing",
                    "likerate_window_votes", "likerate_events_total", "likerate_consumer_lag_messages",
-                   "likerate_batch_write_seconds_bucket", "likerate_dead_letters_total", "likerate_db_retries_total"):
+                   "likerate_batch_write_seconds_bucket", "likerate_dead_letters_total", "likerate_db_retries_total",
+                   "likerate_dislike_pattern_z"):
         check(metric in exprs, f"a panel shows {metric}")
     thr = [p for p in panels if "likerate_like_ratio" in json.dumps(p.get("targets"))
            and p.get("type") == "timeseries"

@@ -172,6 +172,14 @@ impl App {
                 shutdown.clone(),
             ),
         ));
+        let mut patterns = tokio::spawn(fault.wrap(
+            "patterns",
+            crate::http::api::patterns::refresh_gauges(
+                self.state.pool.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            ),
+        ));
         let thread = source.thread;
         let mut source_task = tokio::spawn(fault.wrap("source", async move {
             // The poll thread ends only when told to; its end (or panic) is awaited here.
@@ -219,6 +227,7 @@ impl App {
                 Ok(Err(e)) => e.to_string(),
                 Err(e) => e.to_string(),
             })),
+            r = &mut patterns => Err(ended("patterns", task_end(r))),
             r = &mut http_task => {
                 http_done = true;
                 Err(ended("http", format!("{r:?}")))
@@ -254,6 +263,7 @@ impl App {
         alert_task.abort();
         retention.abort();
         dead_letters.abort();
+        patterns.abort();
         tracing::info!("stopped");
         outcome
     }
@@ -271,9 +281,9 @@ fn task_end(r: Result<(), tokio::task::JoinError>) -> String {
 }
 
 /// A test-only fault hook: `LIKERATE_TEST_FAULT=<task>` (`source`, `sink`, `aggregates`,
-/// `alert`, `retention`, `dead_letters` or `http`) makes that task panic two seconds after
-/// start, so the tests can prove each task is supervised; `dead_letter_sent` makes the process
-/// abort after the broker acknowledged dead letters and before the outbox marks them
+/// `alert`, `retention`, `patterns`, `dead_letters` or `http`) makes that task panic two
+/// seconds after start, so the tests can prove each task is supervised; `dead_letter_sent` makes
+/// the process abort after the broker acknowledged dead letters and before the outbox marks them
 /// (crate::dead_letter). Unset in production; any other value names nothing.
 struct Fault(Option<String>);
 

@@ -46,7 +46,8 @@ enum Command {
         #[command(flatten)]
         produce: ProduceArgs,
     },
-    /// Write training data (OpenAI or DPO JSONL) or the stored rows (JSON) to a file or stdout
+    /// Write training data (OpenAI, DPO, KTO or OpenAI preference JSONL, optionally split by
+    /// question) or the stored rows (JSON) to a file or stdout
     Export {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -172,21 +173,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { database, export } => {
             let s = likerate::http::api::cli::run(&database.resolve(&file)?, &export).await?;
             // The summary goes with the messages: to stderr when the data is on stdout.
-            let summary = format!(
-                "exported {} rows ({} skipped without user_question), {} bytes{}",
-                s.rows,
-                s.skipped,
-                s.bytes,
-                export
-                    .out
-                    .as_ref()
-                    .map(|p| format!(" to {}", p.display()))
-                    .unwrap_or_default()
-            );
-            if export.out.is_some() {
-                println!("{summary}");
-            } else {
-                eprintln!("{summary}");
+            for line in s.lines() {
+                if export.out.is_some() {
+                    println!("{line}");
+                } else {
+                    eprintln!("{line}");
+                }
             }
             Ok(())
         }

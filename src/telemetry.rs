@@ -64,9 +64,14 @@ pub const ASSIGNED_PARTITIONS: &str = "likerate_assigned_partitions";
 pub const AGGREGATE_REFRESH_FAILURES: &str = "likerate_aggregate_refresh_failures_total";
 pub const REDACTIONS: &str = "likerate_redactions_total";
 pub const RETENTION_ROWS: &str = "likerate_retention_rows_total";
+pub const DISLIKE_PATTERN_Z: &str = "likerate_dislike_pattern_z";
+
+/// Terms per subject on `likerate_dislike_pattern_z`: a dashboard table's worth, and with at
+/// most `max_subject_labels` subjects a bounded number of series.
+pub const PATTERN_TERMS: usize = 5;
 
 /// Help texts, by metric.
-const HELP: [(&str, &str); 22] = [
+const HELP: [(&str, &str); 23] = [
     (EVENTS, "Events by outcome"),
     (
         DEAD_LETTERS,
@@ -134,6 +139,10 @@ const HELP: [(&str, &str); 22] = [
         RETENTION_ROWS,
         "Rows whose text retention erased or that retention deleted, by action",
     ),
+    (
+        DISLIKE_PATTERN_Z,
+        "z-score of the terms most over-represented in the last 24 h of dislikes, per subject (weighted log-odds, docs/patterns.md)",
+    ),
 ];
 
 /// What every registration is attributed to (the recorder ignores it; the API requires it).
@@ -155,6 +164,8 @@ struct Inner {
     alerts: Replaced,
     /// `likerate_consumer_lag_messages`, replaced at each statistics report.
     lag: Replaced,
+    /// `likerate_dislike_pattern_z`, replaced at each pattern refresh.
+    patterns: Replaced,
     batch_write_seconds: Histogram,
     batch_events: Histogram,
     subjects: LabelCap,
@@ -241,6 +252,7 @@ impl Metrics {
                 windows: Replaced::default(),
                 alerts: Replaced::default(),
                 lag: Replaced::default(),
+                patterns: Replaced::default(),
                 batch_write_seconds,
                 batch_events,
                 subjects: LabelCap::new(max_subject_labels),
@@ -286,6 +298,7 @@ impl Metrics {
         self.inner.windows.render_into(&mut out);
         self.inner.alerts.render_into(&mut out);
         self.inner.lag.render_into(&mut out);
+        self.inner.patterns.render_into(&mut out);
         out
     }
 
@@ -385,6 +398,32 @@ impl Metrics {
     /// Replaces the alert gauges with what `fill` sets.
     pub fn alerts_replace(&self, fill: impl FnOnce(&Gauges)) {
         self.inner.alerts.replace(fill);
+    }
+
+    /// Replaces `likerate_dislike_pattern_z` with the top terms of each subject: at most
+    /// [`PATTERN_TERMS`] per subject, only subjects the label cap names (a subject past the cap
+    /// gets no series, since the terms of several subjects cannot be summed into `_other`),
+    /// terms cut to [`MAX_LABEL_CHARS`].
+    pub fn dislike_patterns<'a>(
+        &self,
+        subjects: impl IntoIterator<Item = (&'a str, Vec<(&'a str, f64)>)>,
+    ) {
+        self.inner.patterns.replace(|g| {
+            for (subject, terms) in subjects {
+                let subject = self.subject_label(subject);
+                if subject == OTHER {
+                    continue;
+                }
+                for (term, z) in terms.into_iter().take(PATTERN_TERMS) {
+                    let term: String = term.chars().take(MAX_LABEL_CHARS).collect();
+                    g.set(
+                        DISLIKE_PATTERN_Z,
+                        &[("subject", &subject), ("term", &term)],
+                        z,
+                    );
+                }
+            }
+        });
     }
 
     /// The cap of the `subject` label.
@@ -570,5 +609,37 @@ mod tests {
         );
         assert!(!text.lines().any(|l| l.starts_with("# EOF")));
         assert!(text.contains(&format!("subject=\"{}\"", "y".repeat(MAX_LABEL_CHARS))));
+    }
+
+    #[test]
+    fn pattern_gauges_are_capped_and_replaced() {
+        let m = Metrics::new(3);
+        let terms: Vec<(&str, f64)> = (0..9)
+            .map(|i| (["a", "b", "c", "d", "e", "f", "g", "h", "i"][i], i as f64))
+            .collect();
+        let hostile = "t\"} 1\n# EOF";
+        m.dislike_patterns([
+            ("Math", terms.clone()),
+            ("Physics", vec![(hostile, 2.0)]),
+            ("History", terms.clone()),
+        ]);
+        let text = m.render();
+        let series = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("likerate_dislike_pattern_z{"))
+                .count()
+        };
+        // Math and Physics take the two free places; History is past the cap: no series.
+        assert_eq!(series(&text), PATTERN_TERMS + 1, "{text}");
+        assert!(
+            text.contains(r#"likerate_dislike_pattern_z{subject="Math",term="e"} 4"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"term="t\"} 1\n# EOF""#), "{text}");
+        assert!(!text.contains("History"));
+        // A refresh replaces the set: gone terms leave no series.
+        m.dislike_patterns([("Math", vec![("z", 1.5)])]);
+        let text = m.render();
+        assert_eq!(series(&text), 1, "{text}");
     }
 }

@@ -19,6 +19,9 @@
 //! [`crate::http::api::compare::answer`], the figures and verdict of `GET
 //! /api/feedback/compare?experiment=`, over the experiment's period up to the report's end).
 //!
+//! The disliked patterns of the period come from [`crate::http::api::patterns::read`]: per
+//! subject, the terms most over-represented in its dislikes ([`PATTERN_TERMS`] each).
+//!
 //! Alerts: likerate keeps no history of the alerts it pushed (Alertmanager does). The report
 //! lists the hours in which the like rate over the hour was below `--threshold` with at least
 //! `--min-samples` votes, the condition `FeedbackLikeRateLow` evaluates on its own window.
@@ -26,6 +29,7 @@
 use crate::config::DatabaseConfig;
 use crate::experiment::AbConfig;
 use crate::http::api::compare::{self, CompareAnswer, Verdict};
+use crate::http::api::patterns::{self, Patterns};
 use crate::http::api::reasons::{self, Reasons};
 use crate::http::api::Filter;
 use crate::rollup::{read, truncate, Counts, Range};
@@ -157,6 +161,7 @@ pub struct Report {
     /// The current votes of the period per reason tag.
     pub reasons: Reasons,
     pub experiments: Vec<ExperimentState>,
+    pub patterns: Patterns,
 }
 
 const ALL: &str = "_all";
@@ -184,7 +189,7 @@ pub async fn build(
     let target = crate::db::Target::new(db)?;
     crate::db::migrate(&mut target.connect().await?).await?;
     let pool = target.pool(1)?;
-    let client = pool.get().await?;
+    let mut client = pool.get().await?;
 
     // Minute buckets that start in each period (the last one may hold `until`).
     let period = |since, until| Range {
@@ -308,6 +313,7 @@ pub async fn build(
             comment: r.get(6),
         })
         .collect();
+    let patterns = dislike_patterns(&mut client, since, until).await?;
     Ok(Report {
         since,
         until,
@@ -326,6 +332,7 @@ pub async fn build(
         samples,
         reasons,
         experiments,
+        patterns,
     })
 }
 
@@ -360,6 +367,85 @@ async fn experiments(
         });
     }
     Ok(out)
+}
+
+// --- Disliked patterns: the report's part of issue 18 item 2, kept together. ---
+
+/// Terms shown per subject in the report.
+pub const PATTERN_TERMS: i64 = 10;
+
+/// The patterns of the period's current votes, notable terms only.
+async fn dislike_patterns(
+    client: &mut tokio_postgres::Client,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> anyhow::Result<Patterns> {
+    let filter = crate::http::api::Filter {
+        since: Some(since),
+        until: Some(until),
+        ..Default::default()
+    };
+    let mut found = patterns::read(client, &filter, PATTERN_TERMS).await?;
+    for s in &mut found.subjects {
+        s.terms.retain(|t| t.z >= patterns::NOTABLE_Z);
+    }
+    Ok(found)
+}
+
+/// The section: per subject with over-represented terms, a table of them.
+fn patterns_section(m: &mut impl Markup, p: &Patterns) {
+    m.heading(2, "Disliked patterns");
+    let capped = if p.capped {
+        " (the newest; older votes were not read)".to_owned()
+    } else {
+        String::new()
+    };
+    m.note(&format!(
+        "Words and two-word phrases over-represented in the disliked questions and answers of \
+         each subject against its liked ones, from {} votes{capped}. z is the weighted \
+         log-odds ratio with an informative Dirichlet prior over its standard error (Monroe et \
+         al. 2008; docs/patterns.md): above about 2 a term is unlikely to be over-represented \
+         by chance; a term seen once scores low however one-sided it is. Terms with z of at \
+         least {} are listed.",
+        p.votes_read,
+        patterns::NOTABLE_Z
+    ));
+    let with_terms: Vec<_> = p.subjects.iter().filter(|s| !s.terms.is_empty()).collect();
+    if with_terms.is_empty() {
+        m.note(&format!(
+            "None: no subject has a term with z of at least {} (too few liked and disliked \
+             votes with text, or no term stands out).",
+            patterns::NOTABLE_Z
+        ));
+    }
+    for s in with_terms {
+        let title = format!(
+            "{} ({} disliked, {} liked votes)",
+            m.escape(&s.subject_id),
+            s.disliked_votes,
+            s.liked_votes
+        );
+        m.heading(3, &title);
+        let rows: Vec<Vec<Cell>> = s
+            .terms
+            .iter()
+            .map(|t| {
+                let examples: Vec<String> = t.examples.iter().map(|id| id.to_string()).collect();
+                vec![
+                    Cell::plain(m.escape(&t.term)),
+                    Cell::plain(examples.join(" ")),
+                    Cell::plain(format!("{:.2}", t.z)),
+                    Cell::plain(t.dislikes),
+                    Cell::plain(t.likes),
+                ]
+            })
+            .collect();
+        m.table(
+            &["term", "example events", "z", "in dislikes", "in likes"],
+            2,
+            &rows,
+        );
+    }
 }
 
 /// Builds the report and writes it where `--out` says. Returns the rendered text's size.
@@ -836,6 +922,7 @@ fn sections(m: &mut impl Markup, r: &Report) {
         };
         m.sample(&meta, &question, &answer, &why);
     }
+    patterns_section(m, &r.patterns);
 }
 
 /// Why users disliked: the period's current votes per reason tag.
@@ -1168,6 +1255,23 @@ mod tests {
                 }],
             },
             experiments: vec![],
+            patterns: Patterns {
+                votes_read: 4,
+                capped: false,
+                subjects: vec![patterns::SubjectPatterns {
+                    subject_id: "Math <b>".into(),
+                    disliked_votes: 1,
+                    liked_votes: 3,
+                    terms: vec![patterns::Term {
+                        term: "wrong <unit>".into(),
+                        z: 2.345,
+                        log_odds: 1.0,
+                        dislikes: 1,
+                        likes: 0,
+                        examples: vec![uuid::Uuid::nil()],
+                    }],
+                }],
+            },
         }
     }
 
@@ -1194,6 +1298,7 @@ mod tests {
         assert!(!html.contains("<script>"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("Math &lt;b&gt;"));
+        assert!(html.contains("<td>wrong &lt;unit&gt;</td>"), "{html}");
         assert_eq!(html.matches("<svg").count(), 2);
         assert!(html.contains("75.0%") && html.contains("-25.0 pp"));
         assert!(html.contains(&format!("{}…", "x".repeat(500))));
@@ -1216,6 +1321,13 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("No configured experiment ran"), "{md}");
+        assert!(
+            md.contains(&format!(
+                "| wrong \\<unit\\> | {} | 2.35 | 1 | 0 |",
+                uuid::Uuid::nil()
+            )),
+            "{md}"
+        );
     }
 
     #[test]

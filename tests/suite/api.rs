@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const TOKEN: &str = "test-export-token-0123456789";
+pub(crate) const TOKEN: &str = "test-export-token-0123456789";
 
 /// The current votes: one row per `vote_id` (the latest), every row without one.
 const CURRENT: &str = "
@@ -29,29 +29,29 @@ const CURRENT: &str = "
       ORDER BY coalesce(vote_id, event_id::text), created_at DESC, event_id DESC)";
 
 /// One test's world: topics on the real broker, a database.
-struct Env {
-    broker: Broker,
-    db: Database,
+pub(crate) struct Env {
+    pub(crate) broker: Broker,
+    pub(crate) db: Database,
 }
 
 impl Env {
-    async fn new() -> Env {
+    pub(crate) async fn new() -> Env {
         Env {
             broker: Broker::new().await,
             db: Database::create("likerate_api_test").await,
         }
     }
 
-    fn db_url(&self) -> String {
+    pub(crate) fn db_url(&self) -> String {
         self.db.url()
     }
 
-    async fn client(&self) -> tokio_postgres::Client {
+    pub(crate) async fn client(&self) -> tokio_postgres::Client {
         self.db.client().await
     }
 
     /// `likerate run`, with the export token or without one.
-    async fn spawn(&self, token: Option<&str>) -> Proc {
+    pub(crate) async fn spawn(&self, token: Option<&str>) -> Proc {
         let run = RunArgs {
             export_token: token.map(str::to_owned),
             ..RunArgs::default()
@@ -65,7 +65,7 @@ impl Env {
     }
 
     /// Waits until `feedback` holds exactly `n` rows.
-    async fn wait_for_rows(&self, n: i64) {
+    pub(crate) async fn wait_for_rows(&self, n: i64) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let c = self.db.count().await;
@@ -80,14 +80,14 @@ impl Env {
 }
 
 /// A running `likerate run` and an HTTP client for it.
-struct Proc {
+pub(crate) struct Proc {
     _app: TestApp,
-    base: String,
+    pub(crate) base: String,
     http: reqwest::Client,
 }
 
 impl Proc {
-    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut r = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = token {
             r = r.bearer_auth(t);
@@ -95,14 +95,14 @@ impl Proc {
         r.send().await.unwrap()
     }
 
-    async fn get_json(&self, path: &str) -> Value {
+    pub(crate) async fn get_json(&self, path: &str) -> Value {
         let r = self.get(path, Some(TOKEN)).await;
         assert_eq!(r.status(), 200, "GET {path}");
         r.json().await.unwrap()
     }
 
     /// POSTs a JSON body to /api/feedback.
-    async fn post(&self, body: String) -> reqwest::Response {
+    pub(crate) async fn post(&self, body: String) -> reqwest::Response {
         self.http
             .post(format!("{}/api/feedback", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -113,7 +113,7 @@ impl Proc {
     }
 
     /// POSTs events in arrays of 100; returns the ids answered, in order.
-    async fn post_events(&self, events: &[Value]) -> Vec<Uuid> {
+    pub(crate) async fn post_events(&self, events: &[Value]) -> Vec<Uuid> {
         let mut ids = Vec::new();
         for chunk in events.chunks(100) {
             let r = self.post(serde_json::to_string(chunk).unwrap()).await;

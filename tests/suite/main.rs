@@ -12,6 +12,7 @@
 //! | [`ops`] | `dlq replay`, `erase`, `retention`, `report` (Chromium renders the report) |
 //! | [`reasons`] | reason tags and comments: stored, counted, redacted, erased, retained, refused |
 //! | [`votes`] | the vote rule through the sink's write path |
+//! | [`training`] | training-data formats loaded by Hugging Face `datasets`, the split, dislike patterns |
 //! | [`alert_sim`] | the alert rule against a simulated clock |
 //! | [`observability`] | real Prometheus and Alertmanager against a running likerate |
 
@@ -25,4 +26,5 @@ mod hostile;
 mod observability;
 mod ops;
 mod reasons;
+mod training;
 mod votes;

@@ -7,7 +7,8 @@
 //! | [`compare`] | the A/B comparison: Wilson intervals, two-proportion test, stratified test |
 //! | [`reasons`] | `reasons`: current votes per `reason` tag, read from the rows |
 //! | [`export`] | `export`: keyset pages of stored rows |
-//! | [`training`] | `training-data`: OpenAI and DPO JSONL, streamed from a database portal |
+//! | [`training`] | `training-data`: OpenAI, DPO, KTO and OpenAI preference JSONL, split by question, streamed from a database portal |
+//! | [`patterns`] | `dislike-patterns`: the terms over-represented in dislikes (weighted log-odds) |
 //! | [`ingest`] | `POST /api/feedback`: validation with the pipeline's decoder, publishing |
 //! | [`assignment`] | `/api/experiments/{name}/assignment`: an experiment's arm of a unit |
 //! | [`cli`] | `likerate export` |
@@ -17,7 +18,7 @@
 //! - Errors are `{"error", "detail"}` ([`ApiError`]) with a 4xx/5xx status. Query parameters are
 //!   checked before any work: an unknown parameter, a bad date, an unknown format, a limit out of
 //!   range or a bad cursor is a 400 naming the parameter.
-//! - Routes that return user text (`export`, `training-data`) need
+//! - Routes that return user text (`export`, `training-data`, `dislike-patterns`) need
 //!   `Authorization: Bearer <LIKERATE_EXPORT_TOKEN>`, compared in constant time: 403 when no
 //!   token is configured, 401 (with `WWW-Authenticate: Bearer`) without it or with a wrong one.
 //!   Authorization is checked before the parameters.
@@ -33,6 +34,7 @@ pub mod compare;
 pub mod export;
 pub mod ingest;
 pub mod openapi;
+pub mod patterns;
 pub mod reasons;
 pub mod stats;
 pub mod training;
@@ -59,6 +61,11 @@ use tokio::sync::Semaphore;
 /// `stats` and readiness answering; more get 429.
 const CONCURRENT_STREAMS: usize = 2;
 
+/// `dislike-patterns` reads answered at once: each keeps a core of the database busy for up to
+/// a few seconds (docs/patterns.md), so a burst of them must not starve the pipeline's writes;
+/// more get 429.
+const CONCURRENT_PATTERNS: usize = 2;
+
 /// What the API routes need beyond the database pool.
 #[derive(Clone)]
 pub struct ApiState {
@@ -67,6 +74,7 @@ pub struct ApiState {
     ingest_token: Option<Token>,
     pub publisher: ingest::Publisher,
     streams: Arc<Semaphore>,
+    patterns: Arc<Semaphore>,
     /// Experiments and the planning power of `compare`.
     pub ab: Arc<crate::experiment::AbConfig>,
 }
@@ -82,6 +90,7 @@ impl ApiState {
             ingest_token: None,
             publisher: ingest::Publisher::new(kafka)?,
             streams: Arc::new(Semaphore::new(CONCURRENT_STREAMS)),
+            patterns: Arc::new(Semaphore::new(CONCURRENT_PATTERNS)),
             ab: Arc::default(),
         })
     }
@@ -439,6 +448,11 @@ fn routes() -> Routes {
         Method::GET,
         "/api/feedback/training-data",
         training::training_data,
+    )
+    .add(
+        Method::GET,
+        "/api/feedback/dislike-patterns",
+        patterns::dislike_patterns,
     )
     .add(Method::POST, "/api/feedback", ingest::post)
     .add(Method::GET, "/api/openapi.json", openapi::document)
