@@ -155,21 +155,6 @@ fn decode_cursor(value: Option<&str>) -> Result<i64, ParamError> {
         })
 }
 
-fn parse_limit(value: Option<&str>) -> Result<i64, ParamError> {
-    let Some(v) = value.filter(|v| !v.is_empty()) else {
-        return Ok(DEFAULT_LIMIT);
-    };
-    v.parse::<i64>()
-        .ok()
-        .filter(|n| (1..=MAX_LIMIT).contains(n))
-        .ok_or_else(|| {
-            ParamError::new(
-                "limit",
-                format!("must be an integer from 1 to {MAX_LIMIT}, got {v:?}"),
-            )
-        })
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportParams {
@@ -197,7 +182,7 @@ pub async fn export(
         )?,
         rating: parse_rating(p.rating.as_deref())?,
     };
-    let limit = parse_limit(p.limit.as_deref())?;
+    let limit = super::parse_limit(p.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = decode_cursor(p.cursor.as_deref())?;
     let client = state.pool.get().await.map_err(|e| db_error(e.into()))?;
     // One row more than asked tells whether there is a next page.
@@ -251,10 +236,21 @@ mod tests {
 
     #[test]
     fn limits_and_ratings_are_checked() {
-        assert_eq!(parse_limit(None).unwrap(), DEFAULT_LIMIT);
-        assert_eq!(parse_limit(Some("1000")).unwrap(), 1000);
+        assert_eq!(
+            crate::http::api::parse_limit(None, DEFAULT_LIMIT, MAX_LIMIT).unwrap(),
+            DEFAULT_LIMIT
+        );
+        assert_eq!(
+            crate::http::api::parse_limit(Some("1000"), DEFAULT_LIMIT, MAX_LIMIT).unwrap(),
+            1000
+        );
         for bad in ["0", "-1", "1001", "ten"] {
-            assert_eq!(parse_limit(Some(bad)).unwrap_err().param, "limit");
+            assert_eq!(
+                crate::http::api::parse_limit(Some(bad), DEFAULT_LIMIT, MAX_LIMIT)
+                    .unwrap_err()
+                    .param,
+                "limit"
+            );
         }
         assert_eq!(parse_rating(Some("-1")).unwrap(), Some(Rating::Dislike));
         assert_eq!(parse_rating(Some("like")).unwrap(), Some(Rating::Like));

@@ -271,6 +271,22 @@ pub fn text_param(param: &'static str, value: Option<&str>) -> Result<Option<Str
 /// `date-time` refuses or PostgreSQL cannot hold. An instant past year 9999 in UTC
 /// (`9999-12-31T23:00:00-05:00`) is read as [`latest`]: it selects the same votes (none is
 /// stored that late) and can be written back in RFC 3339.
+/// `limit`: an integer from 1 to `max`; `default` when absent or empty.
+pub fn parse_limit(value: Option<&str>, default: i64, max: i64) -> Result<i64, ParamError> {
+    let Some(v) = non_empty(value) else {
+        return Ok(default);
+    };
+    v.parse::<i64>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ParamError::new(
+                "limit",
+                format!("must be an integer from 1 to {max}, got {v:?}"),
+            )
+        })
+}
+
 pub fn parse_time(
     param: &'static str,
     value: Option<&str>,

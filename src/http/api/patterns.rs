@@ -25,7 +25,7 @@
 //! - The route returns fragments of user text, so it needs the export token like `export`.
 //!   At most two reads run at once (`CONCURRENT_PATTERNS`); more get 429.
 
-use super::{db_error, Authorized, Filter, ParamError, Params};
+use super::{db_error, Authorized, Filter, Params};
 use crate::db::DbError;
 use crate::http::{ApiError, AppState};
 use crate::telemetry::Metrics;
@@ -293,22 +293,6 @@ pub async fn refresh_gauges(
     }
 }
 
-/// `limit`: terms per subject, 1 to [`MAX_LIMIT`].
-fn parse_limit(value: Option<&str>) -> Result<i64, ParamError> {
-    let Some(v) = value.filter(|v| !v.is_empty()) else {
-        return Ok(DEFAULT_LIMIT);
-    };
-    v.parse::<i64>()
-        .ok()
-        .filter(|n| (1..=MAX_LIMIT).contains(n))
-        .ok_or_else(|| {
-            ParamError::new(
-                "limit",
-                format!("must be an integer from 1 to {MAX_LIMIT}, got {v:?}"),
-            )
-        })
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatternParams {
@@ -340,7 +324,7 @@ pub async fn dislike_patterns(
         p.since.as_deref(),
         p.until.as_deref(),
     )?;
-    let limit = parse_limit(p.limit.as_deref())?;
+    let limit = super::parse_limit(p.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let _permit = state.api.patterns.try_acquire().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -364,10 +348,21 @@ mod tests {
 
     #[test]
     fn limits_are_checked() {
-        assert_eq!(parse_limit(None).unwrap(), DEFAULT_LIMIT);
-        assert_eq!(parse_limit(Some("100")).unwrap(), 100);
+        assert_eq!(
+            crate::http::api::parse_limit(None, DEFAULT_LIMIT, MAX_LIMIT).unwrap(),
+            DEFAULT_LIMIT
+        );
+        assert_eq!(
+            crate::http::api::parse_limit(Some("100"), DEFAULT_LIMIT, MAX_LIMIT).unwrap(),
+            100
+        );
         for bad in ["0", "101", "-3", "x", "1.5"] {
-            assert_eq!(parse_limit(Some(bad)).unwrap_err().param, "limit");
+            assert_eq!(
+                crate::http::api::parse_limit(Some(bad), DEFAULT_LIMIT, MAX_LIMIT)
+                    .unwrap_err()
+                    .param,
+                "limit"
+            );
         }
     }
 }
