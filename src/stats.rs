@@ -100,11 +100,33 @@ pub enum Side {
     B,
 }
 
-/// Votes of one side in one stratum, from one unit (`unit: Some`, e.g. a conversation) or
-/// from votes that are each their own unit (`unit: None`).
+/// Where the votes of a [`Cell`] come from: the independent units of the variance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Units<'a> {
+    /// Every vote is its own unit.
+    Votes,
+    /// One unit (a conversation), by name: its votes in other cells belong to it too.
+    One(&'a str),
+    /// Several units that each have all their votes in this cell, by their sums (so that a
+    /// million conversations need not be read one by one). Cells with the same key hold the
+    /// same units with the same votes (an A/A comparison reads each cell as both arms).
+    Many(&'a str, Clusters),
+}
+
+/// Sums over units of their votes `n` and likes `y`: how many, sum of n², y², y·n. The
+/// variance needs only these: sum over units of (a·y - b·n)² is a²·Σy² - 2ab·Σyn + b²·Σn².
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Clusters {
+    pub count: i64,
+    pub votes_sq: i64,
+    pub likes_sq: i64,
+    pub likes_votes: i64,
+}
+
+/// Votes of one side in one stratum, and the units they come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cell<'a> {
-    pub unit: Option<&'a str>,
+    pub units: Units<'a>,
     pub stratum: usize,
     pub side: Side,
     pub votes: i64,
@@ -163,6 +185,8 @@ pub fn estimate(cells: &[Cell], clustered: bool) -> Option<Estimate> {
     // units of their squared summed influence.
     let mut variance = 0.0;
     let mut by_unit: BTreeMap<&str, f64> = BTreeMap::new();
+    // Per key of `Units::Many`: (sum of scale, sum of scale * p, the sums).
+    let mut by_many: BTreeMap<&str, (f64, f64, Clusters)> = BTreeMap::new();
     let mut units = [BTreeSet::new(), BTreeSet::new()];
     let mut singles = [0usize; 2];
     for c in cells {
@@ -175,12 +199,18 @@ pub fn estimate(cells: &[Cell], clustered: bool) -> Option<Estimate> {
         let p = rate(c.stratum, side);
         let sign = if c.side == Side::A { 1.0 } else { -1.0 };
         let scale = sign * w / n as f64;
-        match c.unit.filter(|_| clustered) {
-            Some(unit) => {
+        match if clustered { c.units } else { Units::Votes } {
+            Units::One(unit) => {
                 *by_unit.entry(unit).or_default() += scale * (c.likes as f64 - p * c.votes as f64);
                 units[side].insert(unit);
             }
-            None => {
+            Units::Many(key, sums) => {
+                let m = by_many.entry(key).or_insert((0.0, 0.0, sums));
+                m.0 += scale;
+                m.1 += scale * p;
+                singles[side] += sums.count as usize;
+            }
+            Units::Votes => {
                 // Each vote alone: likes contribute (1 - p)^2, the others p^2.
                 let (k, other) = (c.likes as f64, (c.votes - c.likes) as f64);
                 variance += scale * scale * (k * (1.0 - p).powi(2) + other * p * p);
@@ -189,6 +219,14 @@ pub fn estimate(cells: &[Cell], clustered: bool) -> Option<Estimate> {
         }
     }
     variance += by_unit.values().map(|u| u * u).sum::<f64>();
+    variance += by_many
+        .values()
+        .map(|(a, b, s)| {
+            let (yy, yn, nn) = (s.likes_sq as f64, s.likes_votes as f64, s.votes_sq as f64);
+            // A sum of squares; the expanded form can round a hair below 0.
+            (a * a * yy - 2.0 * a * b * yn + b * b * nn).max(0.0)
+        })
+        .sum::<f64>();
     Some(Estimate {
         difference,
         variance,
@@ -283,7 +321,7 @@ mod tests {
 
     fn cell(side: Side, votes: i64, likes: i64) -> Cell<'static> {
         Cell {
-            unit: None,
+            units: Units::Votes,
             stratum: 0,
             side,
             votes,
@@ -436,7 +474,7 @@ mod tests {
         let cells = [
             cell(Side::A, 200, 160),
             Cell {
-                unit: Some("conv-1"),
+                units: Units::One("conv-1"),
                 ..cell(Side::A, 300, 300)
             },
             cell(Side::B, 500, 400),
@@ -461,6 +499,51 @@ mod tests {
             "{}",
             clustered.p_value
         );
+    }
+
+    /// A: conversations of (votes, likes) (2, 2), (3, 1), (5, 4), all of each in A's cell;
+    /// B: 10 votes alone, 5 likes. p_A = 0.7, p_B = 0.5, d = 0.2, scales 1/10 and -1/10.
+    /// By hand: A's units (0.6² + 1.1² + 0.5²) / 100 = 0.0182, B's votes 10 · 0.25 / 100 =
+    /// 0.025, V = 0.0432. Given by name or by their sums (3 units, Σn² 38, Σy² 21, Σyn 27),
+    /// the same; the same sums read as both arms (A/A) cancel.
+    #[test]
+    fn conversations_by_their_sums_are_conversations_by_name() {
+        let b = cell(Side::B, 10, 5);
+        let named: Vec<Cell> = [("c1", 2, 2), ("c2", 3, 1), ("c3", 5, 4)]
+            .into_iter()
+            .map(|(name, votes, likes)| Cell {
+                units: Units::One(name),
+                ..cell(Side::A, votes, likes)
+            })
+            .chain([b])
+            .collect();
+        let sums = Clusters {
+            count: 3,
+            votes_sq: 38,
+            likes_sq: 21,
+            likes_votes: 27,
+        };
+        let many = Cell {
+            units: Units::Many("Math/a", sums),
+            ..cell(Side::A, 10, 7)
+        };
+        for e in [
+            estimate(&named, true).unwrap(),
+            estimate(&[many, b], true).unwrap(),
+        ] {
+            assert!(close(e.difference, 0.2, 1e-12));
+            assert!(close(e.variance, 0.0432, 1e-12), "{}", e.variance);
+            assert_eq!((e.units_a, e.units_b), (3, 10));
+        }
+        let a_a = [
+            many,
+            Cell {
+                side: Side::B,
+                ..many
+            },
+        ];
+        let e = estimate(&a_a, true).unwrap();
+        assert_eq!((e.difference, e.variance), (0.0, 0.0));
     }
 
     /// Two strata with weights n_A n_B / (n_A + n_B): 100*100/200 = 50 and 300*100/400 = 75,

@@ -837,6 +837,81 @@ async fn compare_finds_the_known_answer_and_flags_simpsons_paradox() {
     assert_eq!(aa["verdict"], "no_difference");
 }
 
+/// By conversation (the default unit): A has 40 conversations of 5 votes with i % 6 likes,
+/// B 40 of 5 votes with (i + 2) % 6 likes and 30 votes without a conversation (20 likes),
+/// and conversation "shared" has 3 votes for A (2 likes) and 4 for B (1 like), so it spans
+/// both cells and is one unit of both. Expected figures from Python (the delta-method
+/// variance summed per conversation, docs/ab-testing.md; by hand, not with likerate's code):
+/// A 98/203, B 125/234, difference -0.0514294, variance 0.0050239591, always-valid p = 1,
+/// sequence (-0.5026262, 0.3997674), design effect 2.190574; units 41 and 71.
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_by_conversation_sums_the_conversations_in_the_database() {
+    let env = Env::new().await;
+    let p = env.spawn(None).await;
+    let now = Utc::now();
+    let mut events = Vec::new();
+    let mut add = |model: &str, conversation: Option<String>, votes: usize, likes: usize| {
+        for i in 0..votes {
+            events.push(json!({
+                "subject_id": "Math", "model": model, "assistant_message": "a",
+                "conversation_id": conversation,
+                "rating": if i < likes { 1 } else { -1 },
+                "created_at": rfc3339(now - ChronoDuration::minutes(5 + i as i64)),
+            }));
+        }
+    };
+    for i in 0..40 {
+        add("A", Some(format!("a{i}")), 5, i % 6);
+        add("B", Some(format!("b{i}")), 5, (i + 2) % 6);
+    }
+    for j in 0..30 {
+        add("B", None, 1, usize::from(j < 20));
+    }
+    add("A", Some("shared".into()), 3, 2);
+    add("B", Some("shared".into()), 4, 1);
+    p.post_events(&events).await;
+    env.wait_for_rows(events.len() as i64).await;
+
+    let c = p
+        .get_json("/api/feedback/compare?model_a=A&model_b=B")
+        .await;
+    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-6;
+    assert_eq!(c["unit"], "conversation");
+    assert_eq!(
+        (&c["model_a"]["votes"], &c["model_a"]["likes"]),
+        (&json!(203), &json!(98))
+    );
+    assert_eq!(
+        (&c["model_b"]["votes"], &c["model_b"]["likes"]),
+        (&json!(234), &json!(125))
+    );
+    assert_eq!(
+        (&c["model_a"]["units"], &c["model_b"]["units"]),
+        (&json!(41), &json!(71))
+    );
+    assert!(close(&c["difference"], -0.0514294), "{c}");
+    assert!(close(&c["difference_ci_low"], -0.5026262), "{c}");
+    assert!(close(&c["difference_ci_high"], 0.3997674), "{c}");
+    assert!(close(&c["p_value"], 1.0), "{c}");
+    assert!(close(&c["plan"]["design_effect"], 2.190574), "{c}");
+    // One subject: the subject's figures and the stratified test are the pooled ones.
+    assert_eq!(
+        c["by_subject"][0]["difference_ci_low"],
+        c["difference_ci_low"]
+    );
+    assert_eq!(c["stratified"]["difference_ci_low"], c["difference_ci_low"]);
+    // A/A by conversation: the same units on both sides, nothing to tell apart.
+    let aa = p
+        .get_json("/api/feedback/compare?model_a=B&model_b=B")
+        .await;
+    assert_eq!(aa["model_a"], aa["model_b"]);
+    assert_eq!(
+        (&aa["model_a"]["units"], &aa["difference"]),
+        (&json!(71), &json!(0.0))
+    );
+    assert_eq!(aa["verdict"], "no_difference");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_parameters_bodies_and_the_openapi_document() {
     let env = Env::new().await;

@@ -20,9 +20,12 @@
 //!
 //! The unit (`unit=conversation`, the default): votes of one `conversation_id` are one unit
 //! of the variance; votes without one are each their own. This reads current votes from
-//! `feedback` (the rule of [`crate::votes`]'s `current_votes!`), one group per
-//! (subject, model, conversation) over the period: a scan of the period's rows through
-//! `ix_feedback_created`, linear in the votes compared. `unit=vote` reads the rollups instead
+//! `feedback` (the rule of [`crate::votes`]'s `current_votes!`) over the period, a scan linear
+//! in the votes compared, and PostgreSQL sums the conversations that lie in one (subject,
+//! model) into a row of that cell ([`crate::stats::Clusters`]): the variance needs only their
+//! sums, so likerate's memory do not grow with the conversations. A
+//! conversation that spans cells (several subjects or both models) comes by name, one row per
+//! cell. `unit=vote` reads the rollups instead
 //! (a few thousand rows whatever the volume) and treats every vote as independent. Either way
 //! `since`/`until` have the rollups' one-minute resolution (see [`crate::rollup::read`]), so the
 //! counts are the same.
@@ -37,7 +40,9 @@ use super::{db_error, Filter, ParamError, Params};
 use crate::experiment::Experiment;
 use crate::http::{ApiError, AppState};
 use crate::rollup::Counts;
-use crate::stats::{estimate, sequential, two_sided_p, votes_needed, wilson, Cell, Side, Z95};
+use crate::stats::{
+    estimate, sequential, two_sided_p, votes_needed, wilson, Cell, Clusters, Side, Units, Z95,
+};
 use crate::votes::current_votes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -56,14 +61,27 @@ pub const ALPHA: f64 = 0.05;
 /// The smallest difference worth planning for when the request does not say: two points.
 pub const DEFAULT_EFFECT: f64 = 0.02;
 
-/// `$1` ratings, `$2` subject, `$3` NULL, `$4`/`$5` range, `$6` the two models.
+/// `$1` ratings, `$2` subject, `$3` NULL, `$4`/`$5` range, `$6` the two models. Per (subject,
+/// model): one row of the votes without a conversation (`clustered` false), one of the
+/// conversations that have all their votes in this cell (their sums), and one per conversation
+/// that also has votes in another cell (`conversation` set). `COLLATE "C"`: grouping needs
+/// equality only, not the database's (slower) collation order.
 const BY_CONVERSATION: &str = concat!(
-    "SELECT f.subject_id::text, f.model::text, f.conversation_id::text,
-            count(*) FILTER (WHERE f.rating = 1), count(*) FILTER (WHERE f.rating = -1),
-            count(*) FILTER (WHERE f.rating = 0)",
+    "WITH g AS (
+SELECT f.subject_id COLLATE \"C\" AS subject_id, f.model COLLATE \"C\" AS model,
+       f.conversation_id COLLATE \"C\" AS c,
+       count(*) FILTER (WHERE f.rating = 1) AS l, count(*) FILTER (WHERE f.rating = -1) AS d,
+       count(*) FILTER (WHERE f.rating = 0) AS z",
     current_votes!(),
     " AND f.model = ANY($6)
-GROUP BY 1, 2, 3"
+GROUP BY 1, 2, 3),
+t AS (SELECT *, l + d + z AS n, count(*) OVER (PARTITION BY c) AS cells FROM g)
+SELECT subject_id::text, model::text, CASE WHEN cells > 1 THEN c END::text AS conversation,
+       c IS NOT NULL AS clustered,
+       sum(l)::int8, sum(d)::int8, sum(z)::int8, count(*)::int8,
+       sum(n * n)::int8, sum(l * l)::int8, sum(l * n)::int8
+FROM t
+GROUP BY 1, 2, 3, 4"
 );
 
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,20 +114,35 @@ impl Unit {
     }
 }
 
-/// Current votes of one subject and side, from one conversation (`unit: Some`) or from
-/// votes that are each their own unit.
+/// Where a group's votes come from ([`Units`], owned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupUnits {
+    /// Each vote is its own unit.
+    Votes,
+    /// One conversation, by name.
+    Conversation(String),
+    /// Conversations with all their votes in this group, by their sums; the key names the
+    /// cell (groups with the same key hold the same conversations).
+    Conversations(String, Clusters),
+}
+
+/// Current votes of one subject and side, and the units they come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub subject: String,
     pub side: Side,
-    pub unit: Option<String>,
+    pub units: GroupUnits,
     pub counts: Counts,
 }
 
 impl Group {
     fn cell(&self, stratum: usize) -> Cell<'_> {
         Cell {
-            unit: self.unit.as_deref(),
+            units: match &self.units {
+                GroupUnits::Votes => Units::Votes,
+                GroupUnits::Conversation(name) => Units::One(name),
+                GroupUnits::Conversations(key, sums) => Units::Many(key, *sums),
+            },
             stratum,
             side: self.side,
             votes: self.counts.total(),
@@ -232,11 +265,12 @@ fn units(groups: &[&Group], side: Side, clustered: bool) -> usize {
         .iter()
         .filter(|g| g.side == side && g.counts.total() > 0)
     {
-        match g.unit.as_deref().filter(|_| clustered) {
-            Some(u) => {
-                conversations.insert(u);
+        match &g.units {
+            GroupUnits::Conversation(name) if clustered => {
+                conversations.insert(name);
             }
-            None => singles += g.counts.total() as usize,
+            GroupUnits::Conversations(_, sums) if clustered => singles += sums.count as usize,
+            _ => singles += g.counts.total() as usize,
         }
     }
     conversations.len() + singles
@@ -437,7 +471,7 @@ fn analyse(
     power: f64,
 ) -> (Comparison, Vec<SubjectComparison>, Stratified, Unit, Plan) {
     let clustered = requested == Unit::Conversation;
-    let unit = if clustered && groups.iter().any(|g| g.unit.is_some()) {
+    let unit = if clustered && groups.iter().any(|g| g.units != GroupUnits::Votes) {
         Unit::Conversation
     } else {
         Unit::Vote
@@ -627,7 +661,7 @@ pub async fn answer(
                 .map(|((subject, model), counts)| Group {
                     side: side(&model),
                     subject,
-                    unit: None,
+                    units: GroupUnits::Votes,
                     counts,
                 })
                 .collect()
@@ -635,15 +669,32 @@ pub async fn answer(
         Unit::Conversation => by_conversation(client, &filter, models)
             .await?
             .iter()
-            .map(|r| Group {
-                subject: r.get(0),
-                side: side(r.get(1)),
-                unit: r.get(2),
-                counts: Counts {
-                    likes: r.get(3),
-                    dislikes: r.get(4),
-                    neutral: r.get(5),
-                },
+            .map(|r| {
+                let (subject, model): (String, &str) = (r.get(0), r.get(1));
+                let units = match (r.get::<_, Option<String>>(2), r.get::<_, bool>(3)) {
+                    (Some(name), _) => GroupUnits::Conversation(name),
+                    (None, true) => GroupUnits::Conversations(
+                        // NUL cannot occur in either text: the key is unique per cell.
+                        format!("{subject}\0{model}"),
+                        Clusters {
+                            count: r.get(7),
+                            votes_sq: r.get(8),
+                            likes_sq: r.get(9),
+                            likes_votes: r.get(10),
+                        },
+                    ),
+                    (None, false) => GroupUnits::Votes,
+                };
+                Group {
+                    side: side(model),
+                    subject,
+                    units,
+                    counts: Counts {
+                        likes: r.get(4),
+                        dislikes: r.get(5),
+                        neutral: r.get(6),
+                    },
+                }
             })
             .collect(),
     };
@@ -674,8 +725,8 @@ pub async fn answer(
     })
 }
 
-/// Current votes per (subject, model, conversation) from `feedback`, with `since`/`until`
-/// rounded down to the minute like the rollups.
+/// Current votes per (subject, model) and conversation ([`BY_CONVERSATION`]) from `feedback`,
+/// with `since`/`until` rounded down to the minute like the rollups.
 async fn by_conversation(
     client: &impl GenericClient,
     filter: &Filter,
@@ -707,7 +758,7 @@ mod tests {
         Group {
             subject: subject.to_owned(),
             side,
-            unit: None,
+            units: GroupUnits::Votes,
             counts: Counts {
                 likes,
                 dislikes: votes - likes,
@@ -765,7 +816,7 @@ mod tests {
     #[test]
     fn a_model_compared_with_itself_does_not_differ() {
         let mut g = group("Math", Side::A, 150, 200);
-        g.unit = Some("c1".to_owned());
+        g.units = GroupUnits::Conversation("c1".to_owned());
         let groups = a_a("m", "m", vec![g, group("Physics", Side::A, 30, 100)]);
         assert_eq!(groups.len(), 4);
         let (pooled, by, strat, _, _) = analyse("m", "m", &groups, Unit::Conversation, 0.02, 0.8);
@@ -785,7 +836,7 @@ mod tests {
     #[test]
     fn the_unit_decides_whether_one_conversation_can_win() {
         let chatty = Group {
-            unit: Some("conv-1".into()),
+            units: GroupUnits::Conversation("conv-1".into()),
             ..group("Math", Side::A, 300, 300)
         };
         let groups = [
