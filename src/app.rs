@@ -55,6 +55,18 @@ impl App {
         kafka::ensure_topics(&kafka)
             .await
             .with_context(|| format!("creating topics on {}", kafka.brokers))?;
+        // A topic whose configuration cannot be read (no DescribeConfigs permission) is not a
+        // reason to stop: the check is a guard against a known misconfiguration.
+        match kafka::retention(&kafka, &kafka.topic).await {
+            Ok(retention) => {
+                crate::config::check_dedup_window(run.dedup_window, &kafka.topic, retention)?
+            }
+            Err(e) => tracing::warn!(
+                topic = %kafka.topic,
+                error = %e,
+                "cannot read the topic's retention.ms: LIKERATE_DEDUP_WINDOW is not checked against it"
+            ),
+        }
         let metrics = Metrics::new(run.max_subject_labels);
         let listener = TcpListener::bind(run.http_addr)
             .await

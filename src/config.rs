@@ -258,6 +258,36 @@ pub fn duration(
         .map_err(|e| invalid(setting, format!("{text:?} is not a duration like 15m: {e}")))
 }
 
+/// The deduplication window must cover the topic's retention (docs/contract.md section 3):
+/// an event read again (a new consumer group, an offset reset, a disaster recovery) is then
+/// always still inside it. `retention` `None`: the topic keeps records forever. A config error
+/// (stop), naming both settings.
+pub fn check_dedup_window(
+    window: Duration,
+    topic: &str,
+    retention: Option<Duration>,
+) -> Result<(), ConfigError> {
+    // Whole days as a user writes them (`30d`); humantime would say "1month 13h 26m 24s".
+    let shown = |d: Duration| match d.as_secs() {
+        s if s > 0 && s % 86_400 == 0 && d.subsec_nanos() == 0 => format!("{}d", s / 86_400),
+        _ => humantime::format_duration(d).to_string(),
+    };
+    let kept = match retention {
+        Some(r) if r <= window => return Ok(()),
+        Some(r) => format!("retention.ms {} ({})", r.as_millis(), shown(r)),
+        None => "retention.ms -1 (forever)".to_owned(),
+    };
+    Err(invalid(
+        "LIKERATE_DEDUP_WINDOW",
+        format!(
+            "{} is shorter than the {kept} of topic {topic:?}: an event read again from the \
+             topic could fall outside the window; set LIKERATE_DEDUP_WINDOW to at least the \
+             topic's retention, or lower the topic's retention.ms",
+            shown(window)
+        ),
+    ))
+}
+
 /// Settings of `likerate run` beyond Kafka and PostgreSQL.
 #[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunArgs {
@@ -332,6 +362,10 @@ pub struct RunArgs {
     /// comma separated: email, phone [default: none]
     #[arg(long, env = "LIKERATE_REDACT")]
     pub redact: Option<String>,
+    /// Horizon of idempotency and vote bookkeeping; must cover the feedback topic's
+    /// `retention.ms`, or likerate refuses to start [default: 30d]
+    #[arg(long, env = "LIKERATE_DEDUP_WINDOW")]
+    pub dedup_window: Option<String>,
     /// Power at which `compare` plans the votes an A/B test needs [default: 0.8]
     #[arg(long, env = "LIKERATE_AB_POWER")]
     pub ab_power: Option<f64>,
@@ -481,6 +515,8 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     pub redact: RedactConfig,
     pub retention: RetentionConfig,
+    /// `LIKERATE_DEDUP_WINDOW` ([`check_dedup_window`]).
+    pub dedup_window: Duration,
     /// Experiments (file only: `[[experiments]]`) and the planning power.
     pub ab: crate::experiment::AbConfig,
 }
@@ -501,6 +537,7 @@ impl std::fmt::Debug for RunConfig {
             .field("drain_timeout", &self.drain_timeout)
             .field("redact", &self.redact)
             .field("retention", &self.retention)
+            .field("dedup_window", &self.dedup_window)
             .field("ab", &self.ab)
             .finish()
     }
@@ -647,6 +684,7 @@ impl RunArgs {
             drain_timeout: duration("LIKERATE_DRAIN_TIMEOUT", s.drain_timeout, "20s")?,
             redact: RedactConfig::parse(s.redact.as_deref())?,
             retention: s.retention.resolve(file)?,
+            dedup_window: duration("LIKERATE_DEDUP_WINDOW", s.dedup_window, "30d")?,
             ab: crate::experiment::AbConfig::resolve(file.get("experiments"), s.ab_power)?,
         })
     }
@@ -760,6 +798,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("test.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_dedup_window_must_cover_the_topics_retention() {
+        let day = Duration::from_secs(86_400);
+        let c = RunArgs::default().resolve(&ConfigFile::default()).unwrap();
+        assert_eq!(c.dedup_window, 30 * day);
+        assert!(check_dedup_window(30 * day, "t", Some(7 * day)).is_ok());
+        assert!(check_dedup_window(30 * day, "t", Some(30 * day)).is_ok());
+        let err = check_dedup_window(30 * day, "feedback-events", Some(31 * day))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("LIKERATE_DEDUP_WINDOW: 30d is shorter"),
+            "{err}"
+        );
+        assert!(err.contains("retention.ms 2678400000 (31d)"), "{err}");
+        assert!(err.contains("\"feedback-events\""), "{err}");
+        let err = check_dedup_window(30 * day, "t", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retention.ms -1 (forever)"), "{err}");
+        let bad = RunArgs {
+            dedup_window: Some("a month".into()),
+            ..RunArgs::default()
+        };
+        let err = bad.resolve(&ConfigFile::default()).unwrap_err().to_string();
+        assert!(err.starts_with("LIKERATE_DEDUP_WINDOW:"), "{err}");
     }
 
     #[test]

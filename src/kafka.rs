@@ -7,7 +7,7 @@
 //! duplicated by the broker.
 
 use crate::config::KafkaConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -106,4 +106,28 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+/// The topic's `retention.ms`: `None` when it keeps records forever (-1). Bounded like
+/// [`ensure_topics`].
+pub async fn retention(config: &KafkaConfig, topic: &str) -> Result<Option<Duration>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = finish(base(config), config).create()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let resource = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| KafkaError::AdminOpCreation("no answer to DescribeConfigs".into()))?
+        .map_err(KafkaError::AdminOp)?;
+    let value = resource
+        .get("retention.ms")
+        .and_then(|e| e.value.as_deref())
+        .ok_or_else(|| KafkaError::AdminOpCreation(format!("topic {topic} has no retention.ms")))?;
+    let ms: i64 = value.parse().map_err(|_| {
+        KafkaError::AdminOpCreation(format!(
+            "topic {topic}: retention.ms {value:?} is not a number"
+        ))
+    })?;
+    Ok(u64::try_from(ms).ok().map(Duration::from_millis))
 }

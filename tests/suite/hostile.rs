@@ -294,6 +294,20 @@ async fn ingest_token_and_cors() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("LIKERATE_CORS_ORIGINS"), "{stderr}");
+
+    // A deduplication window shorter than the topic keeps its records (Kafka's default
+    // retention, 7 days = 604800000 ms) is a config error naming both settings.
+    let out = likerate_command(&["run"], &kafka, &db.url())
+        .env("LIKERATE_DEDUP_WINDOW", "1d")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("LIKERATE_DEDUP_WINDOW: 1d is shorter than the retention.ms 604800000 (7d)"),
+        "{stderr}"
+    );
 }
 
 /// Values PostgreSQL would refuse are a 400 naming the parameter; pagination survives an
