@@ -1195,6 +1195,9 @@ mod tests {
         }
     }
 
+    /// A reason tag is any text: markup, quotes and an ampersand must come out escaped.
+    const HOSTILE_REASON: &str = "Wrong <b>\"x\"</b> & 'y'";
+
     fn report() -> Report {
         let since: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
         let until = since + chrono::Duration::days(7);
@@ -1231,7 +1234,7 @@ mod tests {
                 model: String::new(),
                 question: "<script>alert(1)</script>".into(),
                 answer: "x".repeat(600),
-                reason: Some("too_long".into()),
+                reason: Some(HOSTILE_REASON.into()),
                 comment: Some("<img src=x onerror=alert(2)> | *bold*".into()),
             }],
             reasons: Reasons {
@@ -1245,7 +1248,7 @@ mod tests {
                 dislikes_with_reason: 1,
                 dislikes_with_comment: 1,
                 reasons: vec![reasons::ReasonCount {
-                    reason: "too_long".into(),
+                    reason: HOSTILE_REASON.into(),
                     likes: 0,
                     dislikes: 1,
                     neutral: 0,
@@ -1314,8 +1317,14 @@ mod tests {
         );
         assert!(md.contains("| 2026-02-02 | 4 | 75.0% |"), "{md}");
         assert!(md.contains("Q: \\<script\\>alert(1)\\</script\\>"), "{md}");
-        assert!(md.contains("| too\\_long | 1 | 100.0% | 1 | 1 |"), "{md}");
-        assert!(md.contains("  - Reason: too\\_long"), "{md}");
+        assert!(
+            md.contains(r#"| Wrong \<b\>"x"\</b\> & 'y' | 1 | 100.0% | 1 | 1 |"#),
+            "{md}"
+        );
+        assert!(
+            md.contains(r#"  - Reason: Wrong \<b\>"x"\</b\> & 'y'"#),
+            "{md}"
+        );
         assert!(
             md.contains("  - Comment: \\<img src=x onerror=alert(2)\\> \\| \\*bold\\*"),
             "{md}"
@@ -1335,8 +1344,12 @@ mod tests {
         let html = render_html(&report()).unwrap();
         assert!(!html.contains("<img"), "{html}");
         assert!(html.contains("<b>Comment:</b> &lt;img src=x onerror=alert(2)&gt; | *bold*"));
-        assert!(html.contains("<b>Reason:</b> <code>too_long</code>"));
-        assert!(html.contains("<td>too_long</td><td>1</td><td>100.0%</td><td>1</td><td>1</td>"));
+        let reason = "Wrong &lt;b&gt;&quot;x&quot;&lt;/b&gt; &amp; &#39;y&#39;";
+        assert!(!html.contains("<b>\"x\"</b>"), "{html}");
+        assert!(html.contains(&format!("<b>Reason:</b> <code>{reason}</code>")));
+        assert!(html.contains(&format!(
+            "<td>{reason}</td><td>1</td><td>100.0%</td><td>1</td><td>1</td>"
+        )));
         assert!(html.contains("1 of 1 dislikes carry a reason, 1 a comment"));
     }
 }

@@ -674,10 +674,10 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
             .model("m-b")
             .answer(&answer);
         // Reasons and comments on the dislikes: `wrong` three times (one with a hostile
-        // comment), `Too_Long` (stored as `too_long`) with a comment, one without either.
+        // comment), `Too long` (stored as given: a tag is any text) with a comment, one without either.
         e = match i {
             5 | 6 => e.reason("wrong"),
-            8 => e.reason("Too_Long").comment("far too long"),
+            8 => e.reason("Too long").comment("far too long"),
             9 => e
                 .reason("wrong")
                 .comment("<img src=x onerror=alert(1)> bad | *md*"),
@@ -758,11 +758,11 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
         // Reasons: 5 of the 7 dislikes carry one, 2 a comment.
         "5 of 7 dislikes carry a reason, 2 a comment",
         "| wrong | 3 | 42.9% | 1 | 3 |",
-        "| too\\_long | 1 | 14.3% | 1 | 1 |",
+        "| Too long | 1 | 14.3% | 1 | 1 |",
         "| unclear | 1 | 14.3% | 0 | 1 |",
         // Beside the disliked answers.
         "  - Reason: wrong\n  - Comment: \\<img src=x onerror=alert(1)\\> bad \\| \\*md\\*",
-        "  - Reason: too\\_long\n  - Comment: far too long",
+        "  - Reason: Too long\n  - Comment: far too long",
         // The experiment that ran: both arms' figures, not enough votes for a verdict.
         "### tone\\_v2",
         "| A | m-a | 10 | 8 | 80.0% |",
@@ -808,7 +808,7 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
     assert!(html.contains("<td>Physics</td><td>10</td><td>+100%</td>"));
     assert!(!html.contains("<img"), "comments are escaped");
     assert!(html.contains("<b>Comment:</b> &lt;img src=x onerror=alert(1)&gt; bad | *md*"));
-    assert!(html.contains("<b>Reason:</b> <code>too_long</code>"));
+    assert!(html.contains("<b>Reason:</b> <code>Too long</code>"));
     assert!(html.contains("<td>wrong</td><td>3</td><td>42.9%</td><td>1</td><td>3</td>"));
     assert!(html.contains("<h3>tone_v2</h3>"));
     assert!(html.contains("<h2>Like rate per day</h2>"));

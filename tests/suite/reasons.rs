@@ -1,8 +1,10 @@
 //! Reasons and comments (issue 18 item 1) against real services: events with `reason` and
 //! `comment` go the real path (`POST /api/feedback` and the topic -> consumer -> sink ->
 //! PostgreSQL), are counted per reason by `GET /api/feedback/reasons` and on `/metrics`, the
-//! comment is redacted, erased and retained like the answer, and hostile values are refused
-//! (400, or a dead letter) without reaching `/metrics`.
+//! comment is redacted, erased and retained like the answer. A reason is any text of at most
+//! 64 characters (spaces, capitals, any script, markup, quotes): stored, counted, and escaped on
+//! `/metrics` and in the report; only what the contract refuses (too long, NUL, not a string)
+//! is refused (400, or a dead letter) without reaching `/metrics`.
 //!
 //! Every expected figure comes from the events the test builds.
 
@@ -57,9 +59,24 @@ impl Ev {
     }
 }
 
-/// The tag as stored: ASCII lower case.
+/// The tag as stored: as sent without the white space around it; blank is none.
 fn tag(e: &Ev) -> Option<String> {
-    e.reason.map(str::to_ascii_lowercase)
+    e.reason
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+/// A reason the old `[a-z0-9_-]` grammar dead-lettered and the contract allows: spaces,
+/// capitals, non-ASCII, markup and both quotes, with white space around it (trimmed).
+const HOSTILE_REASON: &str = "  Not helpful: <script>alert(\"错误\")</script> 'Falsch' \n";
+
+/// A label value as the Prometheus text format writes it (backslash, quote, line feed escaped).
+fn exposition(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 async fn post(app: &TestApp, body: &Value) -> (u16, Value) {
@@ -190,6 +207,14 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
         Ev::new("Physics", -1, Some("too_long")).comment("far too long"),
         Ev::new("Physics", -1, Some("off-topic")),
         Ev::new("Physics", 1, None),
+        Ev::new("Math", -1, Some(HOSTILE_REASON)),
+        Ev::new("Math", -1, Some(HOSTILE_REASON)).comment("see <b>above</b>"),
+        Ev::new("Math", 1, Some(HOSTILE_REASON)),
+        // Spelled like the label values likerate reserves: counted apart from them.
+        Ev::new("Physics", -1, Some("_other")),
+        Ev::new("Physics", -1, Some("_none")),
+        // White space only: no reason, the vote counts.
+        Ev::new("Physics", -1, Some(" \t ")),
     ];
     // A vote that changed: its dislike (tag `unsafe`) no longer counts in the API, the
     // counter of stored dislikes keeps it.
@@ -211,7 +236,7 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
     let n = events.len() as i64;
     world.db.wait_for_rows(n, Duration::from_secs(60)).await;
 
-    // Stored: the tag lower-cased, the comment redacted, everything else byte-exact.
+    // Stored: the tag trimmed, the comment redacted, everything else byte-exact.
     let db = world.client().await;
     for e in &events {
         let row = db
@@ -238,6 +263,14 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
     let got = get(&app, "/api/feedback/reasons").await;
     assert_eq!(counts_of(&got), expected(&current), "{got:#}");
     assert_eq!(got["reasons"][0]["reason"], "wrong");
+    assert!(
+        got["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["reason"] == HOSTILE_REASON.trim() && r["dislikes"] == 2),
+        "{got:#}"
+    );
     let stats = get(&app, "/api/feedback/stats").await;
     assert_eq!(stats["dislikes"], got["dislikes"]);
     assert_eq!(stats["likes"], got["likes"]);
@@ -295,12 +328,18 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
     };
     let wrong = r#"likerate_dislike_reasons_total{subject="Math",reason="wrong"}"#;
     let text = metrics_with(&app, wrong, stored("Math", Some("wrong"))).await;
+    let hostile_label = exposition(HOSTILE_REASON.trim());
     for (subject, t, label) in [
+        ("Math", Some("Wrong"), "Wrong"),
         ("Math", Some("unclear"), "unclear"),
         ("Math", None, "_none"),
+        ("Math", Some(HOSTILE_REASON.trim()), hostile_label.as_str()),
         ("Physics", Some("too_long"), "too_long"),
         ("Physics", Some("off-topic"), "off-topic"),
         ("Physics", Some("unsafe"), "unsafe"),
+        ("Physics", Some("_other"), "__other"),
+        ("Physics", Some("_none"), "__none"),
+        ("Physics", None, "_none"),
     ] {
         let series =
             format!(r#"likerate_dislike_reasons_total{{subject="{subject}",reason="{label}"}}"#);
@@ -310,27 +349,41 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
             "{series}"
         );
     }
-    assert!(!text.contains("helpful"), "likes are not dislike reasons");
-    assert!(!text.contains("script") && !text.contains("example.com"));
+    assert!(
+        !text.contains(r#"reason="helpful""#),
+        "likes are not dislike reasons"
+    );
+    assert!(!text.contains("example.com"), "comments are not labels");
+    assert!(
+        !text.contains(r#"reason="_other""#),
+        "no tag is past the cap:\n{text}"
+    );
+    let (ok, msg) = common::promtool(&text);
+    assert!(ok, "promtool check metrics: {msg}\n{text}");
 
-    // Hostile values: 400 naming the field, nothing published.
+    // The report: the tag in the reasons table, escaped like every user text.
+    let out = likerate_command(
+        &["report", "--since", "1d", "--format", "html"],
+        &world.kafka,
+        &world.db.url(),
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let html = String::from_utf8(out.stdout).unwrap();
+    let escaped =
+        "Not helpful: &lt;script&gt;alert(&quot;错误&quot;)&lt;/script&gt; &#39;Falsch&#39;";
+    assert!(
+        html.contains(&format!("<td>{escaped}</td><td>2</td>")),
+        "{html}"
+    );
+    assert!(!html.contains("<script"), "{html}");
+
+    // What the contract refuses: 400 naming the field, nothing published.
     let long_comment = "x".repeat(4001);
-    let long_tag = "r".repeat(65);
+    let long_tag = "错".repeat(65);
     for (reason, comment, code, field) in [
-        (
-            json!("x\"} 1\n# EOF"),
-            json!(null),
-            "invalid_reason",
-            "reason",
-        ),
-        (json!("<script>"), json!(null), "invalid_reason", "reason"),
-        (
-            json!("not helpful"),
-            json!(null),
-            "invalid_reason",
-            "reason",
-        ),
-        (json!("tab\there"), json!(null), "invalid_reason", "reason"),
+        (json!("a\u{0}b"), json!(null), "nul_character", "reason"),
         (json!(long_tag), json!(null), "out_of_range", "reason"),
         (json!(["wrong"]), json!(null), "invalid_type", "reason"),
         (
@@ -355,7 +408,7 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
 
     // The same values straight on the topic: dead letters with the reason code, nothing
     // stored, nothing on /metrics.
-    let raw: Vec<(String, Vec<u8>)> = ["x\"} 1\n# EOF", "<script>", "a b", &"r".repeat(65)]
+    let raw: Vec<(String, Vec<u8>)> = ["x\u{0}\"} 1\n# EOF", &"r".repeat(65), &" ".repeat(65)]
         .iter()
         .map(|r| {
             let mut e = Ev::new("Math", -1, None).json();
@@ -370,30 +423,28 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
         .map(|(h, _)| h.get("likerate-error").cloned().unwrap_or_default())
         .collect();
     codes.sort();
-    assert_eq!(
-        codes,
-        [
-            "invalid_reason",
-            "invalid_reason",
-            "invalid_reason",
-            "out_of_range"
-        ]
-    );
+    assert_eq!(codes, ["nul_character", "out_of_range", "out_of_range"]);
     let text = metrics_with(
         &app,
-        r#"likerate_dead_letters_total{reason="invalid_reason"}"#,
-        3.0,
+        r#"likerate_dead_letters_total{reason="out_of_range"}"#,
+        2.0,
     )
     .await;
-    assert!(
-        !text.contains("# EOF") && !text.contains("script"),
-        "{text}"
-    );
+    assert!(!text.lines().any(|l| l.starts_with("# EOF")), "{text}");
     let dislike_series = text
         .lines()
         .filter(|l| l.starts_with("likerate_dislike_reasons_total{"))
         .count();
-    assert_eq!(dislike_series, 6, "no series for refused tags:\n{text}");
+    let stored_series: std::collections::BTreeSet<(&str, Option<String>)> = events
+        .iter()
+        .filter(|e| e.rating == -1)
+        .map(|e| (e.subject, tag(e)))
+        .collect();
+    assert_eq!(
+        dislike_series,
+        stored_series.len(),
+        "no series for refused tags:\n{text}"
+    );
     assert_eq!(world.count().await, n);
     let (ok, msg) = common::promtool(&text);
     assert!(ok, "promtool check metrics: {msg}\n{text}");
