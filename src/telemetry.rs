@@ -13,8 +13,9 @@
 //!   [`MAX_LABEL_CHARS`] characters; a user value spelled like a reserved one (`_all`,
 //!   `_other`) is `_other`. The `reason` tag of a vote (`likerate_dislike_reasons_total`) is any
 //!   text of at most 64 characters: it passes the same rule with a cap of its own,
-//!   [`MAX_REASON_LABELS`] values, and a tag that starts with `_` gets one more in front
-//!   ([`reason_value`]), so no user's tag reads as `_other` or `_none`. Partition numbers, outcomes, dead-letter reasons and windows are
+//!   [`MAX_REASON_LABELS`] values ranked by their dislikes ([`Metrics::rank_reasons`]), and a
+//!   tag that starts with `_` gets one more in front ([`reason_value`]), so no user's tag reads
+//!   as `_other` or `_none`. Partition numbers, outcomes, dead-letter reasons and windows are
 //!   bounded sets.
 //! - Series that describe the present (the window gauges, the alert state, the consumer lag)
 //!   are replaced as a whole at each refresh, so a subject or partition that is gone leaves no
@@ -438,6 +439,18 @@ impl Metrics {
         &self.inner.models
     }
 
+    /// Ranks the reason tags by their dislikes of the last 24 hours: the reason label's cap
+    /// keeps the busiest ([`LabelCap::rank`]).
+    pub fn rank_reasons<'a>(&self, dislikes: impl IntoIterator<Item = (&'a str, i64)>) {
+        let values: Vec<(Cow<'a, str>, i64)> = dislikes
+            .into_iter()
+            .map(|(reason, n)| (reason_value(reason), n))
+            .collect();
+        self.inner
+            .reasons
+            .rank(values.iter().map(|(v, n)| (v.as_ref(), *n)));
+    }
+
     /// The label value of a subject under the cap (see [`LabelCap::label`]).
     pub fn subject_label(&self, subject: &str) -> String {
         self.inner.subjects.label(subject)
@@ -648,6 +661,36 @@ mod tests {
         }
         assert_eq!(series("_other"), None, "no tag is past the cap:\n{text}");
         assert!(!text.lines().any(|l| l.starts_with("# EOF")));
+    }
+
+    #[test]
+    fn reason_labels_are_ranked_by_dislikes() {
+        let m = Metrics::new(10);
+        for i in 0..MAX_REASON_LABELS - 1 {
+            m.dislike_reason("Math", Some(&format!("tag-{i:02}")), 1);
+        }
+        // The places are taken: a busy tag that comes late is counted under `_other`...
+        m.dislike_reason("Math", Some("_Not helpful"), 40);
+        let text = m.render();
+        assert!(
+            text.contains(r#"{subject="Math",reason="_other"} 40"#),
+            "{text}"
+        );
+        // ... until the ranking names it in place of the quietest: 33 tags in the day (one
+        // this instance never stored), 31 keep their name; ties go to the named, then by name.
+        let mut day: Vec<(String, i64)> = (0..MAX_REASON_LABELS)
+            .map(|i| (format!("tag-{i:02}"), 1))
+            .collect();
+        day.push(("_Not helpful".to_owned(), 40));
+        m.rank_reasons(day.iter().map(|(r, n)| (r.as_str(), *n)));
+        m.dislike_reason("Math", Some("_Not helpful"), 1);
+        m.dislike_reason("Math", Some("tag-30"), 1);
+        m.dislike_reason("Math", Some("tag-29"), 1);
+        let text = m.render();
+        for (reason, n) in [("__Not helpful", 1), ("_other", 41), ("tag-29", 2)] {
+            let series = format!(r#"{{subject="Math",reason="{reason}"}} {n}"#);
+            assert!(text.contains(&series), "{series}:\n{text}");
+        }
     }
 
     #[test]

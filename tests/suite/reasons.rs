@@ -525,6 +525,92 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
     assert_eq!(counts_of(&got), want, "{got:#}");
 }
 
+/// Posts `events` and waits until the table holds `stored` more rows.
+async fn post_stored(app: &TestApp, world: &World, events: Vec<Value>, stored: &mut i64) {
+    *stored += events.len() as i64;
+    let (status, answer) = post(app, &Value::Array(events)).await;
+    assert_eq!(status, 202, "{answer}");
+    world
+        .db
+        .wait_for_rows(*stored, Duration::from_secs(60))
+        .await;
+}
+
+/// The reason label's 32 places (`_other` included) go to the tags with the most dislikes of
+/// the last day, re-ranked while likerate runs: a busy tag that came after the places were
+/// taken gets one, in place of the quietest named tag. Until migration 0008 the first 31 tags
+/// seen kept their places for the process's life.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reason_label_goes_to_the_busiest_tags_of_the_day() {
+    let world = World::new().await;
+    let app = TestApp::spawn(&world.kafka, &world.db.url(), RunArgs::default(), None).await;
+    let dislike = |reason: &str| {
+        let mut e = Ev::new("Math", -1, None).json();
+        e["reason"] = json!(reason);
+        e
+    };
+    let series = |reason: &str| {
+        format!(r#"likerate_dislike_reasons_total{{subject="Math",reason="{reason}"}}"#)
+    };
+    let count =
+        |text: &str, reason: &str| common::series_value(text, &series(reason)).unwrap_or(0.0);
+    let mut stored = 0;
+
+    // 31 quiet tags take the 31 free places (the 32nd is `_other`'s).
+    let quiet: Vec<String> = (0..32).map(|i| format!("tag-{i:02}")).collect();
+    let first: Vec<Value> = quiet[..31].iter().map(|t| dislike(t)).collect();
+    post_stored(&app, &world, first, &mut stored).await;
+    let text = metrics_with(&app, &series("tag-30"), 1.0).await;
+    for t in &quiet[..31] {
+        assert_eq!(count(&text, t), 1.0, "{t}:\n{text}");
+    }
+    // A 32nd quiet tag and a busy one find no place.
+    let busy = "Nicht hilfreich 👎";
+    let mut late = vec![dislike(&quiet[31])];
+    late.extend((0..5).map(|_| dislike(busy)));
+    post_stored(&app, &world, late, &mut stored).await;
+    let text = metrics_with(&app, &series("_other"), 6.0).await;
+    assert_eq!(count(&text, busy), 0.0, "{text}");
+
+    // The next ranking (at most a minute later) names the busy tag: a dislike stored after it
+    // is counted under its own name. Probe with one dislike at a time until then.
+    let deadline = Instant::now() + Duration::from_secs(100);
+    let mut other = 6.0;
+    loop {
+        post_stored(&app, &world, vec![dislike(busy)], &mut stored).await;
+        let text = loop {
+            let text = app.metrics().await.unwrap();
+            if count(&text, "_other") + count(&text, busy) == other + 1.0 {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the probe is never counted:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if count(&text, busy) == 1.0 {
+            break;
+        }
+        other += 1.0;
+        assert!(
+            Instant::now() < deadline,
+            "the busy tag never got a place:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    // 33 tags in the day: the busy one and 30 quiet ones keep a place. Ties among the quiet
+    // go to those already named, then by name: tag-30 (named, last) gives its place up, tag-31
+    // never had one.
+    let again = vec![dislike(&quiet[0]), dislike(&quiet[30]), dislike(&quiet[31])];
+    post_stored(&app, &world, again, &mut stored).await;
+    let text = metrics_with(&app, &series("_other"), other + 2.0).await;
+    assert_eq!(count(&text, &quiet[0]), 2.0, "{text}");
+    assert_eq!(count(&text, &quiet[30]), 1.0, "frozen once out:\n{text}");
+    let (ok, msg) = common::promtool(&text);
+    assert!(ok, "promtool check metrics: {msg}\n{text}");
+}
+
 /// The demo's traffic (deploy/local/demo.sh's flags, `likerate produce`'s generator) through the
 /// pipeline: the DPO export has pairs, most Math dislikes with a reason say `wrong`, and the
 /// comments are stored.
