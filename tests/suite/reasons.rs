@@ -113,8 +113,9 @@ async fn metrics_with(app: &TestApp, series: &str, value: f64) -> String {
 }
 
 /// The reasons answer the events should give: per tag (likes, dislikes, neutral, with
-/// comment), counting only the current vote of each `vote_id`.
-fn expected(current: &[&Ev]) -> Value {
+/// comment), counting only the current vote of each `vote_id`; the first `limit` tags, the
+/// rest summed in `other`.
+fn expected_top(current: &[&Ev], limit: usize) -> Value {
     let mut by: std::collections::BTreeMap<String, [i64; 4]> = Default::default();
     let (mut likes, mut dislikes, mut neutral, mut commented) = (0, 0, 0, 0);
     for e in current {
@@ -162,12 +163,32 @@ fn expected(current: &[&Ev]) -> Value {
             .cmp(&key(b))
             .then_with(|| a["reason"].as_str().cmp(&b["reason"].as_str()))
     });
+    let with_reason = reasons
+        .iter()
+        .map(|r| r["dislikes"].as_i64().unwrap())
+        .sum::<i64>();
+    let rest = reasons.split_off(limit.min(reasons.len()));
+    let sum = |field: &str| rest.iter().map(|r| r[field].as_i64().unwrap()).sum::<i64>();
+    let other_dislikes = sum("dislikes");
+    let other = json!({
+        "reasons": rest.len(), "likes": sum("likes"), "dislikes": other_dislikes,
+        "neutral": sum("neutral"), "total": sum("total"), "with_comment": sum("with_comment"),
+        "dislike_percentage": if dislikes == 0 { 0.0 } else {
+            (other_dislikes as f64 * 1000.0 / dislikes as f64).round() / 10.0
+        },
+    });
     json!({
         "likes": likes, "dislikes": dislikes, "neutral": neutral,
-        "dislikes_with_reason": reasons.iter().map(|r| r["dislikes"].as_i64().unwrap()).sum::<i64>(),
+        "dislikes_with_reason": with_reason,
         "dislikes_with_comment": commented,
         "reasons": reasons,
+        "other": other,
     })
+}
+
+/// [`expected_top`] with the route's default limit (20).
+fn expected(current: &[&Ev]) -> Value {
+    expected_top(current, 20)
 }
 
 fn counts_of(answer: &Value) -> Value {
@@ -176,6 +197,7 @@ fn counts_of(answer: &Value) -> Value {
         "dislikes_with_reason": answer["dislikes_with_reason"],
         "dislikes_with_comment": answer["dislikes_with_comment"],
         "reasons": answer["reasons"],
+        "other": answer["other"],
     })
 }
 
@@ -271,6 +293,23 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
             .any(|r| r["reason"] == HOSTILE_REASON.trim() && r["dislikes"] == 2),
         "{got:#}"
     );
+    assert_eq!(got["limit"], 20);
+    // The first tags only, the rest summed: still the same totals.
+    let top = get(&app, "/api/feedback/reasons?limit=2").await;
+    assert_eq!(counts_of(&top), expected_top(&current, 2), "{top:#}");
+    assert_eq!(top["reasons"].as_array().unwrap().len(), 2);
+    assert!(top["other"]["reasons"].as_i64().unwrap() > 5, "{top:#}");
+    for bad in ["0", "501", "x", "-1"] {
+        let r = reqwest::get(app.url(&format!("/api/feedback/reasons?limit={bad}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "limit={bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().starts_with("limit"),
+            "{body}"
+        );
+    }
     let stats = get(&app, "/api/feedback/stats").await;
     assert_eq!(stats["dislikes"], got["dislikes"]);
     assert_eq!(stats["likes"], got["likes"]);
