@@ -715,6 +715,56 @@ async fn demo_traffic_feeds_the_dpo_export_and_the_reasons() {
         );
     }
 
+    // KTO has both signals.
+    let kto = reqwest::Client::new()
+        .get(app.url("/api/feedback/training-data?format=kto"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels: Vec<bool> = kto
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["label"]
+                .as_bool()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        labels.contains(&true) && labels.contains(&false),
+        "{} KTO rows",
+        labels.len()
+    );
+    // The patterns are not empty: Math's weak topic (probability) stands out in its dislikes.
+    let patterns: Value = reqwest::Client::new()
+        .get(app.url("/api/feedback/dislike-patterns?subject_id=Math&limit=10"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let probability = [
+        "probability",
+        "dice",
+        "coin",
+        "bayes",
+        "conditional",
+        "expectation",
+    ];
+    let terms = patterns["subjects"][0]["terms"].as_array().unwrap();
+    assert!(
+        terms.iter().any(|t| {
+            let term = t["term"].as_str().unwrap();
+            t["z"].as_f64().unwrap() >= 1.96 && term.split(' ').any(|w| probability.contains(&w))
+        }),
+        "{patterns:#}"
+    );
+
     let math = get(&app, "/api/feedback/reasons?subject_id=Math").await;
     assert!(math["dislikes_with_reason"].as_i64().unwrap() > 0, "{math}");
     assert_eq!(math["reasons"][0]["reason"], "wrong", "{math:#}");
