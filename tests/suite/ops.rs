@@ -314,6 +314,82 @@ async fn dlq_replay_after_the_fix_stores_each_record_once() {
     p.kill9();
 }
 
+/// The upgrade path of migration 0008: votes that the old `[a-z0-9_-]` reason grammar
+/// dead-lettered as `invalid_reason` (records as an earlier release wrote them to the
+/// dead-letter topic) are valid now, and `dlq replay --reason invalid_reason` stores them with
+/// their reason as given; a dead letter of another reason stays where it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn votes_the_old_reason_grammar_refused_come_back_with_dlq_replay() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let env = Env::new().await;
+    let now = Utc::now();
+    let refused = [
+        Ev::new("Math", -1, now).reason("Not helpful"),
+        Ev::new("Math", -1, now).reason("falsch – 错误"),
+    ];
+    let other = Ev::new("Math", 2, now);
+    let producer: FutureProducer = likerate::kafka::producer_config(&env.kafka)
+        .create()
+        .unwrap();
+    for (i, (e, code)) in refused
+        .iter()
+        .map(|e| (e, "invalid_reason"))
+        .chain([(&other, "out_of_range")])
+        .enumerate()
+    {
+        let (key, payload) = e.record();
+        let offset = (17 + i).to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "likerate-error",
+                value: Some(code),
+            })
+            .insert(Header {
+                key: "likerate-source-topic",
+                value: Some(env.kafka.topic.as_str()),
+            })
+            .insert(Header {
+                key: "likerate-source-partition",
+                value: Some("0"),
+            })
+            .insert(Header {
+                key: "likerate-source-offset",
+                value: Some(offset.as_str()),
+            });
+        producer
+            .send(
+                FutureRecord::to(&env.kafka.dlq_topic)
+                    .key(key.as_bytes())
+                    .payload(&payload)
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let p = env.spawn(&[]);
+    let out = env.ok(&["dlq", "replay", "--reason", "invalid_reason"], &[]);
+    assert!(out.contains("sent 2 "), "{out}");
+    env.wait_for_rows(2, Duration::from_secs(60)).await;
+    let ids: Vec<Uuid> = refused.iter().map(|e| e.id).collect();
+    let stored: Vec<String> = env
+        .client()
+        .await
+        .query(
+            "SELECT reason FROM feedback WHERE event_id = ANY($1) ORDER BY reason COLLATE \"C\"",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, ["Not helpful", "falsch – 错误"]);
+    p.kill9();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn erase_removes_rows_and_corrects_the_aggregates() {
     let env = Env::new().await;
