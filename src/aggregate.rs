@@ -8,7 +8,9 @@
 //!   start within it, re-read every [`REFRESH`], so a stream that goes quiet ages out.
 //! - The `subject` label is capped by the one rule of [`crate::telemetry::LabelCap`], ranked
 //!   here at every refresh from the 24h window: subjects past the cap are summed into
-//!   `_other`; models likewise.
+//!   `_other`; models likewise. The `reason` label's cap is ranked by the same rule from the
+//!   dislikes of the last 24 hours, every [`REASON_RANKING`] ([`rank_reasons`]): reasons are not
+//!   in the rollups, so that is a read of the rows.
 //! - Each snapshot is published on a `watch` channel ([`Snapshots`]): the alert
 //!   ([`crate::alert::run`]) evaluates the same numbers the gauges show, over the same capped
 //!   groups, and a reader never holds up the refresh.
@@ -25,6 +27,23 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the windows are re-read (the gauges are at most this old, plus a query).
 pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// How often the `reason` label is re-ranked. Its read goes over the last day's dislikes that
+/// carry a reason (an index of their own, migration 0008) instead of the rollups, and which
+/// tags a front end's users pick moves over hours, so once a minute (the first at start) is
+/// plenty.
+pub const REASON_RANKING: Duration = Duration::from_secs(60);
+
+/// The stored dislikes per reason since `$1`, the busiest `$2` (enough for the cap's rule,
+/// which only needs to know whether more values than its places exist; ties at the cut go by
+/// tag, so the answer is bounded however many distinct tags the day had).
+const DISLIKES_BY_REASON: &str = "
+SELECT reason::text, count(*)::int8 AS n
+FROM feedback
+WHERE rating = -1 AND reason IS NOT NULL AND created_at >= $1
+GROUP BY reason
+ORDER BY n DESC, reason COLLATE \"C\"
+LIMIT $2";
 
 /// The exported windows.
 pub const WINDOWS: [(&str, i64); 4] = [("5m", 300), ("15m", 900), ("1h", 3600), ("24h", 86_400)];
@@ -142,8 +161,23 @@ pub fn export(metrics: &Metrics, snap: &Snapshot) {
     });
 }
 
+/// Ranks the `reason` label's cap by the stored dislikes of the last 24 hours (the counter
+/// counts stored dislikes too).
+pub async fn rank_reasons(pool: &Pool, metrics: &Metrics) -> Result<(), crate::db::DbError> {
+    let client = pool.get().await?;
+    let since = Utc::now() - chrono::Duration::hours(24);
+    let places = telemetry::MAX_REASON_LABELS as i64 + 1;
+    let statement = client.prepare_cached(DISLIKES_BY_REASON).await?;
+    let rows = client.query(&statement, &[&since, &places]).await?;
+    metrics.rank_reasons(
+        rows.iter()
+            .map(|r| (r.get::<_, &str>(0), r.get::<_, i64>(1))),
+    );
+    Ok(())
+}
+
 /// Refreshes the gauges every [`REFRESH`] and publishes each snapshot on `publish`, until
-/// shutdown.
+/// shutdown; re-ranks the reason label every [`REASON_RANKING`].
 pub async fn run(
     pool: Pool,
     metrics: Metrics,
@@ -152,10 +186,19 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reasons_ranked: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if reasons_ranked.is_none_or(|at| at.elapsed() >= REASON_RANKING) {
+            // A failure keeps the names the cap has, and is tried again at the next refresh;
+            // the windows below say whether the database is the cause.
+            match rank_reasons(&pool, &metrics).await {
+                Ok(()) => reasons_ranked = Some(tokio::time::Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "reason label ranking failed"),
+            }
         }
         match snapshot(&pool).await {
             Ok(snap) => {

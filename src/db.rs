@@ -267,6 +267,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "reasons",
         include_str!("../schemas/migrations/0007_reasons.sql"),
     ),
+    (
+        8,
+        "free_text_reasons",
+        include_str!("../schemas/migrations/0008_free_text_reasons.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.

@@ -46,7 +46,10 @@ pub enum Reason {
     InvalidTimestamp,
     InvalidEventId,
     NulCharacter,
-    /// `reason` is not a tag (see [`crate::event::ReasonTag`]).
+    /// `reason` outside the tag grammar of releases before migration 0008 (which accepted only
+    /// `[a-z0-9_-]`). No longer given: any text of at most 64 characters is a reason now. The
+    /// code stays so that `likerate dlq replay --reason invalid_reason` can bring back the votes
+    /// that the old grammar dead-lettered.
     InvalidReason,
     /// PostgreSQL refused the row as data although it passed decoding (set by the sink).
     DbRejected,
@@ -379,7 +382,6 @@ fn text_error(field: &str, err: TextError) -> DecodeError {
     let reason = match err {
         TextError::Nul => Reason::NulCharacter,
         TextError::Empty | TextError::TooLong { .. } => Reason::OutOfRange,
-        TextError::NotATag { .. } => Reason::InvalidReason,
     };
     DecodeError::new(reason, format!("{field} {err}"))
 }
@@ -391,11 +393,12 @@ fn label(field: &str, raw: Option<&RawValue>) -> Result<Option<Label>, DecodeErr
 }
 
 /// An optional string field where the empty string means absent, like `null`: front ends
-/// send `""` for "none given" as often as they leave the field out.
+/// send `""` for "none given" as often as they leave the field out. `parse` may find more
+/// values that mean absent (a reason of white space only).
 fn non_empty<T>(
     field: &str,
     raw: Option<&RawValue>,
-    parse: impl FnOnce(&str) -> Result<T, TextError>,
+    parse: impl FnOnce(&str) -> Result<Option<T>, TextError>,
 ) -> Result<Option<T>, DecodeError> {
     let Some(raw) = optional(raw) else {
         return Ok(None);
@@ -404,7 +407,7 @@ fn non_empty<T>(
     if text.is_empty() {
         return Ok(None);
     }
-    parse(&text).map(Some).map_err(|e| text_error(field, e))
+    parse(&text).map_err(|e| text_error(field, e))
 }
 
 impl RawFields<'_> {
@@ -482,7 +485,9 @@ impl RawFields<'_> {
             conversation_id: label("conversation_id", self.conversation_id)?,
             vote_id: label("vote_id", self.vote_id)?,
             reason: non_empty("reason", self.reason, ReasonTag::parse)?,
-            comment: non_empty("comment", self.comment, |c: &str| Comment::parse(c))?,
+            comment: non_empty("comment", self.comment, |c: &str| {
+                Comment::parse(c).map(Some)
+            })?,
         })
     }
 }
@@ -610,20 +615,37 @@ mod tests {
             |extra: &str| VALID.replacen("\"rating\":1", &format!("\"rating\":-1,{extra}"), 1);
         let comment = "é".repeat(4000);
         let e = decode(
-            with(&format!(r#""reason":"Wrong","comment":"{comment}""#)).as_bytes(),
+            with(&format!(r#""reason":"wrong","comment":"{comment}""#)).as_bytes(),
             origin(),
         )
         .unwrap();
         assert_eq!(e.reason.unwrap().as_str(), "wrong");
         assert_eq!(e.comment.unwrap().as_str(), comment);
-        let tag = "r".repeat(64);
+        let tag = "R".repeat(64);
         let e = decode(with(&format!(r#""reason":"{tag}""#)).as_bytes(), origin()).unwrap();
         assert_eq!(e.reason.unwrap().as_str(), tag);
-        // Absent, null and empty are all "none given".
+        // Any text the contract allows is a reason, kept as given but for the white space
+        // around it (JSON escapes decoded).
+        for (json, stored) in [
+            (r#""not helpful""#, "not helpful"),
+            (r#""Wrong answer""#, "Wrong answer"),
+            (r#""falsch""#, "falsch"),
+            (r#""错误""#, "错误"),
+            (r#""\u9519\u8bef""#, "错误"),
+            (r#""<script>\"x\"</script>""#, "<script>\"x\"</script>"),
+            (r#""x\"} 1\n# EOF""#, "x\"} 1\n# EOF"),
+            (r#""_other""#, "_other"),
+            (r#""  Not helpful\t""#, "Not helpful"),
+        ] {
+            let e = decode(with(&format!(r#""reason":{json}"#)).as_bytes(), origin()).unwrap();
+            assert_eq!(e.reason.unwrap().as_str(), stored, "{json}");
+        }
+        // Absent, null, empty and (for the reason) white space only are all "none given".
         for none in [
             r#""x":0"#,
             r#""reason":null,"comment":null"#,
             r#""reason":"","comment":"""#,
+            r#""reason":" \t\n""#,
         ] {
             let e = decode(with(none).as_bytes(), origin()).unwrap();
             assert_eq!((e.reason, e.comment), (None, None), "{none}");
@@ -635,7 +657,8 @@ mod tests {
             "<script>alert(\"x\")</script>\nline two"
         );
         let long_comment = format!(r#""comment":"{}""#, "é".repeat(4001));
-        let long_tag = format!(r#""reason":"{}""#, "r".repeat(65));
+        let long_tag = format!(r#""reason":"{}""#, "错".repeat(65));
+        let padded_tag = format!(r#""reason":" {} ""#, "r".repeat(63));
         let cases = [
             (
                 long_comment.as_str(),
@@ -647,19 +670,12 @@ mod tests {
                 Reason::OutOfRange,
                 "reason is 65 characters",
             ),
+            // The limit is on the value as sent, like the JSON Schema's maxLength.
             (
-                r#""reason":"not helpful""#,
-                Reason::InvalidReason,
-                "reason ' '",
+                padded_tag.as_str(),
+                Reason::OutOfRange,
+                "reason is 65 characters",
             ),
-            (r#""reason":"x\"} 1""#, Reason::InvalidReason, "reason '\"'"),
-            (r#""reason":"x\ny""#, Reason::InvalidReason, "reason '\\n'"),
-            (
-                r#""reason":"<script>""#,
-                Reason::InvalidReason,
-                "reason '<'",
-            ),
-            (r#""reason":"_other""#, Reason::InvalidReason, "reason '_'"),
             (
                 r#""reason":"a\u0000""#,
                 Reason::NulCharacter,
@@ -701,6 +717,11 @@ mod tests {
             assert_eq!(err.reason, reason, "{extra}: {err}");
             assert!(err.detail.starts_with(detail), "{extra}: {}", err.detail);
         }
+        // The code of the old grammar's refusals still parses, for `dlq replay --reason`.
+        assert_eq!(
+            Reason::from_code("invalid_reason"),
+            Some(Reason::InvalidReason)
+        );
     }
 
     #[test]

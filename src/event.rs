@@ -3,8 +3,8 @@
 //! Guarantee: a [`FeedbackEvent`] can only be built through [`crate::decode`] (or the synthetic
 //! generator, which goes through the same constructors), so every value that reaches the sink
 //! satisfies docs/contract.md section 2: subject 1..=64 characters, rating in -1..=1, labels at most 128
-//! characters, a `reason` that is a tag of [`ReasonTag`]'s grammar, a `comment` of at most 4,000
-//! characters, no NUL character in any text (PostgreSQL `text` cannot hold one), and a
+//! characters, a `reason` of 1 to 64 characters without surrounding white space ([`ReasonTag`]),
+//! a `comment` of at most 4,000 characters, no NUL character in any text (PostgreSQL `text` cannot hold one), and a
 //! `created_at` no more than [`MAX_FUTURE_SKEW`] ahead of the time the event was received.
 
 use chrono::{DateTime, Duration, Utc};
@@ -66,8 +66,6 @@ pub enum TextError {
     TooLong { len: usize, max: usize },
     #[error("contains a NUL character, which PostgreSQL text cannot store")]
     Nul,
-    #[error("{found:?} is not a tag: a letter or digit, then letters, digits, '_' or '-' (ASCII)")]
-    NotATag { found: char },
 }
 
 fn check_text(value: &str, max_chars: Option<usize>, allow_empty: bool) -> Result<(), TextError> {
@@ -147,32 +145,28 @@ impl Text {
     }
 }
 
-/// Why the user voted as they did (`wrong`, `unhelpful`, `unsafe`, ...): a tag the front end
-/// offers with the thumb, counted per value in the API, the metrics and the report.
+/// Why the user voted as they did: the tag the front end offers with the thumb (`wrong`,
+/// `Not helpful`, `falsch`, `错误`, ...), counted per value in the API, the metrics and the report.
 ///
-/// The grammar: 1 to 64 characters, the first an ASCII letter or digit, the others ASCII
-/// letters, digits, `_` or `-`. ASCII capitals are lower-cased (`Wrong` counts as `wrong`),
-/// the only normalisation; anything else outside the grammar (spaces, punctuation, quotes,
-/// control characters, non-ASCII) is refused, so a tag is always safe as a metric label, in
-/// SQL and in HTML, and the values reserved by the label cap (`_other`, `_all`, `_none`)
-/// cannot be a user's.
+/// The rule is the contract's (a string of at most 64 characters) and the one of every text
+/// field: at most [`ReasonTag::MAX_CHARS`] characters as sent, no NUL. The only normalisation
+/// is that white space around the tag is trimmed, since it cannot be seen in a table or on a
+/// dashboard and would split one tag's count in two; everything else (case, inner spaces,
+/// punctuation, quotes, any script) is kept as given, so the tag reads as the front end wrote
+/// it. A tag that is empty once trimmed is no reason, like `""` and `null`: the vote is kept
+/// and counts without one. A tag is therefore any text, and every output escapes it: the
+/// metric label ([`crate::telemetry`]), the report's HTML and Markdown, JSON; SQL binds it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReasonTag(String);
 
 impl ReasonTag {
     pub const MAX_CHARS: usize = 64;
 
-    pub fn parse(value: &str) -> Result<ReasonTag, TextError> {
-        check_text(value, Some(Self::MAX_CHARS), false)?;
-        if let Some(found) = value
-            .chars()
-            .enumerate()
-            .find(|(i, c)| !(c.is_ascii_alphanumeric() || (*i > 0 && matches!(c, '_' | '-'))))
-            .map(|(_, c)| c)
-        {
-            return Err(TextError::NotATag { found });
-        }
-        Ok(ReasonTag(value.to_ascii_lowercase()))
+    /// The tag of `value`, or `None` when it is empty or white space only.
+    pub fn parse(value: &str) -> Result<Option<ReasonTag>, TextError> {
+        check_text(value, Some(Self::MAX_CHARS), true)?;
+        let tag = value.trim();
+        Ok((!tag.is_empty()).then(|| ReasonTag(tag.to_owned())))
     }
 
     pub fn as_str(&self) -> &str {
@@ -267,35 +261,42 @@ mod tests {
     }
 
     #[test]
-    fn reason_tags_are_short_ascii_tags_lower_cased() {
-        assert_eq!(ReasonTag::parse("wrong").unwrap().as_str(), "wrong");
-        assert_eq!(ReasonTag::parse("Too_Long").unwrap().as_str(), "too_long");
+    fn reason_tags_are_any_text_up_to_64_characters_trimmed() {
+        let tag = |v: &str| ReasonTag::parse(v).map(|t| t.map(|t| t.as_str().to_owned()));
+        for kept in [
+            "wrong",
+            "Not helpful",
+            "Wrong answer",
+            "falsch",
+            "错误",
+            "<script>alert('x')</script>",
+            "x\"} 1\n# EOF",
+            "_other",
+            "tab\there",
+        ] {
+            assert_eq!(tag(kept), Ok(Some(kept.to_owned())), "{kept:?}");
+        }
+        // Surrounding white space (any Unicode white space) is trimmed, inner kept.
         assert_eq!(
-            ReasonTag::parse("off-topic2").unwrap().as_str(),
-            "off-topic2"
+            tag(" \u{a0}Not  helpful\n\u{3000}"),
+            Ok(Some("Not  helpful".to_owned()))
         );
-        assert!(ReasonTag::parse(&"a".repeat(64)).is_ok());
+        // Nothing left once trimmed: no reason.
+        for blank in ["", " ", "\t\n", "\u{3000}"] {
+            assert_eq!(tag(blank), Ok(None), "{blank:?}");
+        }
+        // 64 characters, not bytes, counted as sent.
+        assert_eq!(tag(&"错".repeat(64)), Ok(Some("错".repeat(64))));
         assert_eq!(
-            ReasonTag::parse(&"a".repeat(65)),
+            tag(&"é".repeat(65)),
             Err(TextError::TooLong { len: 65, max: 64 })
         );
-        assert_eq!(ReasonTag::parse(""), Err(TextError::Empty));
-        assert_eq!(ReasonTag::parse("a\0"), Err(TextError::Nul));
-        for (bad, found) in [
-            ("not helpful", ' '),
-            ("_other", '_'),
-            ("-x", '-'),
-            ("x\"} 1", '"'),
-            ("x\ny", '\n'),
-            ("<script>", '<'),
-            ("falsch-é", 'é'),
-        ] {
-            assert_eq!(
-                ReasonTag::parse(bad),
-                Err(TextError::NotATag { found }),
-                "{bad:?}"
-            );
-        }
+        assert_eq!(
+            tag(&format!(" {} ", "a".repeat(63))),
+            Err(TextError::TooLong { len: 65, max: 64 })
+        );
+        assert_eq!(tag("a\0"), Err(TextError::Nul));
+        assert_eq!(tag(" \0 "), Err(TextError::Nul));
     }
 
     #[test]

@@ -11,21 +11,24 @@
 //!   for every metric and for the alert targets: at most `max_subject_labels` distinct subjects
 //!   (and as many models), the rest reported as `_other`; values are at most
 //!   [`MAX_LABEL_CHARS`] characters; a user value spelled like a reserved one (`_all`,
-//!   `_other`) is `_other`. The `reason` tag of a vote (`likerate_dislike_reasons_total`) has a
-//!   cap of its own, [`MAX_REASON_LABELS`] values named first come, first served (tags are a
-//!   front end's short fixed list; the decoder lets only `[a-z0-9_-]` through). Partition
-//!   numbers, outcomes, dead-letter reasons and windows are bounded sets.
+//!   `_other`) is `_other`. The `reason` tag of a vote (`likerate_dislike_reasons_total`) is any
+//!   text of at most 64 characters: it passes the same rule with a cap of its own,
+//!   [`MAX_REASON_LABELS`] values ranked by their dislikes ([`Metrics::rank_reasons`]), and a
+//!   tag that starts with `_` gets one more in front ([`reason_value`]), so no user's tag reads
+//!   as `_other` or `_none`. Partition numbers, outcomes, dead-letter reasons and windows are
+//!   bounded sets.
 //! - Series that describe the present (the window gauges, the alert state, the consumer lag)
 //!   are replaced as a whole at each refresh, so a subject or partition that is gone leaves no
 //!   stale series behind.
-//! - Logs never carry user text (questions, answers): only ids, counts and error codes; labels
-//!   a user chose (subjects, models) are logged with `?` (escaped, quoted).
+//! - Logs never carry user text (questions, answers, comments, reasons): only ids, counts and
+//!   error codes; labels a user chose (subjects, models) are logged with `?` (escaped, quoted).
 
 use crate::event::Rating;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 
@@ -38,8 +41,8 @@ pub const MAX_LABEL_CHARS: usize = 128;
 /// Label value of the dislikes that came without a reason.
 pub const NO_REASON: &str = "_none";
 /// Distinct `reason` label values, `_other` included (with `_none` on top). A front end offers
-/// a handful of tags; 32 leaves room for several front ends and versions while bounding the
-/// series at 33 per subject.
+/// a handful of tags; 32 leaves room for several front ends, versions and languages while
+/// bounding the series at 33 per subject.
 pub const MAX_REASON_LABELS: usize = 32;
 
 pub const EVENTS: &str = "likerate_events_total";
@@ -324,7 +327,7 @@ impl Metrics {
     pub fn dislike_reason(&self, subject: &str, reason: Option<&str>, n: u64) {
         let subject = self.subject_label(subject);
         let reason = match reason {
-            Some(r) => self.inner.reasons.label(r),
+            Some(r) => self.inner.reasons.label(&reason_value(r)),
             None => NO_REASON.to_owned(),
         };
         self.counter(
@@ -436,9 +439,34 @@ impl Metrics {
         &self.inner.models
     }
 
+    /// Ranks the reason tags by their dislikes of the last 24 hours: the reason label's cap
+    /// keeps the busiest ([`LabelCap::rank`]).
+    pub fn rank_reasons<'a>(&self, dislikes: impl IntoIterator<Item = (&'a str, i64)>) {
+        let values: Vec<(Cow<'a, str>, i64)> = dislikes
+            .into_iter()
+            .map(|(reason, n)| (reason_value(reason), n))
+            .collect();
+        self.inner
+            .reasons
+            .rank(values.iter().map(|(v, n)| (v.as_ref(), *n)));
+    }
+
     /// The label value of a subject under the cap (see [`LabelCap::label`]).
     pub fn subject_label(&self, subject: &str) -> String {
         self.inner.subjects.label(subject)
+    }
+}
+
+/// The value a reason tag is known by under the reason label's cap: the tag itself, with one
+/// more `_` in front when it starts with `_`. The values likerate gives the label, `_none` (no
+/// reason) and `_other` (past the cap), start with a single `_` and a letter, so a user's
+/// `_other` (shown `__other`) is never read as either of them; and two tags never share a value
+/// (the mapping is one-to-one).
+fn reason_value(reason: &str) -> Cow<'_, str> {
+    if reason.starts_with('_') {
+        Cow::Owned(format!("_{reason}"))
+    } else {
+        Cow::Borrowed(reason)
     }
 }
 
@@ -594,6 +622,75 @@ mod tests {
         );
         assert!(text.contains(r#"likerate_dislike_reasons_total{subject="Math",reason="_none"} 2"#));
         assert!(text.contains(r#"reason="tag-0"} 1"#));
+    }
+
+    #[test]
+    fn reason_labels_are_escaped_and_never_a_reserved_value() {
+        let m = Metrics::new(10);
+        for reason in [
+            "_other",
+            "_none",
+            "__other",
+            "x\"} 1\n# EOF\\",
+            "Not helpful",
+            "错误",
+            "<script>",
+        ] {
+            m.dislike_reason("Math", Some(reason), 1);
+        }
+        m.dislike_reason("Math", None, 2);
+        let text = m.render();
+        let series = |reason: &str| {
+            let line =
+                format!(r#"likerate_dislike_reasons_total{{subject="Math",reason="{reason}"}} "#);
+            text.lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .map(|v| v.to_owned())
+        };
+        for (label, value) in [
+            ("__other", "1"),
+            ("__none", "1"),
+            ("___other", "1"),
+            (r#"x\"} 1\n# EOF\\"#, "1"),
+            ("Not helpful", "1"),
+            ("错误", "1"),
+            ("<script>", "1"),
+            ("_none", "2"),
+        ] {
+            assert_eq!(series(label).as_deref(), Some(value), "{label}:\n{text}");
+        }
+        assert_eq!(series("_other"), None, "no tag is past the cap:\n{text}");
+        assert!(!text.lines().any(|l| l.starts_with("# EOF")));
+    }
+
+    #[test]
+    fn reason_labels_are_ranked_by_dislikes() {
+        let m = Metrics::new(10);
+        for i in 0..MAX_REASON_LABELS - 1 {
+            m.dislike_reason("Math", Some(&format!("tag-{i:02}")), 1);
+        }
+        // The places are taken: a busy tag that comes late is counted under `_other`...
+        m.dislike_reason("Math", Some("_Not helpful"), 40);
+        let text = m.render();
+        assert!(
+            text.contains(r#"{subject="Math",reason="_other"} 40"#),
+            "{text}"
+        );
+        // ... until the ranking names it in place of the quietest: 33 tags in the day (one
+        // this instance never stored), 31 keep their name; ties go to the named, then by name.
+        let mut day: Vec<(String, i64)> = (0..MAX_REASON_LABELS)
+            .map(|i| (format!("tag-{i:02}"), 1))
+            .collect();
+        day.push(("_Not helpful".to_owned(), 40));
+        m.rank_reasons(day.iter().map(|(r, n)| (r.as_str(), *n)));
+        m.dislike_reason("Math", Some("_Not helpful"), 1);
+        m.dislike_reason("Math", Some("tag-30"), 1);
+        m.dislike_reason("Math", Some("tag-29"), 1);
+        let text = m.render();
+        for (reason, n) in [("__Not helpful", 1), ("_other", 41), ("tag-29", 2)] {
+            let series = format!(r#"{{subject="Math",reason="{reason}"}} {n}"#);
+            assert!(text.contains(&series), "{series}:\n{text}");
+        }
     }
 
     #[test]

@@ -279,7 +279,7 @@ pub async fn build(
         until: Some(until),
         ..Filter::default()
     };
-    let reasons = reasons::read(&client, &in_period).await?;
+    let reasons = reasons::read(&client, &in_period, reasons::DEFAULT_LIMIT).await?;
     let experiments = experiments(&client, ab, since, until).await?;
 
     let problem: BTreeSet<String> = most_dislikes
@@ -940,19 +940,25 @@ fn reasons_section(m: &mut impl Markup, r: &Reasons) {
     if r.reasons.is_empty() {
         return;
     }
-    let rows: Vec<Vec<Cell>> = r
+    let row = |name: String, v: &reasons::ReasonVotes| {
+        vec![
+            Cell::plain(name),
+            Cell::plain(v.dislikes),
+            Cell::plain(format!("{:.1}%", v.dislike_percentage)),
+            Cell::plain(v.with_comment),
+            Cell::plain(v.total),
+        ]
+    };
+    let mut rows: Vec<Vec<Cell>> = r
         .reasons
         .iter()
-        .map(|c| {
-            vec![
-                Cell::plain(m.escape(&c.reason)),
-                Cell::plain(c.dislikes),
-                Cell::plain(format!("{:.1}%", c.dislike_percentage)),
-                Cell::plain(c.with_comment),
-                Cell::plain(c.total),
-            ]
-        })
+        .map(|c| row(m.escape(&c.reason), &c.votes))
         .collect();
+    // The tags past the table's length, summed: likerate's words, so never a user's tag.
+    if r.other.reasons > 0 {
+        let name = format!("({} other reasons)", r.other.reasons);
+        rows.push(row(name, &r.other.votes));
+    }
     m.table(
         &[
             "reason",
@@ -1195,6 +1201,9 @@ mod tests {
         }
     }
 
+    /// A reason tag is any text: markup, quotes and an ampersand must come out escaped.
+    const HOSTILE_REASON: &str = "Wrong <b>\"x\"</b> & 'y'";
+
     fn report() -> Report {
         let since: DateTime<Utc> = "2026-02-01T00:00:00Z".parse().unwrap();
         let until = since + chrono::Duration::days(7);
@@ -1231,7 +1240,7 @@ mod tests {
                 model: String::new(),
                 question: "<script>alert(1)</script>".into(),
                 answer: "x".repeat(600),
-                reason: Some("too_long".into()),
+                reason: Some(HOSTILE_REASON.into()),
                 comment: Some("<img src=x onerror=alert(2)> | *bold*".into()),
             }],
             reasons: Reasons {
@@ -1242,17 +1251,21 @@ mod tests {
                 likes: 3,
                 dislikes: 1,
                 neutral: 0,
+                limit: 20,
                 dislikes_with_reason: 1,
                 dislikes_with_comment: 1,
                 reasons: vec![reasons::ReasonCount {
-                    reason: "too_long".into(),
-                    likes: 0,
-                    dislikes: 1,
-                    neutral: 0,
-                    total: 1,
-                    with_comment: 1,
-                    dislike_percentage: 100.0,
+                    reason: HOSTILE_REASON.into(),
+                    votes: reasons::ReasonVotes {
+                        likes: 0,
+                        dislikes: 1,
+                        neutral: 0,
+                        total: 1,
+                        with_comment: 1,
+                        dislike_percentage: 100.0,
+                    },
                 }],
+                other: reasons::OtherReasons::default(),
             },
             experiments: vec![],
             patterns: Patterns {
@@ -1314,8 +1327,14 @@ mod tests {
         );
         assert!(md.contains("| 2026-02-02 | 4 | 75.0% |"), "{md}");
         assert!(md.contains("Q: \\<script\\>alert(1)\\</script\\>"), "{md}");
-        assert!(md.contains("| too\\_long | 1 | 100.0% | 1 | 1 |"), "{md}");
-        assert!(md.contains("  - Reason: too\\_long"), "{md}");
+        assert!(
+            md.contains(r#"| Wrong \<b\>"x"\</b\> & 'y' | 1 | 100.0% | 1 | 1 |"#),
+            "{md}"
+        );
+        assert!(
+            md.contains(r#"  - Reason: Wrong \<b\>"x"\</b\> & 'y'"#),
+            "{md}"
+        );
         assert!(
             md.contains("  - Comment: \\<img src=x onerror=alert(2)\\> \\| \\*bold\\*"),
             "{md}"
@@ -1335,8 +1354,37 @@ mod tests {
         let html = render_html(&report()).unwrap();
         assert!(!html.contains("<img"), "{html}");
         assert!(html.contains("<b>Comment:</b> &lt;img src=x onerror=alert(2)&gt; | *bold*"));
-        assert!(html.contains("<b>Reason:</b> <code>too_long</code>"));
-        assert!(html.contains("<td>too_long</td><td>1</td><td>100.0%</td><td>1</td><td>1</td>"));
+        let reason = "Wrong &lt;b&gt;&quot;x&quot;&lt;/b&gt; &amp; &#39;y&#39;";
+        assert!(!html.contains("<b>\"x\"</b>"), "{html}");
+        assert!(html.contains(&format!("<b>Reason:</b> <code>{reason}</code>")));
+        assert!(html.contains(&format!(
+            "<td>{reason}</td><td>1</td><td>100.0%</td><td>1</td><td>1</td>"
+        )));
         assert!(html.contains("1 of 1 dislikes carry a reason, 1 a comment"));
+    }
+
+    #[test]
+    fn the_tags_past_the_limit_are_one_row() {
+        let mut r = report();
+        r.reasons.dislikes = 3;
+        r.reasons.dislikes_with_reason = 3;
+        r.reasons.other = reasons::OtherReasons {
+            reasons: 4,
+            votes: reasons::ReasonVotes {
+                likes: 1,
+                dislikes: 2,
+                neutral: 0,
+                total: 3,
+                with_comment: 0,
+                dislike_percentage: 66.7,
+            },
+        };
+        let md = render_markdown(&r);
+        assert!(
+            md.contains("| (4 other reasons) | 2 | 66.7% | 0 | 3 |"),
+            "{md}"
+        );
+        r.reasons.other.reasons = 0;
+        assert!(!render_markdown(&r).contains("other reasons"));
     }
 }

@@ -314,6 +314,82 @@ async fn dlq_replay_after_the_fix_stores_each_record_once() {
     p.kill9();
 }
 
+/// The upgrade path of migration 0008: votes that the old `[a-z0-9_-]` reason grammar
+/// dead-lettered as `invalid_reason` (records as an earlier release wrote them to the
+/// dead-letter topic) are valid now, and `dlq replay --reason invalid_reason` stores them with
+/// their reason as given; a dead letter of another reason stays where it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn votes_the_old_reason_grammar_refused_come_back_with_dlq_replay() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let env = Env::new().await;
+    let now = Utc::now();
+    let refused = [
+        Ev::new("Math", -1, now).reason("Not helpful"),
+        Ev::new("Math", -1, now).reason("falsch – 错误"),
+    ];
+    let other = Ev::new("Math", 2, now);
+    let producer: FutureProducer = likerate::kafka::producer_config(&env.kafka)
+        .create()
+        .unwrap();
+    for (i, (e, code)) in refused
+        .iter()
+        .map(|e| (e, "invalid_reason"))
+        .chain([(&other, "out_of_range")])
+        .enumerate()
+    {
+        let (key, payload) = e.record();
+        let offset = (17 + i).to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "likerate-error",
+                value: Some(code),
+            })
+            .insert(Header {
+                key: "likerate-source-topic",
+                value: Some(env.kafka.topic.as_str()),
+            })
+            .insert(Header {
+                key: "likerate-source-partition",
+                value: Some("0"),
+            })
+            .insert(Header {
+                key: "likerate-source-offset",
+                value: Some(offset.as_str()),
+            });
+        producer
+            .send(
+                FutureRecord::to(&env.kafka.dlq_topic)
+                    .key(key.as_bytes())
+                    .payload(&payload)
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let p = env.spawn(&[]);
+    let out = env.ok(&["dlq", "replay", "--reason", "invalid_reason"], &[]);
+    assert!(out.contains("sent 2 "), "{out}");
+    env.wait_for_rows(2, Duration::from_secs(60)).await;
+    let ids: Vec<Uuid> = refused.iter().map(|e| e.id).collect();
+    let stored: Vec<String> = env
+        .client()
+        .await
+        .query(
+            "SELECT reason FROM feedback WHERE event_id = ANY($1) ORDER BY reason COLLATE \"C\"",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, ["Not helpful", "falsch – 错误"]);
+    p.kill9();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn erase_removes_rows_and_corrects_the_aggregates() {
     let env = Env::new().await;
@@ -674,10 +750,10 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
             .model("m-b")
             .answer(&answer);
         // Reasons and comments on the dislikes: `wrong` three times (one with a hostile
-        // comment), `Too_Long` (stored as `too_long`) with a comment, one without either.
+        // comment), `Too long` (stored as given: a tag is any text) with a comment, one without either.
         e = match i {
             5 | 6 => e.reason("wrong"),
-            8 => e.reason("Too_Long").comment("far too long"),
+            8 => e.reason("Too long").comment("far too long"),
             9 => e
                 .reason("wrong")
                 .comment("<img src=x onerror=alert(1)> bad | *md*"),
@@ -758,11 +834,11 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
         // Reasons: 5 of the 7 dislikes carry one, 2 a comment.
         "5 of 7 dislikes carry a reason, 2 a comment",
         "| wrong | 3 | 42.9% | 1 | 3 |",
-        "| too\\_long | 1 | 14.3% | 1 | 1 |",
+        "| Too long | 1 | 14.3% | 1 | 1 |",
         "| unclear | 1 | 14.3% | 0 | 1 |",
         // Beside the disliked answers.
         "  - Reason: wrong\n  - Comment: \\<img src=x onerror=alert(1)\\> bad \\| \\*md\\*",
-        "  - Reason: too\\_long\n  - Comment: far too long",
+        "  - Reason: Too long\n  - Comment: far too long",
         // The experiment that ran: both arms' figures, not enough votes for a verdict.
         "### tone\\_v2",
         "| A | m-a | 10 | 8 | 80.0% |",
@@ -808,7 +884,7 @@ async fn report_has_the_figures_and_renders_in_a_browser() {
     assert!(html.contains("<td>Physics</td><td>10</td><td>+100%</td>"));
     assert!(!html.contains("<img"), "comments are escaped");
     assert!(html.contains("<b>Comment:</b> &lt;img src=x onerror=alert(1)&gt; bad | *md*"));
-    assert!(html.contains("<b>Reason:</b> <code>too_long</code>"));
+    assert!(html.contains("<b>Reason:</b> <code>Too long</code>"));
     assert!(html.contains("<td>wrong</td><td>3</td><td>42.9%</td><td>1</td><td>3</td>"));
     assert!(html.contains("<h3>tone_v2</h3>"));
     assert!(html.contains("<h2>Like rate per day</h2>"));

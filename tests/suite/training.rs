@@ -614,3 +614,100 @@ async fn dislike_patterns_rank_the_constructed_terms_and_not_the_rare_one() {
     );
     assert!(!series.iter().any(|l| l.contains("zyzzyva")), "{series:?}");
 }
+
+/// Sessions of the test's database, other than the asking one, that run a dislike-pattern read
+/// (`PATTERNS` starts so) and, with `lock_wait`, wait for a lock.
+async fn pattern_reads(db: &tokio_postgres::Client, lock_wait: bool) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
+           AND query LIKE 'WITH docs AS MATERIALIZED%'
+           AND (NOT $1 OR wait_event_type = 'Lock')",
+        &[&lock_wait],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// At most two dislike-pattern reads run at once: a third is answered 429 at once rather than
+/// queued, other routes are not held up, and once the two are done reads are served again.
+/// The two are held open by a real lock, not a hook: a session holds `feedback` in ACCESS
+/// EXCLUSIVE mode (as a migration or a `VACUUM FULL` would), so their reads wait for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_third_dislike_pattern_read_at_once_is_answered_429() {
+    let env = Env::new().await;
+    let p = env.spawn(Some(TOKEN)).await;
+    let built = patterns_corpus();
+    p.post_events(&built.events).await;
+    env.wait_for_rows(built.events.len() as i64).await;
+    let db = env.client().await;
+    // The start-up refresh of the pattern gauges reads without a permit: let it finish, so
+    // that the reads waiting below are the route's (the next refresh is 5 minutes away).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pattern_reads(&db, false).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a pattern read never ends"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    db.batch_execute("BEGIN; LOCK TABLE feedback IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let url = format!("{}/api/feedback/dislike-patterns?limit=5", p.base);
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pattern_reads(&db, true).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two reads never waited on the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let third = p
+        .get("/api/feedback/dislike-patterns?limit=5", Some(TOKEN))
+        .await;
+    assert_eq!(third.status(), 429);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered at once, not queued"
+    );
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["error"], "busy", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("retry later"),
+        "{body}"
+    );
+    // The limit is the route's own: the rollup reads answer meanwhile.
+    let stats = p.get("/api/feedback/stats", None).await;
+    assert_eq!(stats.status(), 200);
+
+    db.batch_execute("COMMIT").await.unwrap();
+    for read in held {
+        let (status, body) = read.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["subjects"][0]["subject_id"], "Math", "{body}");
+    }
+    let after = p
+        .get("/api/feedback/dislike-patterns?limit=5", Some(TOKEN))
+        .await;
+    assert_eq!(after.status(), 200, "the permits are given back");
+}

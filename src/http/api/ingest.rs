@@ -457,12 +457,18 @@ mod tests {
     #[test]
     fn bad_reasons_and_comments_are_refused_naming_the_field() {
         let with = |extra: &str| EVENT.replacen('{', &format!("{{{extra},"), 1);
-        let good = with(r#""reason":"Wrong","comment":"<b>no</b>""#);
-        assert!(prepare("t", good.as_bytes()).is_ok());
+        for good in [
+            r#""reason":"Wrong","comment":"<b>no</b>""#,
+            r#""reason":"Not \"helpful\" <b>","comment":"x""#,
+            r#""reason":"  ""#,
+        ] {
+            assert!(prepare("t", with(good).as_bytes()).is_ok(), "{good}");
+        }
         let long = format!(r#""comment":"{}""#, "x".repeat(4001));
+        let long_reason = format!(r#""reason":"{}""#, "x".repeat(65));
         for (extra, reason, field) in [
-            (r#""reason":"x\"y""#, "invalid_reason", "reason"),
-            (r#""reason":"a b""#, "invalid_reason", "reason"),
+            (long_reason.as_str(), "out_of_range", "reason"),
+            (r#""reason":"a\u0000b""#, "nul_character", "reason"),
             (r#""reason":7"#, "invalid_type", "reason"),
             (long.as_str(), "out_of_range", "comment"),
             (r#""comment":["x"]"#, "invalid_type", "comment"),
