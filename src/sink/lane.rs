@@ -4,7 +4,7 @@
 use super::sql::Conn;
 use super::transaction::{write, Aggregates, Row};
 use super::{SinkError, Written};
-use crate::db::{DbError, Target};
+use crate::db::{self, DbError, Target};
 use crate::dead_letter::{self, DeadLetter};
 use crate::decode::{DecodeError, Reason};
 use crate::event::{Coordinates, FeedbackEvent, Rating};
@@ -163,11 +163,10 @@ impl Lane {
                     }
                 }
             };
-            let error = match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(written)) => return Ok(written),
-                Ok(Err(DbError::Unavailable(e))) => e,
-                Ok(Err(other)) => return Err(other),
-                Err(_) => format!("no answer within {:?}", self.timeout),
+            let error = match db::within(self.timeout, attempt).await {
+                Ok(written) => return Ok(written),
+                Err(DbError::Unavailable(e)) => e,
+                Err(other) => return Err(other),
             };
             // The connection may be mid-transaction or dead: never reuse it.
             self.conn = None;
