@@ -3,7 +3,7 @@
 //! Guarantees:
 //! - Every connection attempt, pool checkout and statement is bounded by the configured
 //!   timeout (`connect_timeout`, pool wait/create/recycle timeouts, `statement_timeout`, and
-//!   on the client side [`within`] for the sink), and TCP
+//!   on the client side [`within`] for the sink and the dead-letter publisher), and TCP
 //!   keepalives find a peer that vanished without closing the connection.
 //! - `sslmode` follows libpq: `disable`, `prefer`, `require` (encrypted, certificate not
 //!   checked), `verify-ca` (certificate checked, host name not), `verify-full` (both);
@@ -289,6 +289,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         7,
         "reasons",
         include_str!("../schemas/migrations/0007_reasons.sql"),
+    ),
+    (
+        8,
+        "dead_letter_publisher",
+        include_str!("../schemas/migrations/0008_dead_letter_publisher.sql"),
     ),
 ];
 

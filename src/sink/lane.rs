@@ -89,7 +89,9 @@ impl Lane {
             offset: c.offset,
         }));
         if !letters.is_empty() {
-            self.with_retry(Work::Letters(&letters))
+            // One id for every attempt at this batch's dead letters: a retry after a commit
+            // whose answer was lost counts what that commit stored (crate::dead_letter).
+            self.with_retry(Work::Letters(&letters, Uuid::new_v4()))
                 .await
                 .map_err(|e| SinkError::Fatal(e.to_string()))?;
         }
@@ -156,9 +158,15 @@ impl Lane {
                             erased: outcome.erased as u64,
                         })
                     }
-                    Work::Letters(letters) => {
-                        dead_letter::record(&mut conn.client, &self.topic, letters, &self.metrics)
-                            .await?;
+                    Work::Letters(letters, batch) => {
+                        dead_letter::record(
+                            &mut conn.client,
+                            &self.topic,
+                            letters,
+                            batch,
+                            &self.metrics,
+                        )
+                        .await?;
                         Ok(Written::default())
                     }
                 }
@@ -203,7 +211,8 @@ fn record_votes(metrics: &Metrics, rows: &[Row<'_>], inserted: &HashSet<Uuid>) {
 #[derive(Clone, Copy)]
 enum Work<'a, 'b> {
     Rows(&'b [Row<'a>]),
-    Letters(&'b [DeadLetter<'a>]),
+    /// With the id of the batch's attempts ([`dead_letter::record`]).
+    Letters(&'b [DeadLetter<'a>], Uuid),
 }
 
 /// A dead letter for an event the database refused. The decoded event is re-encoded as JSON:
