@@ -180,7 +180,7 @@ impl App {
                 self.target.clone(),
                 self.kafka.clone(),
                 self.metrics.clone(),
-                fault.is("dead_letter_sent"),
+                fault.dead_letter(),
                 shutdown.clone(),
             ),
         ));
@@ -294,9 +294,9 @@ fn task_end(r: Result<(), tokio::task::JoinError>) -> String {
 
 /// A test-only fault hook: `LIKERATE_TEST_FAULT=<task>` (`source`, `sink`, `aggregates`,
 /// `alert`, `retention`, `patterns`, `dead_letters` or `http`) makes that task panic two
-/// seconds after start, so the tests can prove each task is supervised; `dead_letter_sent` makes
-/// the process abort after the broker acknowledged dead letters and before the outbox marks them
-/// (crate::dead_letter). Unset in production; any other value names nothing.
+/// seconds after start, so the tests can prove each task is supervised; `dead_letter_sent` and
+/// `dead_letter_stall` are the dead-letter publisher's ([`dead_letter::Fault`]). Unset in
+/// production; any other value names nothing.
 struct Fault(Option<String>);
 
 impl Fault {
@@ -306,6 +306,14 @@ impl Fault {
 
     fn is(&self, point: &str) -> bool {
         self.0.as_deref() == Some(point)
+    }
+
+    fn dead_letter(&self) -> dead_letter::Fault {
+        match self.0.as_deref() {
+            Some("dead_letter_sent") => dead_letter::Fault::CrashAfterCommit,
+            Some("dead_letter_stall") => dead_letter::Fault::StallBeforeSend,
+            _ => dead_letter::Fault::None,
+        }
     }
 
     fn wrap<F: std::future::Future>(

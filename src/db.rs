@@ -2,7 +2,8 @@
 //!
 //! Guarantees:
 //! - Every connection attempt, pool checkout and statement is bounded by the configured
-//!   timeout (`connect_timeout`, pool wait/create/recycle timeouts, `statement_timeout`), and TCP
+//!   timeout (`connect_timeout`, pool wait/create/recycle timeouts, `statement_timeout`, and
+//!   on the client side [`within`] for the sink and the dead-letter publisher), and TCP
 //!   keepalives find a peer that vanished without closing the connection.
 //! - `sslmode` follows libpq: `disable`, `prefer`, `require` (encrypted, certificate not
 //!   checked), `verify-ca` (certificate checked, host name not), `verify-full` (both);
@@ -111,6 +112,12 @@ impl Target {
         self.pg.get_dbname().unwrap_or("postgres")
     }
 
+    /// `LIKERATE_DATABASE_TIMEOUT`: the bound of every call, also on the client side
+    /// ([`within`]).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// One connection whose driver task runs on the runtime; statements time out server side.
     pub async fn connect(&self) -> Result<Client, DbError> {
         let (client, connection) =
@@ -177,6 +184,22 @@ impl Target {
             Err(e) => Err(e),
         }
     }
+}
+
+/// `call` bounded on the client side: no answer within `timeout` (a backend that hangs, a
+/// network that drops packets without closing, which `statement_timeout` cannot see) is
+/// [`DbError::Unavailable`], so the caller drops the connection and retries.
+pub async fn within<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(DbError::Unavailable(format!(
+                "no answer within {timeout:?}"
+            )))
+        })
 }
 
 /// Takes libpq's TLS parameters out of the URL (tokio-postgres knows only part of them) and
@@ -271,6 +294,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         8,
         "free_text_reasons",
         include_str!("../schemas/migrations/0008_free_text_reasons.sql"),
+    ),
+    (
+        9,
+        "dead_letter_publisher",
+        include_str!("../schemas/migrations/0009_dead_letter_publisher.sql"),
     ),
 ];
 

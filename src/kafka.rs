@@ -2,9 +2,11 @@
 //! `likerate produce`.
 //!
 //! Guarantees: likerate's own client properties come first and the user's pass-through
-//! properties (`LIKERATE_KAFKA_OPTION_*`) are applied last, so SASL/TLS and tuning always win.
-//! Producers wait for all in-sync replicas and are idempotent, so a retried send is not
-//! duplicated by the broker.
+//! properties (`LIKERATE_KAFKA_OPTION_*`) are applied last, so SASL/TLS and tuning always win;
+//! the two that exactly-once dead letters rest on are set after them (the dead-letter
+//! producer's `transactional.id`, the dead-letter readers' `isolation.level`). Producers wait
+//! for all in-sync replicas and are idempotent, so a retried send is not duplicated by the
+//! broker.
 
 use crate::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -66,6 +68,29 @@ pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
         .set("message.timeout.ms", "30000")
         .set("compression.type", "lz4");
     finish(c, config)
+}
+
+/// The dead-letter publisher's producer: transactional, with one id per outbox queue
+/// (`crate::dead_letter`), so that a publisher taking over fences the one before it and a send
+/// whose outcome is unknown is aborted, never visible. Where ACLs apply, the principal needs
+/// `Write` and `Describe` on the transactional id.
+pub fn transactional_producer_config(config: &KafkaConfig, transactional_id: &str) -> ClientConfig {
+    let mut c = producer_config(config);
+    c.set("transactional.id", transactional_id);
+    c
+}
+
+/// A reader of the dead-letter topic (the publisher's scan, `likerate dlq replay`): it assigns
+/// partitions itself (the group id is there only because librdkafka refuses an assignment
+/// without one; it never joins it), commits nothing, and reads committed records only: a dead
+/// letter of an aborted transaction was never published.
+pub fn dead_letter_reader_config(config: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = consumer_config(config);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "0")
+        .set("isolation.level", "read_committed");
+    c
 }
 
 /// Creates the feedback and dead-letter topics when they are missing; existing topics are

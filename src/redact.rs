@@ -13,7 +13,10 @@
 //!
 //! `likerate run` builds one [`Redactor`] from the configuration and hands it to the source,
 //! which applies it to every decoded event. Dead letters keep the original bytes of records that
-//! failed decoding (they are not events): the dead-letter topic's Kafka retention bounds them.
+//! failed decoding (they are not events): the dead-letter topic's Kafka retention bounds them
+//! there, and the outbox (`crate::dead_letter`) drops them, with the key and the detail, once
+//! they are published; only a dead letter the topic refused for good keeps them until a person
+//! deals with it.
 
 use crate::config::RedactConfig;
 use crate::event::{Comment, FeedbackEvent, Text};

@@ -62,6 +62,7 @@ pub const BATCH_EVENTS: &str = "likerate_batch_events";
 pub const DB_RETRIES: &str = "likerate_db_retries_total";
 pub const DLQ_PUBLISH_FAILURES: &str = "likerate_dlq_publish_failures_total";
 pub const DEAD_LETTERS_PENDING: &str = "likerate_dead_letters_pending";
+pub const DEAD_LETTERS_REFUSED: &str = "likerate_dead_letters_refused";
 pub const PAUSED_PARTITIONS: &str = "likerate_paused_partitions";
 pub const ASSIGNED_PARTITIONS: &str = "likerate_assigned_partitions";
 pub const AGGREGATE_REFRESH_FAILURES: &str = "likerate_aggregate_refresh_failures_total";
@@ -74,7 +75,7 @@ pub const DISLIKE_PATTERN_Z: &str = "likerate_dislike_pattern_z";
 pub const PATTERN_TERMS: usize = 5;
 
 /// Help texts, by metric.
-const HELP: [(&str, &str); 23] = [
+const HELP: [(&str, &str); 24] = [
     (EVENTS, "Events by outcome"),
     (
         DEAD_LETTERS,
@@ -127,6 +128,10 @@ const HELP: [(&str, &str); 23] = [
     (
         DEAD_LETTERS_PENDING,
         "Dead letters stored in the outbox and not yet in the dead-letter topic",
+    ),
+    (
+        DEAD_LETTERS_REFUSED,
+        "Dead letters the dead-letter topic refused for good (too large, invalid), kept in the outbox for a person",
     ),
     (PAUSED_PARTITIONS, "Partitions paused by back-pressure"),
     (ASSIGNED_PARTITIONS, "Partitions assigned to this instance"),
@@ -275,6 +280,7 @@ impl Metrics {
         m.set_gauge(ASSIGNED_PARTITIONS, 0.0);
         m.set_gauge(PAUSED_PARTITIONS, 0.0);
         m.set_gauge(DEAD_LETTERS_PENDING, 0.0);
+        m.set_gauge(DEAD_LETTERS_REFUSED, 0.0);
         m.alerts_replace(|g| g.set(ALERT_FIRING, &[("subject", ALL)], 0.0));
         m
     }
@@ -353,6 +359,10 @@ impl Metrics {
 
     pub fn dead_letters_pending(&self, n: u64) {
         self.set_gauge(DEAD_LETTERS_PENDING, n as f64);
+    }
+
+    pub fn dead_letters_refused(&self, n: u64) {
+        self.set_gauge(DEAD_LETTERS_REFUSED, n as f64);
     }
 
     pub fn dlq_publish_failures(&self, n: u64) {

@@ -81,7 +81,7 @@ async fn stores_each_event_once_and_replay_changes_nothing() {
     env.wait_for_rows(ids.len() as i64, Duration::from_secs(60))
         .await;
     env.assert_rollups_exact().await;
-    assert_eq!(env.dead_letters(invalid).len(), invalid);
+    assert_eq!(env.dead_letters(invalid).await.len(), invalid);
     // Metrics settle after the last batch's acknowledgement.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stored = p
@@ -158,7 +158,7 @@ async fn kill9_restarts_store_each_event_once() {
     env.assert_stored_exactly(&ids, Duration::from_secs(180))
         .await;
     // Each bad record once: `dead_letters` fails if more than expected arrive.
-    let letters = env.dead_letters(invalid);
+    let letters = env.dead_letters(invalid).await;
     assert_eq!(letters.len(), invalid);
     let origins = common::letter_origins(&letters);
     assert_eq!(origins.len(), invalid, "one dead letter per source offset");
@@ -278,7 +278,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_text_is_stored_byte_exac
             &t[..t.len().min(40)]
         );
     }
-    let letters = env.dead_letters(bad.len());
+    let letters = env.dead_letters(bad.len()).await;
     assert_eq!(letters.len(), bad.len());
     let mut got: Vec<(String, Vec<u8>)> = letters
         .iter()
@@ -338,7 +338,7 @@ async fn a_row_the_database_refuses_is_isolated_from_its_batch() {
     env.send(&records).await;
     let p = env.spawn(None, &[]);
     env.wait_for_rows(40, Duration::from_secs(60)).await;
-    let letters = env.dead_letters(1);
+    let letters = env.dead_letters(1).await;
     assert_eq!(letters[0].0["likerate-error"], "db_rejected");
     assert!(letters[0].0["likerate-error-detail"].contains("no_poison"));
     env.assert_rollups_exact().await;

@@ -214,15 +214,10 @@ async fn send(producer: &FutureProducer, topic: &str, letter: &Letter) -> Result
 /// Every record of the dead-letter topic up to the high watermarks of now.
 pub fn read_all(kafka: &KafkaConfig, timeout: Duration) -> anyhow::Result<Vec<Letter>> {
     let topic = &kafka.dlq_topic;
-    let config = KafkaConfig {
-        group: format!("likerate-dlq-replay-{}", uuid::Uuid::new_v4()),
-        ..kafka.clone()
-    };
-    let mut client = kafka::consumer_config(&config);
-    client
-        .set("enable.auto.commit", "false")
-        .set("statistics.interval.ms", "0");
-    let consumer: BaseConsumer = client.create().context("creating the consumer")?;
+    let group = format!("likerate-dlq-replay-{}", uuid::Uuid::new_v4());
+    let consumer: BaseConsumer = kafka::dead_letter_reader_config(kafka, &group)
+        .create()
+        .context("creating the consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(30))
         .with_context(|| format!("metadata of {topic}"))?;

@@ -4,7 +4,7 @@
 use super::sql::Conn;
 use super::transaction::{write, Aggregates, Row};
 use super::{SinkError, Written};
-use crate::db::{DbError, Target};
+use crate::db::{self, DbError, Target};
 use crate::dead_letter::{self, DeadLetter};
 use crate::decode::{DecodeError, Reason};
 use crate::event::{Coordinates, FeedbackEvent, Rating};
@@ -89,7 +89,9 @@ impl Lane {
             offset: c.offset,
         }));
         if !letters.is_empty() {
-            self.with_retry(Work::Letters(&letters))
+            // One id for every attempt at this batch's dead letters: a retry after a commit
+            // whose answer was lost counts what that commit stored (crate::dead_letter).
+            self.with_retry(Work::Letters(&letters, Uuid::new_v4()))
                 .await
                 .map_err(|e| SinkError::Fatal(e.to_string()))?;
         }
@@ -156,18 +158,23 @@ impl Lane {
                             erased: outcome.erased as u64,
                         })
                     }
-                    Work::Letters(letters) => {
-                        dead_letter::record(&mut conn.client, &self.topic, letters, &self.metrics)
-                            .await?;
+                    Work::Letters(letters, batch) => {
+                        dead_letter::record(
+                            &mut conn.client,
+                            &self.topic,
+                            letters,
+                            batch,
+                            &self.metrics,
+                        )
+                        .await?;
                         Ok(Written::default())
                     }
                 }
             };
-            let error = match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(written)) => return Ok(written),
-                Ok(Err(DbError::Unavailable(e))) => e,
-                Ok(Err(other)) => return Err(other),
-                Err(_) => format!("no answer within {:?}", self.timeout),
+            let error = match db::within(self.timeout, attempt).await {
+                Ok(written) => return Ok(written),
+                Err(DbError::Unavailable(e)) => e,
+                Err(other) => return Err(other),
             };
             // The connection may be mid-transaction or dead: never reuse it.
             self.conn = None;
@@ -204,7 +211,8 @@ fn record_votes(metrics: &Metrics, rows: &[Row<'_>], inserted: &HashSet<Uuid>) {
 #[derive(Clone, Copy)]
 enum Work<'a, 'b> {
     Rows(&'b [Row<'a>]),
-    Letters(&'b [DeadLetter<'a>]),
+    /// With the id of the batch's attempts ([`dead_letter::record`]).
+    Letters(&'b [DeadLetter<'a>], Uuid),
 }
 
 /// A dead letter for an event the database refused. The decoded event is re-encoded as JSON:

@@ -141,6 +141,38 @@ impl Database {
         }
     }
 
+    /// Waits until the dead-letter outbox is drained: at least `expected` rows published and
+    /// none waiting (refused rows are not waiting). Only then does reading the dead-letter topic
+    /// show everything that will ever be there, so that a letter sent twice is seen.
+    pub async fn wait_for_dead_letters_published(&self, expected: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let row = self
+                .client()
+                .await
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE published_at IS NOT NULL),
+                            count(*) FILTER (WHERE published_at IS NULL AND refused_at IS NULL)
+                     FROM feedback_dead_letter",
+                    &[],
+                )
+                .await;
+            let (published, waiting): (i64, i64) = match row {
+                Ok(r) => (r.get(0), r.get(1)),
+                // Not migrated yet: nothing recorded so far.
+                Err(_) => (0, 0),
+            };
+            if published >= expected as i64 && waiting == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dead-letter outbox not drained after {within:?}: {published} of {expected} published, {waiting} waiting"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The rollups equal a recomputation from the stored rows (current votes only), at every
     /// grain, for the minute buckets starting at or after `from` (all when `None`); and every
     /// vote's bookkeeping names its newest stored event.
@@ -377,7 +409,12 @@ impl World {
         self.db.assert_rollups_exact(None).await;
     }
 
-    pub fn dead_letters(&self, expected: usize) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+    /// Every record of the dead-letter topic once the outbox is drained of `expected`
+    /// ([`Database::wait_for_dead_letters_published`]).
+    pub async fn dead_letters(&self, expected: usize) -> Vec<(BTreeMap<String, String>, Vec<u8>)> {
+        self.db
+            .wait_for_dead_letters_published(expected, Duration::from_secs(90))
+            .await;
         dead_letters(&self.kafka, expected)
     }
 }
@@ -654,23 +691,35 @@ impl Likerate {
         drop(self);
     }
 
-    /// kill -9 while one of its sessions is inside a transaction (a batch in flight), waiting
-    /// up to 5 s for one; returns whether one was open when the kill was sent.
+    /// kill -9 while one of its sessions is inside a write transaction (a batch in flight: a
+    /// transaction id is assigned), looking every 10 ms for up to 5 s; returns whether one was
+    /// open when the kill was sent. The dead-letter publisher's session (the holder of its
+    /// advisory lock) does not count: its marks are single statements, not a batch.
     pub async fn kill9_in_flight(self, db: &tokio_postgres::Client) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut open = false;
         while !open && Instant::now() < deadline {
             let n: i64 = db
                 .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND application_name = $1
-                       AND xact_start IS NOT NULL AND state <> 'idle'",
-                    &[&self.application],
+                    "SELECT count(*) FROM pg_stat_activity a
+                     WHERE a.datname = current_database() AND a.application_name = $1
+                       AND a.backend_xid IS NOT NULL AND a.state <> 'idle'
+                       AND NOT EXISTS (
+                         SELECT 1 FROM pg_locks l
+                         WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
+                           AND l.classid = $2::int8::oid AND l.objsubid = 2)",
+                    &[
+                        &self.application,
+                        &i64::from(likerate::dead_letter::PUBLISHER_LOCK),
+                    ],
                 )
                 .await
                 .unwrap()
                 .get(0);
             open = n > 0;
+            if !open {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         self.kill9();
         open
@@ -730,7 +779,9 @@ pub fn letter_origins(
         .collect()
 }
 
-/// Every record of the dead-letter topic: (headers, payload).
+/// Every record of the dead-letter topic, as its readers see it (committed records only):
+/// (headers, payload). Read it once the outbox is drained ([`World::dead_letters`]), or a letter
+/// published twice may arrive after the reading stopped.
 pub fn dead_letters(
     kafka: &KafkaConfig,
     expected: usize,
@@ -740,6 +791,7 @@ pub fn dead_letters(
         .set("group.id", format!("dlq-reader-{}", Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     consumer.subscribe(&[&kafka.dlq_topic]).unwrap();

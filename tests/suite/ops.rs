@@ -91,8 +91,12 @@ impl Env {
             .collect()
     }
 
-    /// Waits for `expected` records on the dead-letter topic; their reason headers, sorted.
-    fn dead_letter_reasons(&self, expected: usize) -> Vec<String> {
+    /// Waits for `expected` records on the dead-letter topic, once the outbox is drained; their
+    /// reason headers, sorted.
+    async fn dead_letter_reasons(&self, expected: usize) -> Vec<String> {
+        self.db
+            .wait_for_dead_letters_published(expected, Duration::from_secs(90))
+            .await;
         let mut out: Vec<String> = dead_letters(&self.kafka, expected)
             .into_iter()
             .map(|(headers, _)| headers.get("likerate-error").cloned().unwrap_or_default())
@@ -242,7 +246,7 @@ async fn dlq_replay_after_the_fix_stores_each_record_once() {
     let p = env.spawn(&[]);
     env.wait_for_rows(40, Duration::from_secs(60)).await;
     assert_eq!(
-        env.dead_letter_reasons(4),
+        env.dead_letter_reasons(4).await,
         ["db_rejected", "db_rejected", "db_rejected", "out_of_range"]
     );
 

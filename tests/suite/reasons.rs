@@ -456,7 +456,7 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
         })
         .collect();
     world.send(&raw).await;
-    let letters = world.dead_letters(raw.len());
+    let letters = world.dead_letters(raw.len()).await;
     let mut codes: Vec<String> = letters
         .iter()
         .map(|(h, _)| h.get("likerate-error").cloned().unwrap_or_default())
