@@ -67,10 +67,24 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is told to wait (`Retry-After`) when the answer is 429 or 503: long enough
+/// for a running read to end or the database to come back, short against a human's patience.
+const RETRY_AFTER_SECS: &str = "5";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": self.error, "detail": self.detail});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 

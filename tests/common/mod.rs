@@ -692,11 +692,13 @@ impl Likerate {
     }
 
     /// kill -9 while one of its sessions is inside a write transaction (a batch in flight: a
-    /// transaction id is assigned), looking every 10 ms for up to 5 s; returns whether one was
+    /// transaction id is assigned), looking every 10 ms for up to 30 s; returns whether one was
     /// open when the kill was sent. The dead-letter publisher's session (the holder of its
-    /// advisory lock) does not count: its marks are single statements, not a batch.
+    /// advisory lock) does not count: its marks are single statements, not a batch. 30 s: an
+    /// instance started after another was killed gets no partition until the group's session
+    /// timeout (10 s) has evicted the dead member and the rebalance is done.
     pub async fn kill9_in_flight(self, db: &tokio_postgres::Client) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut open = false;
         while !open && Instant::now() < deadline {
             let n: i64 = db

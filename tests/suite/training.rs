@@ -686,6 +686,7 @@ async fn a_third_dislike_pattern_read_at_once_is_answered_429() {
         .get("/api/feedback/dislike-patterns?limit=5", Some(TOKEN))
         .await;
     assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["retry-after"], "5");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(5),
         "answered at once, not queued"
