@@ -802,8 +802,8 @@ impl Bench<'_> {
             thousands(r.training_lines as f64 / r.training_s),
             thousands(range_rows as f64 / r.training_s)
         ));
-        // After the exports: compare by conversation (the default unit) reads a row per
-        // conversation of its period into likerate, which would blur the exports' RSS.
+        // After the exports: compare by conversation (the default unit) is the heaviest read of
+        // the database; VmHWM below says whether any read grew likerate's memory.
         say(format!(
             "   read latency: up to {samples} sequential requests per shape (at most {} s each)",
             env_u64("LIKERATE_BENCH_READ_BUDGET", 60)
