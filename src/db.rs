@@ -1,8 +1,8 @@
 //! PostgreSQL plumbing: connections with timeouts and TLS, the read pool, and migrations.
 //!
 //! Guarantees:
-//! - Every connection attempt, pool checkout and statement is bounded by the configured
-//!   timeout (`connect_timeout`, pool wait/create/recycle timeouts, `statement_timeout`, and
+//! - Every connection attempt, pool checkout and statement (but a migration's) is bounded by
+//!   the configured timeout (`connect_timeout`, pool wait/create/recycle timeouts, `statement_timeout`, and
 //!   on the client side [`within`] for the sink and the dead-letter publisher), and TCP
 //!   keepalives find a peer that vanished without closing the connection.
 //! - `sslmode` follows libpq: `disable`, `prefer`, `require` (encrypted, certificate not
@@ -300,6 +300,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "dead_letter_publisher",
         include_str!("../schemas/migrations/0009_dead_letter_publisher.sql"),
     ),
+    (
+        10,
+        "conversation_by_day",
+        include_str!("../schemas/migrations/0010_conversation_by_day.sql"),
+    ),
+    (
+        11,
+        "vote_key",
+        include_str!("../schemas/migrations/0011_vote_key.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.
@@ -308,6 +318,11 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<String>, DbError> {
     // Serialises concurrent migrators; released at commit.
     tx.execute("SELECT pg_advisory_xact_lock(7335327201)", &[])
         .await?;
+    // A migration that rebuilds an index on a large `feedback` takes as long as the table
+    // needs (0010: seconds per million rows), longer than any statement timeout meant for the
+    // pipeline's statements; cut at the timeout it would roll back and fail again at every
+    // start. The lock timeout stays.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS likerate_migrations (
             version integer PRIMARY KEY,

@@ -7,9 +7,9 @@
 //! counts as it is.
 //!
 //! The bookkeeping (invariants of `schemas/migrations/0004_vote_slot.sql`):
-//! - the first stored event of a `vote_id` takes its slot (`vote_slot`, a unique partial
-//!   index, which serialises first votes across writers); a vote id with stored events has
-//!   exactly one slot holder;
+//! - the first stored event of a `vote_id` takes its slot (`vote_slot`; a unique partial
+//!   index on the vote id's key, `schemas/migrations/0011_vote_key.sql`, serialises first
+//!   votes across writers); a vote id with stored events has exactly one slot holder;
 //! - a vote id with more than one stored event has a `feedback_vote` row, its current vote
 //!   (the first re-vote seeds it from the slot holder, [`SEED_VOTES`]); otherwise the slot
 //!   holder is the current vote ([`current_votes!`]);
@@ -52,12 +52,12 @@ pub(crate) use current_votes;
 /// Gives each vote of the rows `$from` (an SQL table expression with the columns of
 /// `feedback`) a `feedback_vote` row from them, unless it has one; in `vote_id` order.
 macro_rules! seed_votes {
-    ($from:literal) => {
+    ($($from:tt)+) => {
         concat!(
             "INSERT INTO feedback_vote (vote_id, event_id, created_at, subject_id, model, rating)
 SELECT s.vote_id, s.event_id, s.created_at, s.subject_id, coalesce(s.model, ''), s.rating
 FROM ",
-            $from,
+            $($from)+,
             "
 ORDER BY s.vote_id
 ON CONFLICT (vote_id) DO NOTHING"
@@ -70,18 +70,32 @@ pub(crate) use seed_votes;
 // prepared statement's generic plan picks a sequential scan (as it did on a table of a few
 // thousand rows), `= ANY` compares every row with every key, 200 ms for 5000 keys here.
 
+/// The slot holder of vote id `k.vote_id` is the row `f` (an SQL condition): found through the
+/// unique index on the slot holders' keys (`schemas/migrations/0011_vote_key.sql`), the vote id
+/// compared as well.
+macro_rules! slot_holder {
+    () => {
+        "likerate_vote_key(f.vote_id) = likerate_vote_key(k.vote_id) AND f.vote_id = k.vote_id
+ AND f.vote_slot"
+    };
+}
+
 /// Which of the vote ids `$1` have a slot holder.
-const HELD_SLOTS: &str = "
+const HELD_SLOTS: &str = concat!(
+    "
 SELECT f.vote_id FROM unnest($1::text[]) AS k(vote_id)
-JOIN feedback f ON f.vote_id = k.vote_id AND f.vote_slot";
+JOIN feedback f ON ",
+    slot_holder!()
+);
 
 /// The vote ids `$1` get a `feedback_vote` row from their slot holder, which is their current
 /// vote until then (and already counted): before the first re-vote is weighed, or before
 /// erasure changes the vote.
-pub const SEED_VOTES: &str = seed_votes!(
-    "(SELECT f.* FROM unnest($1::text[]) AS k(vote_id)
-      JOIN feedback f ON f.vote_id = k.vote_id AND f.vote_slot) s"
-);
+pub const SEED_VOTES: &str = seed_votes!(concat!(
+    "(SELECT f.* FROM unnest($1::text[]) AS k(vote_id) JOIN feedback f ON ",
+    slot_holder!(),
+    ") s"
+));
 
 /// Which of the vote ids `$1` have a `feedback_vote` row. A first vote normally has none, but
 /// retention keeps the row of a vote whose events it deleted: then the new event is weighed
@@ -122,18 +136,23 @@ FROM (SELECT DISTINCT ON (vote_id) vote_id, event_id FROM feedback
       WHERE vote_id = ANY($1::text[]) AND vote_id IS NOT NULL AND NOT vote_slot
       ORDER BY vote_id, created_at DESC, event_id DESC) n
 WHERE f.event_id = n.event_id
-  AND NOT EXISTS (SELECT 1 FROM feedback h WHERE h.vote_id = n.vote_id AND h.vote_slot)";
+  AND NOT EXISTS (SELECT 1 FROM feedback h WHERE likerate_vote_key(h.vote_id) =
+                    likerate_vote_key(n.vote_id) AND h.vote_id = n.vote_id AND h.vote_slot)";
 
-/// The newest remaining event of each vote id `$1`, through the two partial indexes on
-/// `vote_id` that together cover every event with one.
-const NEWEST_REMAINING: &str = "
+/// The newest remaining event of each vote id `$1`: its slot holder and its re-votes, through
+/// the two partial indexes that together cover every event with a `vote_id`.
+const NEWEST_REMAINING: &str = concat!(
+    "
 SELECT DISTINCT ON (vote_id) vote_id, event_id, created_at, subject_id, coalesce(model, ''),
        rating
-FROM (SELECT * FROM feedback WHERE vote_id = ANY($1::text[]) AND vote_slot
+FROM (SELECT f.* FROM unnest($1::text[]) AS k(vote_id) JOIN feedback f ON ",
+    slot_holder!(),
+    "
       UNION ALL
       SELECT * FROM feedback
       WHERE vote_id = ANY($1::text[]) AND vote_id IS NOT NULL AND NOT vote_slot) f
-ORDER BY vote_id, created_at DESC, event_id DESC";
+ORDER BY vote_id, created_at DESC, event_id DESC"
+);
 
 /// The vote statements, prepared on a sink connection.
 pub struct Statements {

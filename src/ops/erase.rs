@@ -19,10 +19,29 @@
 use crate::config::DatabaseConfig;
 use crate::{tombstone, votes};
 use anyhow::bail;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
 use std::collections::HashSet;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
+
+/// The UTC days that hold rows, oldest first: a loose scan of `ix_feedback_created`, one index
+/// descent per day whatever the day holds, so a stray far-off `created_at` costs one more day,
+/// not a walk over the empty ones.
+const STORED_DAYS: &str = "
+WITH RECURSIVE day(d) AS (
+    SELECT (min(created_at) AT TIME ZONE 'UTC')::date FROM feedback
+  UNION ALL
+    SELECT (SELECT (min(f.created_at) AT TIME ZONE 'UTC')::date FROM feedback f
+            WHERE f.created_at >= (day.d + 1)::timestamp AT TIME ZONE 'UTC')
+    FROM day WHERE day.d IS NOT NULL)
+SELECT coalesce(array_agg(d ORDER BY d), '{}') FROM day WHERE d IS NOT NULL";
+
+/// The rows of conversation `$1` on the days `$2`: one descent of
+/// `ix_feedback_conversation_day` per day (schemas/migrations/0010_conversation_by_day.sql; the
+/// day expression is that index's, so the planner can use it).
+const CONVERSATION: &str = "conversation_id = $1
+      AND ((created_at AT TIME ZONE 'UTC')::date) = ANY($2::date[])";
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct EraseArgs {
@@ -85,30 +104,36 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
     let target = crate::db::Target::new(db)?;
     let mut client = target.connect().await?;
     crate::db::migrate(&mut client).await?;
+    // The tombstone's kind and key (crate::tombstone) and the rows it covers.
+    let (kind, text, filter) = match (&args.conversation_id, &args.event_id) {
+        (Some(c), None) => (b'c', c.clone(), CONVERSATION),
+        (None, Some(e)) => (b'e', e.to_string(), "event_id = $1::text::uuid"),
+        _ => bail!("give exactly one of --conversation-id and --event-id"),
+    };
     let tx = client.transaction().await?;
-    let (filter, key): (&str, &(dyn tokio_postgres::types::ToSql + Sync)) =
-        match (&args.conversation_id, &args.event_id) {
-            (Some(c), None) => ("conversation_id = $1", c),
-            (None, Some(e)) => ("event_id = $1", e),
-            _ => bail!("give exactly one of --conversation-id and --event-id"),
-        };
     // No batch interleaves (see crate::tombstone): those in flight commit first, and their
     // rows are erased below with the rest; later ones see the tombstone.
     tx.batch_execute(tombstone::LOCK_EXCLUSIVE).await?;
-    let (kind, text) = match (&args.conversation_id, &args.event_id) {
-        (Some(c), _) => ("c", c.clone()),
-        (None, Some(e)) => ("e", e.to_string()),
-        (None, None) => bail!("give exactly one of --conversation-id and --event-id"),
-    };
-    tx.execute(tombstone::RECORD, &[&(kind.as_bytes()[0] as i8), &text])
+    tx.execute(tombstone::RECORD, &[&(kind as i8), &text])
         .await?;
+    // Taken under the lock, so no batch adds a day before the delete.
+    let days: Vec<NaiveDate> = if kind == b'c' {
+        tx.query_one(STORED_DAYS, &[]).await?.get(0)
+    } else {
+        Vec::new()
+    };
+    let params: Vec<&(dyn ToSql + Sync)> = if kind == b'c' {
+        vec![&text, &days]
+    } else {
+        vec![&text]
+    };
     let touched: Vec<String> = tx
         .query(
             &format!(
                 "SELECT DISTINCT vote_id FROM feedback
                  WHERE {filter} AND vote_id IS NOT NULL ORDER BY 1"
             ),
-            &[key],
+            &params,
         )
         .await?
         .iter()
@@ -122,7 +147,7 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
                 "DELETE FROM feedback WHERE {filter}
                  RETURNING event_id, vote_id, subject_id, coalesce(model, ''), rating, created_at"
             ),
-            &[key],
+            &params,
         )
         .await?;
     let gone: Vec<Gone> = rows
