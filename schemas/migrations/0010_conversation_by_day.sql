@@ -8,8 +8,8 @@
 -- by a loose scan of `ix_feedback_created`; src/ops/erase.rs), milliseconds for years of days.
 --
 -- Built in the migration's transaction: writes to `feedback` wait until it commits (reads go
--- on). docs/operations.md gives the time per million rows.
+-- on). docs/operations.md gives the time per million rows. 0011 drops the old index, after its
+-- own build: `DROP INDEX` locks out reads until the commit.
 CREATE INDEX ix_feedback_conversation_day
     ON feedback (((created_at AT TIME ZONE 'UTC')::date), conversation_id)
     WHERE conversation_id IS NOT NULL;
-DROP INDEX ix_feedback_conversation;

@@ -21,4 +21,8 @@ CREATE FUNCTION likerate_vote_key(vote_id text) RETURNS uuid
 -- Built in the migration's transaction: writes to `feedback` wait until it commits (reads go
 -- on); docs/operations.md gives the time per million rows.
 CREATE UNIQUE INDEX ux_feedback_vote_key ON feedback (likerate_vote_key(vote_id)) WHERE vote_slot;
+
+-- Last, with 0010's old index: a `DROP INDEX` holds a lock that stops reads of `feedback` until
+-- the migrations commit, so nothing is built after it.
 DROP INDEX ux_feedback_vote_slot;
+DROP INDEX ix_feedback_conversation;

@@ -531,6 +531,136 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
     again.kill9();
 }
 
+/// A database of migration 0009 (the unpartitioned `feedback` with random-key indexes on the
+/// conversation and on the vote id's text) that holds rows: `likerate migrate` replaces those
+/// indexes (0010, 0011) and loses or double-counts nothing. Re-votes and a duplicate of the
+/// rows stored before are weighed against them, and erasure finds the old rows of a conversation
+/// on their own days.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_of_0009_with_rows_migrates_and_keeps_every_vote() {
+    let env = Env::new().await;
+    let now = Utc::now() - CDuration::minutes(5);
+    let t = now - CDuration::days(3);
+    let mut before = mixed(120, now);
+    let old = [
+        Ev::new("Math", 1, t).vote("m1").conversation("old-conv"),
+        Ev::new("Physics", -1, t - CDuration::days(40))
+            .vote("m2")
+            .conversation("old-conv"),
+        Ev::new("History", 0, t).vote("m3"),
+    ];
+    before.extend(old.iter().cloned());
+    let stored = before.len() as i64;
+    env.send(&records(&before)).await;
+    let p = env.spawn(&[]);
+    env.wait_for_rows(stored, Duration::from_secs(60)).await;
+    let (status, _) = p.terminate();
+    assert!(status.success(), "exit status {status}");
+    env.assert_rollups_exact(None).await;
+    let totals = env.rollup_totals().await;
+
+    // Back to 0009: its indexes (0003's and 0004's definitions), 0010 and 0011 not applied.
+    let client = env.client().await;
+    client
+        .batch_execute(
+            "DROP INDEX ix_feedback_conversation_day;
+             DROP INDEX ux_feedback_vote_key;
+             DROP FUNCTION likerate_vote_key(text);
+             CREATE INDEX ix_feedback_conversation ON feedback (conversation_id)
+                 WHERE conversation_id IS NOT NULL;
+             CREATE UNIQUE INDEX ux_feedback_vote_slot ON feedback (vote_id) WHERE vote_slot;
+             DELETE FROM likerate_migrations WHERE version > 9;",
+        )
+        .await
+        .unwrap();
+    let out = env.ok(&["migrate"], &[]);
+    assert!(
+        out.contains("0010_conversation_by_day, 0011_vote_key"),
+        "{out}"
+    );
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'feedback'
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        indexes.contains(&"ix_feedback_conversation_day".to_owned())
+            && indexes.contains(&"ux_feedback_vote_key".to_owned())
+            && !indexes.contains(&"ix_feedback_conversation".to_owned())
+            && !indexes.contains(&"ux_feedback_vote_slot".to_owned()),
+        "{indexes:?}"
+    );
+    assert_eq!(env.count().await, stored);
+    assert_eq!(
+        env.rollup_totals().await,
+        totals,
+        "the migration counts nothing"
+    );
+
+    // After it: m1 changes to a dislike (newer), m2 gets an older event (counts nothing), a
+    // duplicate of a stored event, and a new vote.
+    let after = [
+        Ev::new("Math", -1, t + CDuration::minutes(1)).vote("m1"),
+        Ev::new("Physics", 1, t - CDuration::days(41)).vote("m2"),
+        old[2].clone(),
+        Ev::new("History", 1, now).vote("m4"),
+    ];
+    env.send(&records(&after)).await;
+    let p = env.spawn(&[]);
+    env.wait_for_rows(stored + 3, Duration::from_secs(60)).await;
+    env.assert_rollups_exact(None).await;
+    let current = |vote: &'static str| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT event_id FROM feedback_vote WHERE vote_id = $1",
+                    &[&vote],
+                )
+                .await
+                .unwrap();
+            row.get::<_, Uuid>(0)
+        }
+    };
+    assert_eq!(current("m1").await, after[0].id, "the re-vote replaced m1");
+    assert_eq!(
+        current("m2").await,
+        old[1].id,
+        "the older event of m2 counts nothing"
+    );
+    let holders: Vec<(String, i64)> = client
+        .query(
+            "SELECT vote_id, count(*) FILTER (WHERE vote_slot) FROM feedback
+             WHERE vote_id IN ('m1', 'm2', 'm3', 'm4') GROUP BY vote_id ORDER BY vote_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let one = |v: &str| (v.to_owned(), 1);
+    assert_eq!(holders, [one("m1"), one("m2"), one("m3"), one("m4")]);
+    // Votes: m1 like -> dislike, m4 a new like; the duplicate and m2's older event nothing.
+    for (b, a) in totals.iter().zip(&env.rollup_totals().await) {
+        assert_eq!((a.1, a.2, a.3), (b.1, b.2 + 1, b.3), "{a:?} vs {b:?}");
+    }
+
+    // Erasure finds the conversation's rows 3 and 43 days back, and m2's older event stays.
+    let out = env.ok(&["erase", "--conversation-id", "old-conv"], &[]);
+    assert!(out.starts_with("erased 2 rows"), "{out}");
+    assert!(out.contains("1 older votes promoted"), "{out}");
+    env.assert_rollups_exact(None).await;
+    assert_eq!(env.count().await, stored + 3 - 2);
+    p.kill9();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() {
     let env = Env::new().await;
