@@ -661,6 +661,76 @@ async fn a_database_of_0009_with_rows_migrates_and_keeps_every_vote() {
     p.kill9();
 }
 
+/// The deduplication window (`LIKERATE_DEDUP_WINDOW`, docs/design.md "The deduplication
+/// window"): a copy of an event inside it is refused, and so is one of an event stored beyond
+/// it, because `event_id` is unique over the whole table; a re-vote of a vote whose first event
+/// was stored beyond the window still replaces it.
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_inside_and_beyond_the_window_are_refused_and_old_votes_still_change() {
+    let env = Env::new().await;
+    let now = Utc::now() - CDuration::minutes(1);
+    let long_ago = now - CDuration::days(45);
+    let old_vote = Ev::new("Math", 1, long_ago).vote("w1");
+    let old_plain = Ev::new("Physics", -1, long_ago);
+    let recent = Ev::new("History", 0, now);
+    env.send(&records(&[
+        old_vote.clone(),
+        old_plain.clone(),
+        recent.clone(),
+    ]))
+    .await;
+    let p = env.spawn(&[("LIKERATE_DEDUP_WINDOW", "30d")]);
+    env.wait_for_rows(3, Duration::from_secs(60)).await;
+    let (status, _) = p.terminate();
+    assert!(status.success(), "exit status {status}");
+    // Two of them stored 45 days ago, beyond the 30-day window.
+    let moved = env
+        .client()
+        .await
+        .execute(
+            "UPDATE feedback SET ingested_at = now() - interval '45 days' WHERE event_id = ANY($1)",
+            &[&vec![old_vote.id, old_plain.id]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved, 2);
+
+    let revote = Ev::new("Math", -1, now).vote("w1");
+    env.send(&records(&[
+        old_vote.clone(),
+        old_plain,
+        recent,
+        revote.clone(),
+    ]))
+    .await;
+    let p = env.spawn(&[("LIKERATE_DEDUP_WINDOW", "30d")]);
+    env.wait_for_rows(4, Duration::from_secs(60)).await;
+    let duplicate = r#"likerate_events_total{outcome="duplicate"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.metric_or_zero(duplicate).await < 3.0 {
+        assert!(Instant::now() < deadline, "the copies were not all handled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(p.metric_or_zero(duplicate).await, 3.0);
+    assert_eq!(env.count().await, 4, "only the re-vote is new");
+    let current: Uuid = env
+        .client()
+        .await
+        .query_one(
+            "SELECT event_id FROM feedback_vote WHERE vote_id = 'w1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        current, revote.id,
+        "the re-vote replaced the vote of 45 days ago"
+    );
+    env.assert_rollups_exact(None).await;
+    p.kill9();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() {
     let env = Env::new().await;
