@@ -329,6 +329,12 @@ fn send(
     }
 }
 
+/// `LIKERATE_BENCH_EVENT_IDS=v7`: the generator sends time-ordered event ids (as likerate's API
+/// assigns them) instead of random v4 ones, the default.
+fn ordered_event_ids() -> bool {
+    std::env::var("LIKERATE_BENCH_EVENT_IDS").is_ok_and(|v| v == "v7")
+}
+
 fn generator_args(seed: u64, subjects: &str, like_ratio: f64, duplicates: f64) -> ProduceArgs {
     ProduceArgs {
         count: 0,
@@ -347,6 +353,7 @@ fn generator_args(seed: u64, subjects: &str, like_ratio: f64, duplicates: f64) -
         revotes: 0.0,
         invalid: 0.0,
         no_event_id: false,
+        ordered_event_ids: ordered_event_ids(),
         seed: Some(seed),
         file: None,
         // The traffic of docs/benchmarks.md's figures: no regenerations, reasons or comments.

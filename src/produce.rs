@@ -76,6 +76,10 @@ pub struct ProduceArgs {
     /// Leave event_id out (likerate then derives it from topic/partition/offset)
     #[arg(long)]
     pub no_event_id: bool,
+    /// Time-ordered event ids (UUID v7, what likerate's API gives an event without an id)
+    /// instead of random ones (v4, what many producers send)
+    #[arg(long, conflicts_with = "no_event_id")]
+    pub ordered_event_ids: bool,
     /// Seed of the generator, for reproducible traffic
     #[arg(long)]
     pub seed: Option<u64>,
@@ -434,6 +438,7 @@ pub struct Generator {
     reasons: f64,
     comments: f64,
     no_event_id: bool,
+    ordered_event_ids: bool,
     recent: Vec<(String, Vec<u8>)>,
     recent_votes: Vec<(String, String, String)>,
     recent_questions: Vec<Asked>,
@@ -561,6 +566,7 @@ impl Generator {
             reasons: ratio("--reasons", args.reasons)?,
             comments: ratio("--comments", args.comments)?,
             no_event_id: args.no_event_id,
+            ordered_event_ids: args.ordered_event_ids,
             recent: Vec::new(),
             recent_votes: Vec::new(),
             recent_questions: Vec::new(),
@@ -708,7 +714,12 @@ impl Generator {
             event["model"] = serde_json::Value::String(m.clone());
         }
         if !self.no_event_id {
-            event["event_id"] = serde_json::Value::String(uuid::Uuid::new_v4().to_string());
+            let id = if self.ordered_event_ids {
+                uuid::Uuid::now_v7()
+            } else {
+                uuid::Uuid::new_v4()
+            };
+            event["event_id"] = serde_json::Value::String(id.to_string());
         }
         let record = (asked.conversation, event.to_string().into_bytes());
         remember(&mut self.rng, &mut self.recent, record.clone());
@@ -797,6 +808,20 @@ mod tests {
                 crate::decode::decode(&payload, origin).unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn event_ids_are_random_unless_asked_ordered() {
+        let random = events(300, &[]);
+        assert!(random
+            .iter()
+            .all(|e| e.event_id.get_version() == Some(uuid::Version::Random)));
+        let ordered = events(300, &["--ordered-event-ids"]);
+        assert!(ordered
+            .iter()
+            .all(|e| e.event_id.get_version() == Some(uuid::Version::SortRand)));
+        // In the order they were made (no duplicates by default, which would repeat an older id).
+        assert!(ordered.windows(2).all(|w| w[0].event_id < w[1].event_id));
     }
 
     fn like_share<'a>(events: impl IntoIterator<Item = &'a crate::event::FeedbackEvent>) -> f64 {

@@ -842,11 +842,12 @@ impl Bench<'_> {
         };
         line(String::new());
         line(format!(
-            "## likerate scale benchmark: N = {} stored rows, M = {} events ({} distinct, {:.0} bytes on average), 6 partitions",
+            "## likerate scale benchmark: N = {} stored rows, M = {} events ({} distinct, {:.0} bytes on average, {} event ids), 6 partitions",
             thousands(s.n as f64),
             thousands(s.m as f64),
             thousands(self.results.distinct as f64),
-            self.results.avg_bytes
+            self.results.avg_bytes,
+            if ordered_event_ids() { "time-ordered (v7)" } else { "random (v4)" }
         ));
         line(String::new());
         line(format!(
