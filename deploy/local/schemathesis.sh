@@ -7,7 +7,8 @@
 # LIKERATE_SCHEMATHESIS_EXAMPLES (default 150 per operation) bounds the run: 1829 cases in about
 # 45 s on two cores, about 70 s with the Kafka node it starts. LIKERATE_EXPORT_TOKEN / LIKERATE_INGEST_TOKEN, when set, are sent as the bearer
 # token (the export token: the ingest route is open unless the target sets one). When it starts
-# likerate itself, PostgreSQL is 127.0.0.1:5432 (deploy/local/postgres.sh) and the broker is
+# likerate itself, PostgreSQL is 127.0.0.1:5432 (deploy/local/postgres.sh; another port with
+# LIKERATE_TEST_PG_PORT, as for the tests) and the broker is
 # LIKERATE_KAFKA_BROKERS or, without it, a Kafka node of its own on free ports (deploy/local/
 # kafka.sh node), stopped at the end.
 set -euo pipefail
@@ -17,6 +18,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 VERSION=4.32.5
 VENV="${XDG_CACHE_HOME:-$HOME/.cache}/likerate/schemathesis-venv"
 EXAMPLES="${LIKERATE_SCHEMATHESIS_EXAMPLES:-150}"
+PG_PORT="${LIKERATE_TEST_PG_PORT:-5432}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$VERSION"; then
@@ -32,7 +34,7 @@ KAFKA_PID=""
 cleanup() {
   if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
   if [ -n "$KAFKA_PID" ]; then kill "$KAFKA_PID" 2>/dev/null || true; wait "$KAFKA_PID" 2>/dev/null || true; fi
-  if [ -n "$DB" ]; then psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" postgres >/dev/null 2>&1 || true; fi
+  if [ -n "$DB" ]; then psql -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" postgres >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
@@ -56,7 +58,7 @@ print(*(s.getsockname()[1] for s in ss))')
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/likerate"
   id="st$(date +%s)$$"
   DB="likerate_$id"
-  export LIKERATE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB"
+  export LIKERATE_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$DB"
   export LIKERATE_KAFKA_TOPIC="fe-$id" LIKERATE_DLQ_TOPIC="fe-$id-dlq" LIKERATE_KAFKA_GROUP="g-$id"
   export LIKERATE_HTTP_ADDR=127.0.0.1:0
   export LIKERATE_EXPORT_TOKEN="${LIKERATE_EXPORT_TOKEN:-schemathesis-token-0123456789}"
