@@ -75,6 +75,19 @@ impl Env {
         self.db.assert_rollups_exact(from).await;
     }
 
+    /// The event `feedback_vote` holds for `vote`, if it holds one.
+    async fn current_vote(&self, vote: &str) -> Option<Uuid> {
+        self.client()
+            .await
+            .query_opt(
+                "SELECT event_id FROM feedback_vote WHERE vote_id = $1",
+                &[&vote],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0))
+    }
+
     /// The rollup totals per grain.
     async fn rollup_totals(&self) -> Vec<(String, i64, i64, i64)> {
         self.client()
@@ -442,15 +455,11 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
     env.wait_for_rows(total - 7, Duration::from_secs(5)).await;
     env.assert_rollups_exact(None).await;
     let client = env.client().await;
-    let v2: Uuid = client
-        .query_one(
-            "SELECT event_id FROM feedback_vote WHERE vote_id = 'v2'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v2, target[2].id, "the remaining vote counts again");
+    assert_eq!(
+        env.current_vote("v2").await,
+        Some(target[2].id),
+        "the remaining vote counts again"
+    );
     let slots: Vec<Uuid> = client
         .query(
             "SELECT event_id FROM feedback WHERE vote_id = 'v2' AND vote_slot",
@@ -466,15 +475,7 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
         vec![target[2].id],
         "the slot passed to the remaining event"
     );
-    let v1: i64 = client
-        .query_one(
-            "SELECT count(*) FROM feedback_vote WHERE vote_id = 'v1'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v1, 0);
+    assert_eq!(env.current_vote("v1").await, None);
     // Counted: v1's dislike, v2's dislike (its like counts again), the plain dislike, the two
     // plain neutral votes; v3's current vote is the one kept.
     let after = env.rollup_totals().await;
@@ -615,23 +616,14 @@ async fn a_database_of_0009_with_rows_migrates_and_keeps_every_vote() {
     let p = env.spawn(&[]);
     env.wait_for_rows(stored + 3, Duration::from_secs(60)).await;
     env.assert_rollups_exact(None).await;
-    let current = |vote: &'static str| {
-        let client = &client;
-        async move {
-            let row = client
-                .query_one(
-                    "SELECT event_id FROM feedback_vote WHERE vote_id = $1",
-                    &[&vote],
-                )
-                .await
-                .unwrap();
-            row.get::<_, Uuid>(0)
-        }
-    };
-    assert_eq!(current("m1").await, after[0].id, "the re-vote replaced m1");
     assert_eq!(
-        current("m2").await,
-        old[1].id,
+        env.current_vote("m1").await,
+        Some(after[0].id),
+        "the re-vote replaced m1"
+    );
+    assert_eq!(
+        env.current_vote("m2").await,
+        Some(old[1].id),
         "the older event of m2 counts nothing"
     );
     let holders: Vec<(String, i64)> = client
@@ -713,18 +705,9 @@ async fn duplicates_inside_and_beyond_the_window_are_refused_and_old_votes_still
     }
     assert_eq!(p.metric_or_zero(duplicate).await, 3.0);
     assert_eq!(env.count().await, 4, "only the re-vote is new");
-    let current: Uuid = env
-        .client()
-        .await
-        .query_one(
-            "SELECT event_id FROM feedback_vote WHERE vote_id = 'w1'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        current, revote.id,
+        env.current_vote("w1").await,
+        Some(revote.id),
         "the re-vote replaced the vote of 45 days ago"
     );
     env.assert_rollups_exact(None).await;
