@@ -371,7 +371,58 @@ struct PollState {
     tx: mpsc::Sender<Batch>,
     /// One queue per assigned partition, read only while no batch waits for the sink.
     queues: BTreeMap<i32, PartitionQueue<SourceContext>>,
+    /// Where the next read of the queues starts ([`round_robin`]).
+    cursor: usize,
     metrics: Metrics,
+}
+
+/// What reading one record of a partition gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Took,
+    /// Nothing to read there now (or an error, logged): go on with the next partition.
+    Empty,
+    /// A batch waits for the sink: read nothing more.
+    Stop,
+}
+
+/// Records read per partition per round.
+const PER_ROUND: usize = 64;
+
+/// Reads partitions in rounds of at most [`PER_ROUND`] records each, starting at `cursor`,
+/// until `read` says stop or a whole round read nothing; `cursor` is left at the partition
+/// after the one that stopped.
+///
+/// Rounds are small and the start moves on, so a batch holds about as many records of each
+/// busy partition and no partition waits for the others to run dry. That keeps the sink's
+/// lanes (a partition always goes to lane `partition % lanes`) at parts of about the same size:
+/// with rounds of 1,000 records always starting at the first partition, a batch of 5,000 on
+/// six partitions held partitions 0 to 4, lane 0 got 3,000 of them and lane 1 2,000, so one lane
+/// idled a third of the time, and partition 5 was read only once the others were empty.
+fn round_robin(partitions: &[i32], cursor: &mut usize, mut read: impl FnMut(i32) -> Step) {
+    let n = partitions.len();
+    if n == 0 {
+        return;
+    }
+    loop {
+        let mut took = false;
+        for k in 0..n {
+            let at = (*cursor + k) % n;
+            for _ in 0..PER_ROUND {
+                match read(partitions[at]) {
+                    Step::Took => took = true,
+                    Step::Empty => break,
+                    Step::Stop => {
+                        *cursor = (at + 1) % n;
+                        return;
+                    }
+                }
+            }
+        }
+        if !took {
+            return;
+        }
+    }
 }
 
 impl PollState {
@@ -418,34 +469,33 @@ impl PollState {
         room
     }
 
-    /// Reads what the partition queues hold, a bounded number per partition per round so
-    /// one busy partition cannot starve the others, until a batch has to wait for the sink.
+    /// Reads what the partition queues hold, in small rounds across the partitions, until a
+    /// batch has to wait for the sink or every queue is empty ([`round_robin`]).
     fn read_partitions(&mut self, context: &SourceContext, topic: &str) {
-        const PER_ROUND: usize = 1000;
         let partitions: Vec<i32> = self.queues.keys().copied().collect();
-        for p in partitions {
-            for _ in 0..PER_ROUND {
-                if !self.waiting.is_empty() {
-                    return;
-                }
-                let Some(queue) = self.queues.get(&p) else {
-                    break;
-                };
-                match queue.poll(Duration::ZERO) {
-                    Some(Ok(message)) => {
-                        let (record, bytes) =
-                            record_of(&message, topic, context.redactor.as_deref());
-                        let epoch = context.epoch(record.coords.partition);
-                        self.push(record, bytes, epoch);
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(partition = p, error = %e, "kafka partition error");
-                        break;
-                    }
-                    None => break,
-                }
+        let mut cursor = self.cursor;
+        round_robin(&partitions, &mut cursor, |p| {
+            if !self.waiting.is_empty() {
+                return Step::Stop;
             }
-        }
+            let Some(queue) = self.queues.get(&p) else {
+                return Step::Empty;
+            };
+            match queue.poll(Duration::ZERO) {
+                Some(Ok(message)) => {
+                    let (record, bytes) = record_of(&message, topic, context.redactor.as_deref());
+                    let epoch = context.epoch(record.coords.partition);
+                    self.push(record, bytes, epoch);
+                    Step::Took
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(partition = p, error = %e, "kafka partition error");
+                    Step::Empty
+                }
+                None => Step::Empty,
+            }
+        });
+        self.cursor = cursor;
     }
 
     /// Hands every batch to the sink and waits until all are durable and acknowledged, then
@@ -528,6 +578,7 @@ pub fn start(
             open: Batch::default(),
             waiting: VecDeque::new(),
             tx,
+            cursor: 0,
             queues: BTreeMap::new(),
             metrics: metrics.clone(),
         })),
@@ -645,6 +696,66 @@ fn poll_loop(
 mod tests {
     use super::*;
     use crate::decode::Reason;
+
+    /// Cuts batches of `max` from six partitions that each hold `backlog` records, reading
+    /// them as the poll thread does; returns the partitions of each batch's records.
+    fn batches_of(backlog: usize, max: usize, count: usize) -> Vec<Vec<i32>> {
+        let partitions = [0, 1, 2, 3, 4, 5];
+        let mut left = [backlog; 6];
+        let mut cursor = 0;
+        let mut batches = Vec::new();
+        for _ in 0..count {
+            let mut batch = Vec::new();
+            round_robin(&partitions, &mut cursor, |p| {
+                if batch.len() >= max {
+                    return Step::Stop;
+                }
+                let left = &mut left[p as usize];
+                if *left == 0 {
+                    return Step::Empty;
+                }
+                *left -= 1;
+                batch.push(p);
+                Step::Took
+            });
+            batches.push(batch);
+        }
+        batches
+    }
+
+    #[test]
+    fn a_batch_takes_about_as_many_records_of_each_busy_partition() {
+        for batch in batches_of(100_000, 5000, 20) {
+            assert_eq!(batch.len(), 5000);
+            let mut per_partition = [0usize; 6];
+            for p in &batch {
+                per_partition[*p as usize] += 1;
+            }
+            // 5,000 / 6 = 833 each, give or take one round.
+            for n in per_partition {
+                assert!(
+                    (833 - PER_ROUND..=833 + PER_ROUND).contains(&n),
+                    "{per_partition:?}"
+                );
+            }
+            let lane0: usize = per_partition.iter().step_by(2).sum();
+            assert!(
+                lane0.abs_diff(2500) <= PER_ROUND,
+                "lane 0 got {lane0} of 5000"
+            );
+        }
+    }
+
+    #[test]
+    fn reading_goes_on_until_the_queues_are_empty_or_a_batch_waits() {
+        // Fewer records than a batch: all of them are read in one call, over many rounds.
+        let batches = batches_of(300, 5000, 2);
+        assert_eq!(batches[0].len(), 1800);
+        assert!(batches[1].is_empty());
+        // No partitions: nothing to read, no endless loop.
+        let mut cursor = 0;
+        round_robin(&[], &mut cursor, |_| unreachable!("no partition to read"));
+    }
 
     fn record(partition: i32, offset: i64) -> Record {
         Record {
