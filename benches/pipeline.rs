@@ -21,7 +21,10 @@
 //!   sink connector, upserting the same events into a fresh table of `feedback`'s shape
 //!   (`deploy/local/connect-peer.sh`; `LIKERATE_BENCH_PEER=0` skips it);
 //! - e. ratios;
-//! - f. latency at half of c's rate, against the still running likerate of c: p50/p99 from
+//! - f. latency at half of c's rate, against the still running likerate of c, after a
+//!   warm-up at that rate (`LIKERATE_BENCH_LATENCY_WARMUP`, default 15 s, not counted: the
+//!   broker's JIT compiles its produce path then, a quarter of a core in the first seconds on
+//!   2 cores), measured for `LIKERATE_BENCH_LATENCY_SECS` (default 45): p50/p99 from
 //!   `created_at` (set at send time) to `ingested_at` (the inserting transaction's `now()`,
 //!   i.e. its start), to the row being visible to another connection (polled every 20 ms), and
 //!   to a marker vote being counted in `/metrics` (a `bench-marker` subject gets one like
@@ -64,7 +67,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
@@ -449,6 +452,7 @@ struct Results {
     latency_target_rate: f64,
     latency_achieved_rate: f64,
     latency_secs: f64,
+    latency_warmup: f64,
     latency_rows: usize,
     lat_ingested: (f64, f64, f64),
     lat_visible: (f64, f64, f64),
@@ -1310,10 +1314,12 @@ impl<'r> Bench<'r> {
             .unwrap_or(0.5);
         let rate = (self.results.likerate_rate * fraction).max(10.0);
         let secs = env_u64("LIKERATE_BENCH_LATENCY_SECS", 45) as f64;
+        let warmup = env_u64("LIKERATE_BENCH_LATENCY_WARMUP", 15) as f64;
         self.results.latency_target_rate = rate;
         self.results.latency_secs = secs;
+        self.results.latency_warmup = warmup;
         say(format!(
-            "f. latency: {} events/s ({fraction} x c) for {secs:.0} s, created_at = send time, a {MARKER_SUBJECT} like every {} ms",
+            "f. latency: {} events/s ({fraction} x c), {warmup:.0} s of warm-up then {secs:.0} s measured, created_at = send time, a {MARKER_SUBJECT} like every {} ms",
             thousands(rate),
             MARKER_EVERY.as_millis()
         ));
@@ -1322,13 +1328,18 @@ impl<'r> Bench<'r> {
         let markers: Arc<Mutex<Vec<DateTime<Utc>>>> = Arc::default();
         let producing = Arc::new(AtomicBool::new(true));
         let sent = Arc::new(AtomicU64::new(0));
-        let start_at = Utc::now();
+        // Set by the producer when the warm-up ends: only events created from then on count.
+        let measured_from: Arc<OnceLock<DateTime<Utc>>> = Arc::default();
         // The broker's own floor: a plain consumer (new group, from the end) on the same topic,
         // measuring created_at -> received.
         let probe_stop = Arc::new(AtomicBool::new(false));
         let probe_thread = {
-            let (stop, topic, brokers) =
-                (probe_stop.clone(), topic.to_owned(), self.brokers.clone());
+            let (stop, topic, brokers, measured_from) = (
+                probe_stop.clone(),
+                topic.to_owned(),
+                self.brokers.clone(),
+                measured_from.clone(),
+            );
             let group = format!("bench-{}-probe", self.id);
             std::thread::spawn(move || {
                 let mut c = ClientConfig::new();
@@ -1346,7 +1357,7 @@ impl<'r> Bench<'r> {
                     if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
                         let now = Utc::now();
                         if let Some(Ok(e)) = m.payload().map(|v| decode(v, origin(&topic))) {
-                            if e.created_at >= start_at {
+                            if measured_from.get().is_some_and(|&t| e.created_at >= t) {
                                 lat.push(
                                     (now - e.created_at).num_microseconds().unwrap_or(0) as f64
                                         / 1000.0,
@@ -1360,22 +1371,28 @@ impl<'r> Bench<'r> {
         };
         // Let the probe join its group before the load starts.
         std::thread::sleep(Duration::from_secs(3));
-        let http_f = reqwest::Client::new();
-        let metrics_url_f = format!("http://{}/metrics", app.http);
-        let batches_before = batch_totals(
-            &self
-                .rt
-                .block_on(fetch(&http_f, &metrics_url_f))
-                .unwrap_or_default(),
-        );
-        let f_started = Instant::now();
-        let f_cpu_start = self.cpu_snapshot(Some(app.pid()));
+        // One client and URL for every /metrics read of the phase.
+        let http = reqwest::Client::new();
+        let metrics_url = format!("http://{}/metrics", app.http);
+        // How many marker likes /metrics has counted.
+        let markers_counted = |text: &str| {
+            metric(
+                text,
+                "likerate_window_votes",
+                &[
+                    ("subject", MARKER_SUBJECT),
+                    ("window", "5m"),
+                    ("rating", "like"),
+                ],
+            )
+        };
         let producer_thread = {
-            let (markers, producing, sent, topic) = (
+            let (markers, producing, sent, topic, measured_from) = (
                 markers.clone(),
                 producing.clone(),
                 sent.clone(),
                 topic.to_owned(),
+                measured_from.clone(),
             );
             std::thread::spawn(move || {
                 let delivered = Arc::new(Delivered::default());
@@ -1387,8 +1404,15 @@ impl<'r> Bench<'r> {
                 let t0 = Instant::now();
                 let mut next_marker = t0;
                 let mut i = 0u64;
-                while t0.elapsed().as_secs_f64() < secs {
+                // Events sent since the warm-up ended, and when it did.
+                let mut measured = 0u64;
+                let mut measuring: Option<Instant> = None;
+                while t0.elapsed().as_secs_f64() < warmup + secs {
                     let now = Instant::now();
+                    if measuring.is_none() && (now - t0).as_secs_f64() >= warmup {
+                        measuring = Some(now);
+                        let _ = measured_from.set(Utc::now());
+                    }
                     if now >= next_marker {
                         next_marker += MARKER_EVERY;
                         let (k, v) = marker.next_record();
@@ -1397,17 +1421,29 @@ impl<'r> Bench<'r> {
                         send(&p, &topic, 0, k.as_bytes(), &v);
                         continue;
                     }
+                    // Paced by the millisecond: a sleep per event (every 60 µs at 17k/s) cost
+                    // this thread more CPU than making the events.
                     let due = t0 + Duration::from_secs_f64(i as f64 / rate);
                     if let Some(wait) = due.checked_duration_since(now) {
-                        std::thread::sleep(wait.min(next_marker.saturating_duration_since(now)));
-                        continue;
+                        if wait > Duration::from_millis(1) {
+                            std::thread::sleep(
+                                wait.min(next_marker.saturating_duration_since(now)),
+                            );
+                            continue;
+                        }
                     }
                     let (k, v) = load.next_record();
                     send(&p, &topic, 0, k.as_bytes(), &v);
                     i += 1;
-                    sent.store(i, Ordering::Relaxed);
+                    if measuring.is_some() {
+                        measured += 1;
+                        sent.store(measured, Ordering::Relaxed);
+                    }
                 }
-                let achieved = i as f64 / t0.elapsed().as_secs_f64();
+                // Never left unset (LIKERATE_BENCH_LATENCY_SECS=0): the poller waits for it.
+                let _ = measured_from.set(Utc::now());
+                let achieved =
+                    measured as f64 / measuring.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
                 p.flush(Duration::from_secs(60)).expect("flush");
                 producing.store(false, Ordering::Relaxed);
                 achieved
@@ -1415,13 +1451,27 @@ impl<'r> Bench<'r> {
         };
         // Pollers: rows (every 20 ms) and /metrics (every 50 ms).
         let pg = format!("{}/{db}", self.pg_base);
-        let metrics_url = format!("http://{}/metrics", app.http);
-        let (ingested, visible, metric_lat, rows) = self.rt.block_on(async {
+        let (ingested, visible, metric_lat, rows, (f_started, f_cpu_start, batches_before)) = self.rt.block_on(async {
             let client = connect(&pg).await?;
             // A generic plan of `id > $1` is a sequential scan of the whole table: plan each poll.
             client
                 .batch_execute("SET plan_cache_mode = force_custom_plan; SET jit = off")
                 .await?;
+            // Markers are counted from before the warm-up, so that the k-th count is the k-th
+            // marker sent; those sent in the warm-up are left out of the figures below.
+            let base_markers =
+                markers_counted(&fetch(&http, &metrics_url).await.unwrap_or_default())
+                    .unwrap_or(0.0) as usize;
+            let from = loop {
+                if let Some(&t) = measured_from.get() {
+                    break t;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let batches_before =
+                batch_totals(&fetch(&http, &metrics_url).await.unwrap_or_default());
+            let f_started = Instant::now();
+            let f_cpu_start = self.cpu_snapshot(Some(app.pid()));
             let mut last_id: i64 = client
                 .query_one("SELECT coalesce(max(id), 0) FROM feedback", &[])
                 .await?
@@ -1431,21 +1481,10 @@ impl<'r> Bench<'r> {
                     "SELECT id, created_at, ingested_at FROM feedback WHERE id > $1 ORDER BY id LIMIT 20000",
                 )
                 .await?;
-            let http = reqwest::Client::new();
             let mut ingested = Vec::new();
             let mut visible = Vec::new();
             let mut metric_lat = Vec::new();
             let mut seen_markers = 0usize;
-            let base_markers = metric(
-                &fetch(&http, &metrics_url).await.unwrap_or_default(),
-                "likerate_window_votes",
-                &[
-                    ("subject", MARKER_SUBJECT),
-                    ("window", "5m"),
-                    ("rating", "like"),
-                ],
-            )
-            .unwrap_or(0.0) as usize;
             let mut next_metrics = Instant::now();
             let mut quiet_since: Option<Instant> = None;
             loop {
@@ -1456,7 +1495,7 @@ impl<'r> Bench<'r> {
                     let created: DateTime<Utc> = row.get(1);
                     let ing: DateTime<Utc> = row.get(2);
                     last_id = last_id.max(id);
-                    if created >= start_at {
+                    if created >= from {
                         ingested
                             .push((ing - created).num_microseconds().unwrap_or(0) as f64 / 1000.0);
                         visible
@@ -1467,33 +1506,29 @@ impl<'r> Bench<'r> {
                     next_metrics += Duration::from_millis(50);
                     let text = fetch(&http, &metrics_url).await.unwrap_or_default();
                     let now = Utc::now();
-                    if let Some(v) = metric(
-                        &text,
-                        "likerate_window_votes",
-                        &[
-                            ("subject", MARKER_SUBJECT),
-                            ("window", "5m"),
-                            ("rating", "like"),
-                        ],
-                    ) {
+                    if let Some(v) = markers_counted(&text) {
                         let v = (v as usize).saturating_sub(base_markers);
                         let sent_markers = markers.lock().expect("lock").clone();
                         while seen_markers < v.min(sent_markers.len()) {
-                            metric_lat.push(
-                                (now - sent_markers[seen_markers])
-                                    .num_microseconds()
-                                    .unwrap_or(0) as f64
-                                    / 1000.0,
-                            );
+                            let sent_at = sent_markers[seen_markers];
+                            if sent_at >= from {
+                                metric_lat.push(
+                                    (now - sent_at).num_microseconds().unwrap_or(0) as f64
+                                        / 1000.0,
+                                );
+                            }
                             seen_markers += 1;
                         }
                     }
                 }
-                let all_markers = markers.lock().expect("lock").len();
+                let (all_markers, measured_markers) = {
+                    let m = markers.lock().expect("lock");
+                    (m.len(), m.iter().filter(|&&t| t >= from).count())
+                };
                 if !producing.load(Ordering::Relaxed) {
                     let done = seen_markers >= all_markers
                         && visible.len() as u64
-                            >= sent.load(Ordering::Relaxed) + all_markers as u64;
+                            >= sent.load(Ordering::Relaxed) + measured_markers as u64;
                     let since = *quiet_since.get_or_insert_with(Instant::now);
                     if done || since.elapsed() > Duration::from_secs(20) {
                         break;
@@ -1502,7 +1537,13 @@ impl<'r> Bench<'r> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let rows = visible.len();
-            Ok::<_, anyhow::Error>((ingested, visible, metric_lat, rows))
+            Ok::<_, anyhow::Error>((
+                ingested,
+                visible,
+                metric_lat,
+                rows,
+                (f_started, f_cpu_start, batches_before),
+            ))
         })?;
         let achieved = producer_thread
             .join()
@@ -1513,7 +1554,7 @@ impl<'r> Bench<'r> {
         let batches_after = batch_totals(
             &self
                 .rt
-                .block_on(fetch(&http_f, &metrics_url_f))
+                .block_on(fetch(&http, &metrics_url))
                 .unwrap_or_default(),
         );
         self.results.latency_batches = batch_report(
@@ -1787,10 +1828,11 @@ impl<'r> Bench<'r> {
         }
         line(String::new());
         line(format!(
-            "Latency phase: {} events/s asked, {} sent, for {:.0} s; {} rows",
+            "Latency phase: {} events/s asked, {} sent, for {:.0} s after {:.0} s of warm-up (not counted); {} rows",
             thousands(r.latency_target_rate),
             thousands(r.latency_achieved_rate),
             r.latency_secs,
+            r.latency_warmup,
             thousands(r.latency_rows as f64)
         ));
         line(String::new());

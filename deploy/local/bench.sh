@@ -5,7 +5,7 @@
 # `cargo bench --bench pipeline`.
 #   deploy/local/bench.sh                              # N = 1,000,000 events, 10M backlog
 #   LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_BACKLOG=50000 LIKERATE_BENCH_LATENCY_SECS=5 \
-#     deploy/local/bench.sh                            # smoke run (CI)
+#     LIKERATE_BENCH_LATENCY_WARMUP=2 deploy/local/bench.sh  # smoke run (CI)
 #   deploy/local/bench.sh scale                        # scale mode (issue 14): 10M stored
 #                                                      # rows, 300k events
 #   LIKERATE_BENCH_SCALE=200000 LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_EXPORT_ROWS=20000 \
@@ -13,7 +13,8 @@
 #     deploy/local/bench.sh scale                      # its smoke run (CI)
 # Settings (environment): LIKERATE_BENCH_EVENTS, LIKERATE_BENCH_BACKLOG (0 skips that phase),
 # LIKERATE_BENCH_BACKLOG_BUDGET (s), LIKERATE_BENCH_BACKLOG_SECS, LIKERATE_BENCH_LATENCY_SECS,
-# LIKERATE_BENCH_LATENCY_FRACTION (0.5), LIKERATE_BENCH_COPY_ROUNDS (2),
+# LIKERATE_BENCH_LATENCY_FRACTION (0.5), LIKERATE_BENCH_LATENCY_WARMUP (s, 15),
+# LIKERATE_BENCH_COPY_ROUNDS (2),
 # LIKERATE_BENCH_BROKERS (use this broker instead), LIKERATE_BENCH_PG, LIKERATE_BENCH_KEEP=1,
 # LIKERATE_BENCH_EVENT_IDS=v7 (time-ordered event ids instead of random v4 ones);
 # scale mode: LIKERATE_BENCH_SCALE (stored rows), LIKERATE_BENCH_EVENTS (default 300,000 there),

@@ -29,7 +29,7 @@ say "configuration checks (promtool, amtool, compose, Kubernetes, Grafana)"
 bash deploy/check-deploy.sh
 say "benchmark smoke run (small N, so the benchmark cannot rot; figures are not checked)"
 LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_BACKLOG=50000 LIKERATE_BENCH_LATENCY_SECS=5 \
-  LIKERATE_BENCH_BACKLOG_SECS=5 bash deploy/local/bench.sh
+  LIKERATE_BENCH_LATENCY_WARMUP=2 LIKERATE_BENCH_BACKLOG_SECS=5 bash deploy/local/bench.sh
 say "scale benchmark smoke run (200,000 stored rows, 20,000 events; figures are not checked)"
 LIKERATE_BENCH_SCALE=200000 LIKERATE_BENCH_EVENTS=20000 LIKERATE_BENCH_EXPORT_ROWS=20000 \
   LIKERATE_BENCH_READ_SAMPLES=50 LIKERATE_BENCH_READ_BUDGET=3 bash deploy/local/bench.sh scale
