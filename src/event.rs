@@ -172,6 +172,21 @@ impl ReasonTag {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The tag with personal data replaced ([`crate::redact`]): cut to the limit like a
+    /// [`Comment`], since a marker can be longer than what it replaces. `replaced` is this tag
+    /// with matches replaced by ASCII markers, so it is neither blank nor holds a NUL.
+    pub fn redacted(replaced: String) -> ReasonTag {
+        ReasonTag(cut_to_chars(replaced, Self::MAX_CHARS))
+    }
+}
+
+/// `text` cut to its first `max` characters.
+fn cut_to_chars(mut text: String, max: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+    }
+    text
 }
 
 /// The user's free-text explanation of a vote: user text like the answer (redacted, erased
@@ -196,11 +211,8 @@ impl Comment {
     /// characters) can be one character longer than the shortest address it replaces, so a
     /// comment at the limit could grow past it: the redacted text is cut to the limit then.
     /// `replaced` is this comment with matches replaced by ASCII markers, so it holds no NUL.
-    pub fn redacted(mut replaced: String) -> Comment {
-        if let Some((at, _)) = replaced.char_indices().nth(Self::MAX_CHARS) {
-            replaced.truncate(at);
-        }
-        Comment(replaced)
+    pub fn redacted(replaced: String) -> Comment {
+        Comment(cut_to_chars(replaced, Self::MAX_CHARS))
     }
 }
 

@@ -1,6 +1,8 @@
-//! Redaction: e-mail addresses and phone numbers in the question, the answer and the comment are
-//! replaced by `[email]` and `[phone]` after decoding and before the event reaches the sink, so they are
-//! never written to PostgreSQL (`LIKERATE_REDACT=email,phone`). Each replacement is counted in
+//! Redaction: e-mail addresses and phone numbers in the question, the answer, the comment and
+//! the reason tag are replaced by `[email]` and `[phone]` after decoding and before the event
+//! reaches the sink, so they are never written to PostgreSQL (`LIKERATE_REDACT=email,phone`).
+//! The reason tag is free text too, and unlike the others it also becomes a metric label, which
+//! Prometheus keeps beyond any erasure. Each replacement is counted in
 //! `likerate_redactions_total{kind}`.
 //!
 //! The patterns are heuristics tuned to miss little personal data without eating numbers that
@@ -19,7 +21,7 @@
 //! deals with it.
 
 use crate::config::RedactConfig;
-use crate::event::{Comment, FeedbackEvent, Text};
+use crate::event::{Comment, FeedbackEvent, ReasonTag, Text};
 use crate::telemetry::Metrics;
 use regex::{Captures, Regex};
 
@@ -107,34 +109,27 @@ impl Redactor {
         (out, counts)
     }
 
-    /// Redacts the question and the answer of the event in place, counting in the metrics.
+    /// Redacts the question, the answer, the comment and the reason of the event in place,
+    /// counting in the metrics.
     #[allow(
         clippy::expect_used,
         reason = "Text refuses only NUL, which neither the text nor the ASCII markers hold"
     )]
     pub fn redact(&self, event: &mut FeedbackEvent) -> Redactions {
         let mut total = Redactions::default();
-        let mut one = |text: &mut Text| {
-            let (replaced, counts) = self.redact_str(text.as_str());
-            if let Some(replaced) = replaced {
-                // Replacing matches by ASCII markers cannot add a NUL character.
-                *text = Text::parse(replaced).expect("redacted text stays valid");
-            }
-            total.email += counts.email;
-            total.phone += counts.phone;
-        };
-        one(&mut event.assistant_message);
-        if let Some(q) = event.user_question.as_mut() {
-            one(q);
-        }
-        if let Some(c) = event.comment.as_mut() {
-            let (replaced, counts) = self.redact_str(c.as_str());
-            if let Some(replaced) = replaced {
-                *c = Comment::redacted(replaced);
-            }
-            total.email += counts.email;
-            total.phone += counts.phone;
-        }
+        // Replacing matches by ASCII markers cannot add a NUL character.
+        let text = |replaced: String| Text::parse(replaced).expect("redacted text stays valid");
+        let answer = Some(&mut event.assistant_message);
+        self.field(&mut total, answer, Text::as_str, text);
+        self.field(&mut total, event.user_question.as_mut(), Text::as_str, text);
+        self.field(
+            &mut total,
+            event.comment.as_mut(),
+            Comment::as_str,
+            Comment::redacted,
+        );
+        let reason = event.reason.as_mut();
+        self.field(&mut total, reason, ReasonTag::as_str, ReasonTag::redacted);
         if let Some(m) = &self.metrics {
             for (kind, n) in [("email", total.email), ("phone", total.phone)] {
                 if n > 0 {
@@ -143,6 +138,25 @@ impl Redactor {
             }
         }
         total
+    }
+
+    /// Redacts one field of an event, if it is there, adding its replacements to `total`.
+    fn field<T>(
+        &self,
+        total: &mut Redactions,
+        value: Option<&mut T>,
+        text: fn(&T) -> &str,
+        rebuild: impl Fn(String) -> T,
+    ) {
+        let Some(value) = value else {
+            return;
+        };
+        let (replaced, counts) = self.redact_str(text(value));
+        if let Some(replaced) = replaced {
+            *value = rebuild(replaced);
+        }
+        total.email += counts.email;
+        total.phone += counts.phone;
     }
 }
 
@@ -231,6 +245,39 @@ mod tests {
         );
         assert_eq!(event.assistant_message.as_str(), "see [email]");
         assert_eq!(event.reason.unwrap().as_str(), "wrong");
+    }
+
+    /// A reason tag becomes a metric label, kept by Prometheus beyond any erasure: personal
+    /// data in it is replaced like in the comment, and the tag stays within its 64 characters.
+    #[test]
+    fn the_reason_is_redacted_and_stays_within_its_limit() {
+        let decoded = |reason: &str| {
+            let json = serde_json::json!({
+                "subject_id": "Math", "assistant_message": "x", "rating": -1,
+                "created_at": "2026-02-05T10:30:00Z", "reason": reason,
+            });
+            let origin = crate::decode::Origin {
+                topic: "t",
+                partition: 0,
+                offset: 0,
+                received_at: chrono::Utc::now(),
+            };
+            crate::decode::decode(json.to_string().as_bytes(), origin).unwrap()
+        };
+        let mut event = decoded("other: mail a@b.io or +33 6 12 34 56 78");
+        assert_eq!(both().redact(&mut event), Redactions { email: 1, phone: 1 });
+        assert_eq!(
+            event.reason.unwrap().as_str(),
+            "other: mail [email] or [phone]"
+        );
+        // 58 characters and a 6-character address: 64 as sent, 65 once redacted, cut to 64.
+        let long = format!("{} a@b.io", "x".repeat(57));
+        assert_eq!(long.chars().count(), 64);
+        let mut event = decoded(&long);
+        both().redact(&mut event);
+        let reason = event.reason.unwrap();
+        assert_eq!(reason.as_str().chars().count(), 64);
+        assert_eq!(reason.as_str(), format!("{} [email", "x".repeat(57)));
     }
 
     #[test]

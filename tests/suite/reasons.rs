@@ -61,11 +61,18 @@ impl Ev {
 
 /// The tag as stored: as sent without the white space around it; blank is none.
 fn tag(e: &Ev) -> Option<String> {
+    if e.reason == Some(MAILED_REASON) {
+        return Some("other: mail me at [email]".to_owned());
+    }
     e.reason
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
 }
+
+/// A reason typed by the user with an address in it: redacted like the comment, since a tag
+/// becomes a metric label that Prometheus keeps beyond any erasure.
+const MAILED_REASON: &str = "other: mail me at jo@example.org";
 
 /// A reason the old `[a-z0-9_-]` grammar dead-lettered and the contract allows: spaces,
 /// capitals, non-ASCII, markup and both quotes, with white space around it (trimmed).
@@ -237,6 +244,7 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
         Ev::new("Physics", -1, Some("_none")),
         // White space only: no reason, the vote counts.
         Ev::new("Physics", -1, Some(" \t ")),
+        Ev::new("Physics", -1, Some(MAILED_REASON)),
     ];
     // A vote that changed: its dislike (tag `unsafe`) no longer counts in the API, the
     // counter of stored dislikes keeps it.
@@ -379,6 +387,11 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
         ("Physics", Some("_other"), "__other"),
         ("Physics", Some("_none"), "__none"),
         ("Physics", None, "_none"),
+        (
+            "Physics",
+            Some("other: mail me at [email]"),
+            "other: mail me at [email]",
+        ),
     ] {
         let series =
             format!(r#"likerate_dislike_reasons_total{{subject="{subject}",reason="{label}"}}"#);
@@ -393,6 +406,7 @@ async fn reasons_and_comments_are_stored_counted_redacted_erased_and_retained() 
         "likes are not dislike reasons"
     );
     assert!(!text.contains("example.com"), "comments are not labels");
+    assert!(!text.contains("example.org"), "reasons are redacted");
     assert!(
         !text.contains(r#"reason="_other""#),
         "no tag is past the cap:\n{text}"
