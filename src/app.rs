@@ -192,6 +192,14 @@ impl App {
                 shutdown.clone(),
             ),
         ));
+        let mut units = tokio::spawn(fault.wrap(
+            "units",
+            crate::units::refresh(
+                self.state.pool.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            ),
+        ));
         let thread = source.thread;
         let mut source_task = tokio::spawn(fault.wrap("source", async move {
             // The poll thread ends only when told to; its end (or panic) is awaited here.
@@ -240,6 +248,7 @@ impl App {
                 Err(e) => e.to_string(),
             })),
             r = &mut patterns => Err(ended("patterns", task_end(r))),
+            r = &mut units => Err(ended("units", task_end(r))),
             r = &mut http_task => {
                 http_done = true;
                 Err(ended("http", format!("{r:?}")))
@@ -276,6 +285,7 @@ impl App {
         retention.abort();
         dead_letters.abort();
         patterns.abort();
+        units.abort();
         tracing::info!("stopped");
         outcome
     }
@@ -293,7 +303,7 @@ fn task_end(r: Result<(), tokio::task::JoinError>) -> String {
 }
 
 /// A test-only fault hook: `LIKERATE_TEST_FAULT=<task>` (`source`, `sink`, `aggregates`,
-/// `alert`, `retention`, `patterns`, `dead_letters` or `http`) makes that task panic two
+/// `alert`, `retention`, `patterns`, `units`, `dead_letters` or `http`) makes that task panic two
 /// seconds after start, so the tests can prove each task is supervised; `dead_letter_sent` and
 /// `dead_letter_stall` are the dead-letter publisher's ([`dead_letter::Fault`]). Unset in
 /// production; any other value names nothing.

@@ -310,6 +310,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "vote_key",
         include_str!("../schemas/migrations/0011_vote_key.sql"),
     ),
+    (
+        12,
+        "conversation_units",
+        include_str!("../schemas/migrations/0012_conversation_units.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet; returns their names.

@@ -23,6 +23,7 @@
 //! | [`source`] | the Kafka consumer thread: batching, back-pressure, rebalance drain, offset acks |
 //! | [`rollup`] | the minute/hour/day counts: grains, `Counts`, the deltas and every read |
 //! | [`votes`] | the vote rule (which event of a `vote_id` counts) and every statement about votes |
+//! | [`units`] | `compare`'s conversation units: the sums of settled days, their refresh, the read |
 //! | [`tombstone`] | what erasure removed for good, which the sink refuses when it is read again |
 //! | [`sink`] | the PostgreSQL transaction per batch on parallel lanes: idempotent rows, votes, rollups |
 //! | [`dead_letter`] | refused records, exactly once: the outbox in PostgreSQL and its publisher to the DLQ topic |
@@ -71,4 +72,5 @@ pub mod source;
 pub mod stats;
 pub mod telemetry;
 pub mod tombstone;
+pub mod units;
 pub mod votes;

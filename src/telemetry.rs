@@ -69,13 +69,14 @@ pub const AGGREGATE_REFRESH_FAILURES: &str = "likerate_aggregate_refresh_failure
 pub const REDACTIONS: &str = "likerate_redactions_total";
 pub const RETENTION_ROWS: &str = "likerate_retention_rows_total";
 pub const DISLIKE_PATTERN_Z: &str = "likerate_dislike_pattern_z";
+pub const UNIT_DAY_REFRESHES: &str = "likerate_unit_day_refreshes_total";
 
 /// Terms per subject on `likerate_dislike_pattern_z`: a dashboard table's worth, and with at
 /// most `max_subject_labels` subjects a bounded number of series.
 pub const PATTERN_TERMS: usize = 5;
 
 /// Help texts, by metric.
-const HELP: [(&str, &str); 24] = [
+const HELP: [(&str, &str); 25] = [
     (EVENTS, "Events by outcome"),
     (
         DEAD_LETTERS,
@@ -150,6 +151,10 @@ const HELP: [(&str, &str); 24] = [
     (
         DISLIKE_PATTERN_Z,
         "z-score of the terms most over-represented in the last 24 h of dislikes, per subject (weighted log-odds, docs/patterns.md)",
+    ),
+    (
+        UNIT_DAY_REFRESHES,
+        "Settled UTC days whose conversation units compare reads were recomputed (computed) or could not be (failed)",
     ),
 ];
 
@@ -383,6 +388,11 @@ impl Metrics {
 
     pub fn redactions(&self, kind: &'static str, n: u64) {
         self.counter(REDACTIONS, &[("kind", kind)]).increment(n);
+    }
+
+    pub fn unit_day_refreshes(&self, outcome: &'static str, n: u64) {
+        self.counter(UNIT_DAY_REFRESHES, &[("outcome", outcome)])
+            .increment(n);
     }
 
     pub fn retention_rows(&self, action: &'static str, n: u64) {

@@ -491,6 +491,8 @@ async fn a_task_that_dies_stops_the_process_with_an_error() {
         "aggregates",
         "alert",
         "retention",
+        "patterns",
+        "units",
         "dead_letters",
         "http",
     ] {

@@ -173,18 +173,20 @@ struct Preloaded {
     bookkeeping_s: f64,
     indexes_s: f64,
     vacuum_s: f64,
+    /// Computing the conversation units of the settled days (likerate's schema only).
+    units_s: f64,
     wal: PgCounters,
     note: String,
 }
 
 impl Preloaded {
     fn seconds(&self) -> f64 {
-        self.load_s + self.bookkeeping_s + self.indexes_s + self.vacuum_s
+        self.load_s + self.bookkeeping_s + self.indexes_s + self.vacuum_s + self.units_s
     }
 
     fn line(&self, db: &str) -> String {
         format!(
-            "{} rows into {db} in {:.0} s: load {:.0} s ({} rows/s), bookkeeping {:.0} s, constraints and indexes {:.0} s, VACUUM ANALYZE + CHECKPOINT {:.0} s; WAL {} MB, {} full-page images, checkpoints {} requested / {} timed; {}",
+            "{} rows into {db} in {:.0} s: load {:.0} s ({} rows/s), bookkeeping {:.0} s, constraints and indexes {:.0} s, VACUUM ANALYZE + CHECKPOINT {:.0} s, conversation units {:.0} s; WAL {} MB, {} full-page images, checkpoints {} requested / {} timed; {}",
             thousands(self.rows as f64),
             self.seconds(),
             self.load_s,
@@ -192,6 +194,7 @@ impl Preloaded {
             self.bookkeeping_s,
             self.indexes_s,
             self.vacuum_s,
+            self.units_s,
             thousands(self.wal.wal_bytes as f64 / 1e6),
             thousands(self.wal.fpi as f64),
             self.wal.checkpoints_req,
@@ -643,6 +646,20 @@ impl Bench<'_> {
             }
             client.batch_execute("CHECKPOINT").await?;
             let vacuum_s = t.elapsed().as_secs_f64();
+            // The sums of the settled days that a running likerate keeps for compare.
+            let t = Instant::now();
+            let mut client = client;
+            let kept: bool = client
+                .query_one("SELECT to_regclass('feedback_unit_day') IS NOT NULL", &[])
+                .await?
+                .get(0);
+            let unit_days = if kept {
+                likerate::units::compute_pending(&mut client, &tokio_util::sync::CancellationToken::new())
+                    .await?
+            } else {
+                0
+            };
+            let units_s = t.elapsed().as_secs_f64();
             let wal = PgCounters::read(&client).await?.since(before);
             // What the bookkeeping must hold, by construction of the rows.
             let row = client
@@ -666,9 +683,10 @@ impl Bench<'_> {
                 bookkeeping_s,
                 indexes_s,
                 vacuum_s,
+                units_s,
                 wal,
                 note: format!(
-                    "{} vote ids, {} re-voted ({} feedback_vote rows), {} constraints and {} indexes rebuilt",
+                    "{} vote ids, {} re-voted ({} feedback_vote rows), {} constraints and {} indexes rebuilt, conversation units of {unit_days} days",
                     thousands(first_votes as f64),
                     thousands(revotes as f64),
                     thousands(votes_rows as f64),

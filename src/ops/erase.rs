@@ -25,18 +25,6 @@ use std::collections::HashSet;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-/// The UTC days that hold rows, oldest first: a loose scan of `ix_feedback_created`, one index
-/// descent per day whatever the day holds, so a stray far-off `created_at` costs one more day,
-/// not a walk over the empty ones.
-const STORED_DAYS: &str = "
-WITH RECURSIVE day(d) AS (
-    SELECT (min(created_at) AT TIME ZONE 'UTC')::date FROM feedback
-  UNION ALL
-    SELECT (SELECT (min(f.created_at) AT TIME ZONE 'UTC')::date FROM feedback f
-            WHERE f.created_at >= (day.d + 1)::timestamp AT TIME ZONE 'UTC')
-    FROM day WHERE day.d IS NOT NULL)
-SELECT coalesce(array_agg(d ORDER BY d), '{}') FROM day WHERE d IS NOT NULL";
-
 /// The rows of conversation `$1` on the days `$2`: one descent of
 /// `ix_feedback_conversation_day` per day (schemas/migrations/0010_conversation_by_day.sql; the
 /// day expression is that index's, so the planner can use it).
@@ -118,7 +106,7 @@ pub async fn erase(db: &DatabaseConfig, args: &EraseArgs) -> anyhow::Result<Eras
         .await?;
     // Taken under the lock, so no batch adds a day before the delete.
     let days: Vec<NaiveDate> = if kind == b'c' {
-        tx.query_one(STORED_DAYS, &[]).await?.get(0)
+        tx.query_one(crate::units::STORED_DAYS, &[]).await?.get(0)
     } else {
         Vec::new()
     };

@@ -56,7 +56,9 @@ WHERE id IN (SELECT id FROM feedback
              LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
 /// Deletes a batch of old rows. A vote whose slot holder goes keeps its bookkeeping: the
-/// holder, unless `feedback_vote` already names the current vote, becomes its row there.
+/// holder, unless `feedback_vote` already names the current vote, becomes its row there. The
+/// days of the deleted rows are marked dirty for `compare`'s conversation units, like a rollup
+/// change ([`crate::rollup::MARK_DIRTY`]).
 /// Returns the number of rows deleted and the vote ids whose slot holder went.
 const DELETE_ROWS: &str = concat!(
     "
@@ -69,6 +71,9 @@ WITH gone AS (
     ",
     seed_votes!("(SELECT * FROM gone WHERE vote_slot) s"),
     "
+), marked AS (
+    INSERT INTO feedback_unit_dirty (day)
+    SELECT DISTINCT (created_at AT TIME ZONE 'UTC')::date FROM gone
 )
 SELECT count(*), coalesce(array_agg(vote_id) FILTER (WHERE vote_slot), '{}') FROM gone"
 );

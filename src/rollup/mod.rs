@@ -15,7 +15,7 @@ pub mod read;
 pub mod write;
 
 pub use read::{Cells, Range};
-pub use write::{RollupDeltas, UPSERT_ROLLUP};
+pub use write::{RollupDeltas, MARK_DIRTY, UPSERT_ROLLUP};
 
 use chrono::{DateTime, Utc};
 

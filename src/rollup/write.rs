@@ -2,9 +2,9 @@
 
 use super::{bucket, GRAINS};
 use crate::event::Rating;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A rollup row's key: (grain, bucket, subject, model).
 type RollupKey<'a> = (char, DateTime<Utc>, &'a str, &'a str);
@@ -25,6 +25,10 @@ ON CONFLICT (grain, bucket, subject_id, model) DO UPDATE
 SET likes = feedback_rollup.likes + excluded.likes,
     dislikes = feedback_rollup.dislikes + excluded.dislikes,
     neutral = feedback_rollup.neutral + excluded.neutral";
+
+/// Marks the days `$1` dirty for the conversation units of `compare`
+/// (schemas/migrations/0012_conversation_units.sql); also retention's, for the days it deletes.
+pub const MARK_DIRTY: &str = "INSERT INTO feedback_unit_dirty (day) SELECT unnest($1::date[])";
 
 impl<'a> RollupDeltas<'a> {
     pub fn add(
@@ -62,8 +66,26 @@ impl<'a> RollupDeltas<'a> {
         cells
     }
 
+    /// The UTC days before `today` these changes touch, net zero ones included (a re-vote
+    /// with the same rating in the same minute still moves a vote between conversations).
+    fn past_days(&self, today: NaiveDate) -> Vec<NaiveDate> {
+        let days: BTreeSet<NaiveDate> = self
+            .0
+            .keys()
+            .filter_map(|(minute, _, _)| DateTime::from_timestamp(*minute, 0))
+            .map(|t| t.date_naive())
+            .filter(|d| *d < today)
+            .collect();
+        days.into_iter().collect()
+    }
+
     /// Applies the changes in key order (the lock order every writer shares) with `upsert`
     /// ([`UPSERT_ROLLUP`], prepared or not). Returns how many cells changed.
+    ///
+    /// First, in the same transaction, it marks the past days they touch as dirty for the
+    /// conversation units of `compare` ([`MARK_DIRTY`], a plain insert that waits for no one):
+    /// a day marked there is read from `feedback` until it is computed again, so no change to a
+    /// day's votes is missed there.
     pub async fn apply<T>(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -72,6 +94,10 @@ impl<'a> RollupDeltas<'a> {
     where
         T: tokio_postgres::ToStatement + ?Sized,
     {
+        let past = self.past_days(Utc::now().date_naive());
+        if !past.is_empty() {
+            tx.execute(MARK_DIRTY, &[&past]).await?;
+        }
         let cells = self.cells();
         let d: Vec<_> = cells.iter().filter(|(_, c)| **c != [0, 0, 0]).collect();
         if d.is_empty() {
@@ -122,6 +148,23 @@ impl<'a> RollupDeltas<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_days_are_the_days_before_today_even_at_net_zero() {
+        let mut d = RollupDeltas::default();
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        d.add(at("2026-02-03T23:59:59Z"), "Math", "a", 1, 1);
+        // A re-vote in the same minute with the same rating: zero, yet its day is marked.
+        d.add(at("2026-02-04T10:00:01Z"), "Math", "a", 1, -1);
+        d.add(at("2026-02-04T10:00:30Z"), "Math", "a", 1, 1);
+        d.add(at("2026-02-05T00:00:00Z"), "Math", "a", -1, 1);
+        let today = NaiveDate::from_ymd_opt(2026, 2, 5).unwrap();
+        let days: Vec<String> = d.past_days(today).iter().map(|d| d.to_string()).collect();
+        assert_eq!(days, ["2026-02-03", "2026-02-04"]);
+        assert!(d
+            .past_days(NaiveDate::from_ymd_opt(2026, 2, 3).unwrap())
+            .is_empty());
+    }
 
     #[test]
     fn deltas_cover_three_grains() {

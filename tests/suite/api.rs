@@ -10,7 +10,7 @@
 
 use crate::common;
 
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use common::{Broker, Database, Served, TestApp};
 use likerate::config::RunArgs;
 use serde_json::{json, Value};
@@ -837,72 +837,168 @@ async fn compare_finds_the_known_answer_and_flags_simpsons_paradox() {
     assert_eq!(aa["verdict"], "no_difference");
 }
 
-/// By conversation (the default unit): A has 40 conversations of 5 votes with i % 6 likes,
-/// B 40 of 5 votes with (i + 2) % 6 likes and 30 votes without a conversation (20 likes),
-/// and conversation "shared" has 3 votes for A (2 likes) and 4 for B (1 like), so it spans
-/// both cells and is one unit of both. Expected figures from Python (the delta-method
-/// variance summed per conversation, docs/ab-testing.md; by hand, not with likerate's code):
-/// A 98/203, B 125/234, difference -0.0514294, variance 0.0050239591, always-valid p = 1,
-/// sequence (-0.5026262, 0.3997674), design effect 2.190574; units 41 and 71.
+/// The events of [`compare_by_conversation_sums_the_conversations_in_the_database`] for one
+/// subject, a few seconds apart from `base` on: A has 40 conversations of 5 votes with i % 6
+/// likes, B 40 of 5 votes with (i + 2) % 6 likes and 30 votes without a conversation (20
+/// likes), and conversation "shared" has 3 votes for A (2 likes) and 4 for B (1 like), so it
+/// spans both cells and is one unit of both. The first vote of conversation 0 of A has a
+/// vote id, `{subject}-v`.
+fn conversation_events(subject: &str, base: DateTime<Utc>) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut add = |model: &str, conversation: Option<String>, votes: usize, likes: usize| {
+        for i in 0..votes {
+            let vote_id = (events.is_empty()).then(|| format!("{subject}-v"));
+            events.push(json!({
+                "subject_id": subject, "model": model, "assistant_message": "a",
+                "conversation_id": conversation, "vote_id": vote_id,
+                "rating": if i < likes { 1 } else { -1 },
+                "created_at": rfc3339(base + ChronoDuration::seconds(i as i64)),
+            }));
+        }
+    };
+    for i in 0..40 {
+        add("A", Some(format!("{subject}-a{i}")), 5, i % 6);
+        add("B", Some(format!("{subject}-b{i}")), 5, (i + 2) % 6);
+    }
+    for j in 0..30 {
+        add("B", None, 1, usize::from(j < 20));
+    }
+    add("A", Some(format!("{subject}-shared")), 3, 2);
+    add("B", Some(format!("{subject}-shared")), 4, 1);
+    events
+}
+
+/// By conversation (the default unit), the same votes twice: Math's today (read from the rows)
+/// and Physics' on a settled day three days ago (read from the sums kept for that day, once
+/// they are computed). Expected figures from Python (the delta-method variance summed per
+/// conversation, docs/ab-testing.md; by hand, not with likerate's code): A 98/203, B 125/234,
+/// difference -0.0514294, variance 0.0050239591, always-valid p = 1, sequence (-0.5026262,
+/// 0.3997674), design effect 2.190574; units 41 and 71. Then the same late vote and the same
+/// re-vote reach both days: Physics' day is marked dirty and read from its rows until it is
+/// computed again, and its answer stays Math's throughout.
 #[tokio::test(flavor = "multi_thread")]
 async fn compare_by_conversation_sums_the_conversations_in_the_database() {
     let env = Env::new().await;
     let p = env.spawn(None).await;
     let now = Utc::now();
-    let mut events = Vec::new();
-    let mut add = |model: &str, conversation: Option<String>, votes: usize, likes: usize| {
-        for i in 0..votes {
-            events.push(json!({
-                "subject_id": "Math", "model": model, "assistant_message": "a",
-                "conversation_id": conversation,
-                "rating": if i < likes { 1 } else { -1 },
-                "created_at": rfc3339(now - ChronoDuration::minutes(5 + i as i64)),
-            }));
-        }
-    };
-    for i in 0..40 {
-        add("A", Some(format!("a{i}")), 5, i % 6);
-        add("B", Some(format!("b{i}")), 5, (i + 2) % 6);
-    }
-    for j in 0..30 {
-        add("B", None, 1, usize::from(j < 20));
-    }
-    add("A", Some("shared".into()), 3, 2);
-    add("B", Some("shared".into()), 4, 1);
+    let midnight = now.duration_trunc(ChronoDuration::days(1)).unwrap();
+    // All of Math's votes today (a unit is a conversation within a UTC day), none in the future.
+    let today = (now - ChronoDuration::seconds(60)).max(midnight);
+    let past = midnight - ChronoDuration::days(3) + ChronoDuration::hours(12);
+    let day = past.date_naive();
+    let mut events = conversation_events("Math", today);
+    events.extend(conversation_events("Physics", past));
     p.post_events(&events).await;
-    env.wait_for_rows(events.len() as i64).await;
+    let mut stored = events.len() as i64;
+    env.wait_for_rows(stored).await;
+    let db = env.client().await;
+    wait_until_computed(&db, day).await;
 
-    let c = p
+    let figures = |c: &Value| {
+        json!([
+            c["model_a"],
+            c["model_b"],
+            c["difference"],
+            c["difference_ci_low"],
+            c["difference_ci_high"],
+            c["p_value"],
+            c["verdict"],
+            c["unit"],
+            c["plan"]
+        ])
+    };
+    let math = "/api/feedback/compare?model_a=A&model_b=B&subject_id=Math";
+    let physics = "/api/feedback/compare?model_a=A&model_b=B&subject_id=Physics";
+    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-6;
+    for path in [math, physics] {
+        let c = p.get_json(path).await;
+        assert_eq!(c["unit"], "conversation");
+        assert_eq!(
+            (&c["model_a"]["votes"], &c["model_a"]["likes"]),
+            (&json!(203), &json!(98))
+        );
+        assert_eq!(
+            (&c["model_b"]["votes"], &c["model_b"]["likes"]),
+            (&json!(234), &json!(125))
+        );
+        assert_eq!(
+            (&c["model_a"]["units"], &c["model_b"]["units"]),
+            (&json!(41), &json!(71))
+        );
+        assert!(close(&c["difference"], -0.0514294), "{path}: {c}");
+        assert!(close(&c["difference_ci_low"], -0.5026262), "{path}: {c}");
+        assert!(close(&c["difference_ci_high"], 0.3997674), "{path}: {c}");
+        assert!(close(&c["p_value"], 1.0), "{path}: {c}");
+        assert!(close(&c["plan"]["design_effect"], 2.190574), "{path}: {c}");
+        // One subject: the subject's figures and the stratified test are the pooled ones.
+        assert_eq!(
+            c["by_subject"][0]["difference_ci_low"],
+            c["difference_ci_low"]
+        );
+        assert_eq!(c["stratified"]["difference_ci_low"], c["difference_ci_low"]);
+    }
+    // Physics' answer came from the kept sums: per cell, and the shared conversation by cell.
+    let kept: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM feedback_unit_sums WHERE day = $1
+                     AND subject_id = 'Physics')
+                  + (SELECT count(*) FROM feedback_unit_spans WHERE day = $1
+                     AND conversation_id = 'Physics-shared')",
+            &[&day],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        kept,
+        3 + 2,
+        "A clustered, B clustered and unclustered; 2 spans"
+    );
+    // And it reads them: 7 neutral votes added there show in the answer (and are taken out).
+    let tamper = "UPDATE feedback_unit_sums SET neutral = neutral + $2
+                  WHERE day = $1 AND subject_id = 'Physics' AND model = 'A' AND clustered";
+    db.execute(tamper, &[&day, &7i64]).await.unwrap();
+    assert_eq!(p.get_json(physics).await["model_a"]["votes"], 210);
+    db.execute(tamper, &[&day, &-7i64]).await.unwrap();
+    // Both subjects, both days: the sum of the two, the shared conversations one unit each.
+    let both = p
         .get_json("/api/feedback/compare?model_a=A&model_b=B")
         .await;
-    let close = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-6;
-    assert_eq!(c["unit"], "conversation");
     assert_eq!(
-        (&c["model_a"]["votes"], &c["model_a"]["likes"]),
-        (&json!(203), &json!(98))
+        (&both["model_a"]["units"], &both["model_b"]["units"]),
+        (&json!(82), &json!(142))
     );
-    assert_eq!(
-        (&c["model_b"]["votes"], &c["model_b"]["likes"]),
-        (&json!(234), &json!(125))
-    );
-    assert_eq!(
-        (&c["model_a"]["units"], &c["model_b"]["units"]),
-        (&json!(41), &json!(71))
-    );
-    assert!(close(&c["difference"], -0.0514294), "{c}");
-    assert!(close(&c["difference_ci_low"], -0.5026262), "{c}");
-    assert!(close(&c["difference_ci_high"], 0.3997674), "{c}");
-    assert!(close(&c["p_value"], 1.0), "{c}");
-    assert!(close(&c["plan"]["design_effect"], 2.190574), "{c}");
-    // One subject: the subject's figures and the stratified test are the pooled ones.
-    assert_eq!(
-        c["by_subject"][0]["difference_ci_low"],
-        c["difference_ci_low"]
-    );
-    assert_eq!(c["stratified"]["difference_ci_low"], c["difference_ci_low"]);
+    assert_eq!(both["model_a"]["votes"], 406);
+
+    // A late like for A in a new conversation, and the vote with an id turned into a like.
+    let late = |subject: &str, base: DateTime<Utc>| {
+        vec![
+            json!({"subject_id": subject, "model": "A", "assistant_message": "a",
+                   "conversation_id": format!("{subject}-late"), "rating": 1,
+                   "created_at": rfc3339(base + ChronoDuration::seconds(30))}),
+            json!({"subject_id": subject, "model": "A", "assistant_message": "b",
+                   "conversation_id": format!("{subject}-a0"), "rating": 1,
+                   "vote_id": format!("{subject}-v"),
+                   "created_at": rfc3339(base + ChronoDuration::seconds(40))}),
+        ]
+    };
+    let mut more = late("Math", today);
+    more.extend(late("Physics", past));
+    p.post_events(&more).await;
+    stored += more.len() as i64;
+    env.wait_for_rows(stored).await;
+    let want = p.get_json(math).await;
+    assert_eq!(want["model_a"]["votes"], 204, "{want}");
+    assert_eq!(want["model_a"]["likes"], 100, "{want}");
+    assert_eq!(want["model_a"]["units"], 42, "{want}");
+    // Marked dirty (or already computed again): either way the figures are Math's.
+    assert_eq!(figures(&p.get_json(physics).await), figures(&want));
+    wait_until_computed(&db, day).await;
+    assert_eq!(figures(&p.get_json(physics).await), figures(&want));
+
     // A/A by conversation: the same units on both sides, nothing to tell apart.
     let aa = p
-        .get_json("/api/feedback/compare?model_a=B&model_b=B")
+        .get_json("/api/feedback/compare?model_a=B&model_b=B&subject_id=Physics")
         .await;
     assert_eq!(aa["model_a"], aa["model_b"]);
     assert_eq!(
@@ -910,6 +1006,30 @@ async fn compare_by_conversation_sums_the_conversations_in_the_database() {
         (&json!(71), &json!(0.0))
     );
     assert_eq!(aa["verdict"], "no_difference");
+}
+
+/// Waits until the conversation units of `day` are computed and no mark says it changed since.
+async fn wait_until_computed(db: &tokio_postgres::Client, day: chrono::NaiveDate) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: bool = db
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM feedback_unit_day WHERE day = $1)
+                    AND NOT EXISTS (SELECT 1 FROM feedback_unit_dirty WHERE day = $1)",
+                &[&day],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "units of {day} not computed in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -431,7 +431,7 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
         erase(Ev::new("History", 0, t).vote("v3")),
         keep(Ev::new("History", 1, t + CDuration::hours(1)).vote("v3")),
         erase(Ev::new("History", -1, t + CDuration::seconds(30))),
-        erase(Ev::new("Math", 0, t - CDuration::days(20))),
+        erase(Ev::new("Math", 0, t - CDuration::days(20)).model("m-a")),
         erase(Ev::new("Physics", 0, t - CDuration::days(400))),
     ];
     events.extend(target.iter().cloned());
@@ -441,6 +441,20 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
     env.wait_for_rows(total, Duration::from_secs(60)).await;
     env.assert_rollups_exact(None).await;
     let likes_before = env.rollup_totals().await;
+    // The vote of 20 days ago is one of compare's kept units (the only one of its day).
+    let client = env.client().await;
+    let day = (t - CDuration::days(20)).date_naive();
+    let units_of_day = || async {
+        units_computed(&client).await;
+        let sql = "SELECT coalesce(sum(units), 0)::int8 FROM feedback_unit_sums
+                   WHERE day = $1 AND clustered";
+        client
+            .query_one(sql, &[&day])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(units_of_day().await, 1);
 
     let out = env.ok(&["erase", "--conversation-id", "erase-me"], &[]);
     assert!(out.starts_with("erased 7 rows"), "{out}");
@@ -454,7 +468,8 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
     }
     env.wait_for_rows(total - 7, Duration::from_secs(5)).await;
     env.assert_rollups_exact(None).await;
-    let client = env.client().await;
+    // Its day was marked and computed again without it.
+    assert_eq!(units_of_day().await, 0);
     assert_eq!(
         env.current_vote("v2").await,
         Some(target[2].id),
@@ -560,7 +575,7 @@ async fn a_database_of_0009_with_rows_migrates_and_keeps_every_vote() {
     env.assert_rollups_exact(None).await;
     let totals = env.rollup_totals().await;
 
-    // Back to 0009: its indexes (0003's and 0004's definitions), 0010 and 0011 not applied.
+    // Back to 0009: its indexes (0003's and 0004's definitions), 0010 to 0012 not applied.
     let client = env.client().await;
     client
         .batch_execute(
@@ -570,13 +585,15 @@ async fn a_database_of_0009_with_rows_migrates_and_keeps_every_vote() {
              CREATE INDEX ix_feedback_conversation ON feedback (conversation_id)
                  WHERE conversation_id IS NOT NULL;
              CREATE UNIQUE INDEX ux_feedback_vote_slot ON feedback (vote_id) WHERE vote_slot;
+             DROP TABLE feedback_unit_day, feedback_unit_dirty, feedback_unit_sums,
+                 feedback_unit_spans;
              DELETE FROM likerate_migrations WHERE version > 9;",
         )
         .await
         .unwrap();
     let out = env.ok(&["migrate"], &[]);
     assert!(
-        out.contains("0010_conversation_by_day, 0011_vote_key"),
+        out.contains("0010_conversation_by_day, 0011_vote_key, 0012_conversation_units"),
         "{out}"
     );
     let indexes: Vec<String> = client
@@ -714,6 +731,27 @@ async fn duplicates_inside_and_beyond_the_window_are_refused_and_old_votes_still
     p.kill9();
 }
 
+/// Waits until no settled day is left for compare's conversation units to compute
+/// ([`likerate::units::PENDING_DAYS`]): the running instance's task has done them all.
+async fn units_computed(client: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending: Vec<chrono::NaiveDate> = client
+            .query_one(likerate::units::PENDING_DAYS, &[])
+            .await
+            .unwrap()
+            .get(0);
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "units of {pending:?} not computed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() {
     let env = Env::new().await;
@@ -728,6 +766,13 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     // First without retention: everything is stored.
     let p = env.spawn(&[]);
     env.wait_for_rows(total, Duration::from_secs(60)).await;
+    // compare's conversation units of the settled days are computed, the old ones included.
+    let client = env.client().await;
+    let old_units = "SELECT count(*) FROM feedback_unit_sums
+                     WHERE day < ((now() - interval '8 days') AT TIME ZONE 'UTC')::date";
+    units_computed(&client).await;
+    let n: i64 = client.query_one(old_units, &[]).await.unwrap().get(0);
+    assert!(n > 0, "the units of 10 days ago are kept");
     // Positions committed: deleted rows are not consumed again (see the retention docs).
     let (status, _) = p.terminate();
     assert!(status.success(), "exit status {status}");
@@ -750,7 +795,10 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     assert_eq!(p.metric_or_zero(deleted).await, 20.0);
     assert_eq!(p.metric_or_zero(erased).await, 30.0);
     assert_eq!(env.count().await, total - 20);
-    let client = env.client().await;
+    // The deletes marked their days, which are computed again: nothing deleted stays there.
+    units_computed(&client).await;
+    let n: i64 = client.query_one(old_units, &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "deleted votes left in compare's units");
     let (erased, kept): (i64, i64) = {
         let r = client
             .query_one(

@@ -18,17 +18,16 @@
 //! the pooled difference comes from the mix of subjects each model saw, not from the models
 //! (Simpson's paradox), and the stratified verdict is the one to trust.
 //!
-//! The unit (`unit=conversation`, the default): votes of one `conversation_id` are one unit
-//! of the variance; votes without one are each their own. This reads current votes from
-//! `feedback` (the rule of [`crate::votes`]'s `current_votes!`) over the period, a scan linear
-//! in the votes compared, and PostgreSQL sums the conversations that lie in one (subject,
-//! model) into a row of that cell ([`crate::stats::Clusters`]): the variance needs only their
-//! sums, so likerate's memory do not grow with the conversations. A
-//! conversation that spans cells (several subjects or both models) comes by name, one row per
-//! cell. `unit=vote` reads the rollups instead
-//! (a few thousand rows whatever the volume) and treats every vote as independent. Either way
-//! `since`/`until` have the rollups' one-minute resolution (see [`crate::rollup::read`]), so the
-//! counts are the same.
+//! The unit (`unit=conversation`, the default): the votes of one `conversation_id` within one
+//! UTC day are one unit of the variance; votes without one are each their own. The units come
+//! from [`crate::units`]: kept sums for the settled days wholly inside the period, the rows of
+//! `feedback` (the vote rule of [`crate::votes`]) for the others. Each (subject, model) cell
+//! arrives as a row of sums over the units that lie in it ([`crate::stats::Clusters`]): the
+//! variance needs only their sums, so likerate's memory does not grow with the conversations.
+//! A unit that spans cells (several subjects or both models) comes by name, one row per cell.
+//! `unit=vote` reads the rollups instead (a few thousand rows whatever the volume) and treats
+//! every vote as independent. Either way `since`/`until` have the rollups' one-minute
+//! resolution (see [`crate::rollup::read`]), so the counts are the same.
 //!
 //! `experiment=NAME` compares a configured experiment's arms (the first two unless
 //! `model_a`/`model_b` name others of its arms) over its period (narrowed by `since`/`until`).
@@ -43,7 +42,6 @@ use crate::rollup::Counts;
 use crate::stats::{
     estimate, sequential, two_sided_p, votes_needed, wilson, Cell, Clusters, Side, Units, Z95,
 };
-use crate::votes::current_votes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -60,29 +58,6 @@ pub const MIN_VOTES: i64 = 100;
 pub const ALPHA: f64 = 0.05;
 /// The smallest difference worth planning for when the request does not say: two points.
 pub const DEFAULT_EFFECT: f64 = 0.02;
-
-/// `$1` ratings, `$2` subject, `$3` NULL, `$4`/`$5` range, `$6` the two models. Per (subject,
-/// model): one row of the votes without a conversation (`clustered` false), one of the
-/// conversations that have all their votes in this cell (their sums), and one per conversation
-/// that also has votes in another cell (`conversation` set). `COLLATE "C"`: grouping needs
-/// equality only, not the database's (slower) collation order.
-const BY_CONVERSATION: &str = concat!(
-    "WITH g AS (
-SELECT f.subject_id COLLATE \"C\" AS subject_id, f.model COLLATE \"C\" AS model,
-       f.conversation_id COLLATE \"C\" AS c,
-       count(*) FILTER (WHERE f.rating = 1) AS l, count(*) FILTER (WHERE f.rating = -1) AS d,
-       count(*) FILTER (WHERE f.rating = 0) AS z",
-    current_votes!(),
-    " AND f.model = ANY($6)
-GROUP BY 1, 2, 3),
-t AS (SELECT *, l + d + z AS n, count(*) OVER (PARTITION BY c) AS cells FROM g)
-SELECT subject_id::text, model::text, CASE WHEN cells > 1 THEN c END::text AS conversation,
-       c IS NOT NULL AS clustered,
-       sum(l)::int8, sum(d)::int8, sum(z)::int8, count(*)::int8,
-       sum(n * n)::int8, sum(l * l)::int8, sum(l * n)::int8
-FROM t
-GROUP BY 1, 2, 3, 4"
-);
 
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -725,29 +700,22 @@ pub async fn answer(
     })
 }
 
-/// Current votes per (subject, model) and conversation ([`BY_CONVERSATION`]) from `feedback`,
-/// with `since`/`until` rounded down to the minute like the rollups.
+/// The units of the current votes per (subject, model) ([`crate::units::read`]), with
+/// `since`/`until` rounded down to the minute like the rollups.
 async fn by_conversation(
     client: &impl GenericClient,
     filter: &Filter,
     models: Vec<String>,
 ) -> Result<Vec<tokio_postgres::Row>, crate::db::DbError> {
     let minute = |t: Option<DateTime<Utc>>| t.map(|t| crate::rollup::truncate(t, 60));
-    let ratings: Vec<i16> = vec![-1, 0, 1];
-    let statement = client.prepare_cached(BY_CONVERSATION).await?;
-    Ok(client
-        .query(
-            &statement,
-            &[
-                &ratings,
-                &filter.subject_id,
-                &None::<String>,
-                &minute(filter.since),
-                &minute(filter.until),
-                &models,
-            ],
-        )
-        .await?)
+    crate::units::read(
+        client,
+        filter.subject_id.as_deref(),
+        minute(filter.since),
+        minute(filter.until),
+        &models,
+    )
+    .await
 }
 
 #[cfg(test)]
