@@ -38,34 +38,45 @@ pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// Serialises [`refresh`] across instances (a transaction-level advisory lock).
 const REFRESH_LOCK: i64 = 7_335_327_212;
 
-/// `day(d)`: the UTC days that hold rows in [`bounds.lo`, `bounds.hi`), by a loose scan of
-/// `ix_feedback_created`: one index descent per day whatever the day holds, so a stray far-off
-/// `created_at` costs one more day, not a walk over the empty ones. After a `bounds` CTE.
+/// `day(d)`: the UTC days that hold rows in [`$lo`, `$hi`) (SQL expressions of constants and
+/// parameters), by a loose scan of `ix_feedback_created`: one index descent per day whatever
+/// the day holds, so a stray far-off `created_at` costs one more day, not a walk over the empty
+/// ones. Each step is a `min()` over `feedback` alone, which PostgreSQL answers from the first
+/// index entry; joined to anything else it would aggregate every row up to `$hi` instead.
 macro_rules! stored_days {
-    () => {
-        "day(d) AS (
-    SELECT (min(f.created_at) AT TIME ZONE 'UTC')::date FROM feedback f, bounds b
-    WHERE f.created_at >= b.lo AND f.created_at < b.hi
+    ($lo:literal, $hi:literal) => {
+        concat!(
+            "day(d) AS (
+    SELECT (min(created_at) AT TIME ZONE 'UTC')::date FROM feedback
+    WHERE created_at >= ",
+            $lo,
+            " AND created_at < ",
+            $hi,
+            "
   UNION ALL
-    SELECT (SELECT (min(f.created_at) AT TIME ZONE 'UTC')::date FROM feedback f, bounds b
+    SELECT (SELECT (min(f.created_at) AT TIME ZONE 'UTC')::date FROM feedback f
             WHERE f.created_at >= (day.d + 1)::timestamp AT TIME ZONE 'UTC'
-              AND f.created_at < b.hi)
+              AND f.created_at < ",
+            $hi,
+            ")
     FROM day WHERE day.d IS NOT NULL)"
+        )
     };
 }
 
-/// No bounds: every stored row.
-macro_rules! all_time {
+/// `WITH RECURSIVE` and [`stored_days`] over every stored row.
+macro_rules! all_days {
     () => {
-        "WITH RECURSIVE bounds AS (
-    SELECT '-infinity'::timestamptz AS lo, 'infinity'::timestamptz AS hi), "
+        concat!(
+            "WITH RECURSIVE ",
+            stored_days!("'-infinity'::timestamptz", "'infinity'::timestamptz")
+        )
     };
 }
 
 /// The UTC days that hold rows, oldest first ([`stored_days`]).
 pub const STORED_DAYS: &str = concat!(
-    all_time!(),
-    stored_days!(),
+    all_days!(),
     "
 SELECT coalesce(array_agg(d ORDER BY d), '{}') FROM day WHERE d IS NOT NULL"
 );
@@ -73,8 +84,7 @@ SELECT coalesce(array_agg(d ORDER BY d), '{}') FROM day WHERE d IS NOT NULL"
 /// The settled days (ended more than an hour ago) that hold rows and were never computed, or
 /// carry a dirty mark: what [`refresh`] computes next, oldest first.
 pub const PENDING_DAYS: &str = concat!(
-    all_time!(),
-    stored_days!(),
+    all_days!(),
     "
 SELECT coalesce(array_agg(d ORDER BY d), '{}') FROM (
     SELECT d FROM day
@@ -131,7 +141,10 @@ const READ: &str = concat!(
     SELECT coalesce($4::timestamptz, '-infinity') AS lo,
            coalesce($5::timestamptz, 'infinity') AS hi
 ), ",
-    stored_days!(),
+    stored_days!(
+        "coalesce($4::timestamptz, '-infinity')",
+        "coalesce($5::timestamptz, 'infinity')"
+    ),
     ", kept AS (
     SELECT u.day FROM feedback_unit_day u, bounds b
     WHERE u.day::timestamp AT TIME ZONE 'UTC' >= b.lo

@@ -274,6 +274,10 @@ pub async fn read_latency(
             }),
         ),
         (
+            "compare, everything".into(),
+            Box::new(|_| format!("/api/feedback/compare?model_a={a}&model_b={b}")),
+        ),
+        (
             "compare, since a random time".into(),
             Box::new(|rng| {
                 format!(
