@@ -16,9 +16,11 @@
 //!   rollup changes ([`crate::rollup::MARK_DIRTY`], the sink's and erasure's) and retention's
 //!   deletes. A recomputation reads the day and deletes the marks it saw from the same
 //!   (repeatable read) snapshot, so a mark committed after it stays.
-//! - [`refresh`] computes a day once it has settled, an hour after its end: a transaction that
-//!   writes today's rows without a mark (the sink marks only days before its today) has long
-//!   committed by then. One instance computes at a time (an advisory lock); the others skip.
+//! - [`refresh`] computes a day once it has settled, an hour after its end by the database's
+//!   clock: a transaction that wrote the day's rows without a mark (the sink marks only days
+//!   before its own today) has long committed by then, as long as likerate's clock is within
+//!   an hour of the database's. One instance computes at a time (an advisory lock); the others
+//!   skip.
 //! - The cost of [`read`] is the rows of the days not kept (today, and a settled day between a
 //!   change and the next refresh, [`REFRESH_EVERY`]) plus a few rows per kept day, instead of
 //!   every vote of the period.
