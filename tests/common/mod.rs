@@ -847,3 +847,24 @@ pub fn promtool(text: &str) -> (bool, String) {
     );
     (out.status.success(), msg)
 }
+
+/// Waits until no settled day is left for compare's conversation units to compute
+/// ([`likerate::units::PENDING_DAYS`]): the running instance's task has done them all.
+pub async fn units_computed(client: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending: Vec<chrono::NaiveDate> = client
+            .query_one(likerate::units::PENDING_DAYS, &[])
+            .await
+            .unwrap()
+            .get(0);
+        if pending.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "units of {pending:?} not computed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -892,7 +892,7 @@ async fn compare_by_conversation_sums_the_conversations_in_the_database() {
     let mut stored = events.len() as i64;
     env.wait_for_rows(stored).await;
     let db = env.client().await;
-    wait_until_computed(&db, day).await;
+    common::units_computed(&db).await;
 
     let figures = |c: &Value| {
         json!([
@@ -993,7 +993,7 @@ async fn compare_by_conversation_sums_the_conversations_in_the_database() {
     assert_eq!(want["model_a"]["units"], 42, "{want}");
     // Marked dirty (or already computed again): either way the figures are Math's.
     assert_eq!(figures(&p.get_json(physics).await), figures(&want));
-    wait_until_computed(&db, day).await;
+    common::units_computed(&db).await;
     assert_eq!(figures(&p.get_json(physics).await), figures(&want));
 
     // A/A by conversation: the same units on both sides, nothing to tell apart.
@@ -1006,30 +1006,6 @@ async fn compare_by_conversation_sums_the_conversations_in_the_database() {
         (&json!(71), &json!(0.0))
     );
     assert_eq!(aa["verdict"], "no_difference");
-}
-
-/// Waits until the conversation units of `day` are computed and no mark says it changed since.
-async fn wait_until_computed(db: &tokio_postgres::Client, day: chrono::NaiveDate) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done: bool = db
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM feedback_unit_day WHERE day = $1)
-                    AND NOT EXISTS (SELECT 1 FROM feedback_unit_dirty WHERE day = $1)",
-                &[&day],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if done {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "units of {day} not computed in 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

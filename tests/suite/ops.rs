@@ -445,7 +445,7 @@ async fn erase_removes_rows_and_corrects_the_aggregates() {
     let client = env.client().await;
     let day = (t - CDuration::days(20)).date_naive();
     let units_of_day = || async {
-        units_computed(&client).await;
+        common::units_computed(&client).await;
         let sql = "SELECT coalesce(sum(units), 0)::int8 FROM feedback_unit_sums
                    WHERE day = $1 AND clustered";
         client
@@ -731,27 +731,6 @@ async fn duplicates_inside_and_beyond_the_window_are_refused_and_old_votes_still
     p.kill9();
 }
 
-/// Waits until no settled day is left for compare's conversation units to compute
-/// ([`likerate::units::PENDING_DAYS`]): the running instance's task has done them all.
-async fn units_computed(client: &tokio_postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pending: Vec<chrono::NaiveDate> = client
-            .query_one(likerate::units::PENDING_DAYS, &[])
-            .await
-            .unwrap()
-            .get(0);
-        if pending.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "units of {pending:?} not computed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() {
     let env = Env::new().await;
@@ -770,7 +749,7 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     let client = env.client().await;
     let old_units = "SELECT count(*) FROM feedback_unit_sums
                      WHERE day < ((now() - interval '8 days') AT TIME ZONE 'UTC')::date";
-    units_computed(&client).await;
+    common::units_computed(&client).await;
     let n: i64 = client.query_one(old_units, &[]).await.unwrap().get(0);
     assert!(n > 0, "the units of 10 days ago are kept");
     // Positions committed: deleted rows are not consumed again (see the retention docs).
@@ -796,7 +775,7 @@ async fn retention_erases_old_text_and_deletes_older_rows_keeping_the_rollups() 
     assert_eq!(p.metric_or_zero(erased).await, 30.0);
     assert_eq!(env.count().await, total - 20);
     // The deletes marked their days, which are computed again: nothing deleted stays there.
-    units_computed(&client).await;
+    common::units_computed(&client).await;
     let n: i64 = client.query_one(old_units, &[]).await.unwrap().get(0);
     assert_eq!(n, 0, "deleted votes left in compare's units");
     let (erased, kept): (i64, i64) = {
